@@ -1,0 +1,522 @@
+"""PackageStore: content-addressed package blobs plus sqlite3 metadata.
+
+A package's bytes live once under blobs/sha256/ (see registry/paths.py); its
+metadata is one row of packages.db. The order of operations is what makes a
+crash harmless at any instant:
+
+  1. stream the body into staging/ (no lock held, no transaction open),
+     hashing and counting as it goes; check size and sha256; fsync;
+  2. under the write lock: rename into blobs/ and fsync the directory,
+     then insert the row in one short transaction.
+
+A crash in 1 leaves a staging file; a crash in 2 leaves a blob no row names.
+``recover()``, run at every open, removes both, so nothing of an interrupted
+upload is ever listed, and a row is never committed before its blob is durable.
+Deleting goes the other way (row first, then the blob), with the same result.
+
+Readers use their own per-thread sqlite connection in WAL mode, so they are
+never blocked by an upload (it streams outside any transaction) nor by the
+short write transaction. Every write transaction bumps a persisted generation
+counter; the listing cache (and the server's ETag) is keyed on it.
+"""
+
+import collections
+import contextlib
+import errno
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import shutil
+import sqlite3
+import tempfile
+import threading
+import time
+
+import names
+from registry.errors import ApiError
+from registry.paths import DataDir, is_sha256
+
+__all__ = ["PackageStore", "CHUNK_SIZE"]
+
+log = logging.getLogger("aar.storage")
+
+CHUNK_SIZE = 1 << 20
+_LIST_CACHE_SIZE = 8
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13
+
+_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS packages (
+        name TEXT NOT NULL,
+        version INTEGER NOT NULL,
+        architecture TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        publisher TEXT NOT NULL,
+        tags TEXT NOT NULL,
+        manifest TEXT NOT NULL,
+        PRIMARY KEY (name, version, architecture)
+    ) WITHOUT ROWID""",
+    # Deleting asks "does any other row still use these bytes?".
+    "CREATE INDEX IF NOT EXISTS packages_by_sha256 ON packages (sha256)",
+    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+)
+_COLUMNS = "name, version, architecture, size, sha256, created_at, publisher, tags, manifest"
+_SELECT_GENERATION = "SELECT value FROM counters WHERE name = 'generation'"
+
+
+def _package(row) -> dict:
+    """A row as the API's package body (a fresh dict: callers may keep it)."""
+    name, version, arch, size, sha256, created_at, publisher, tags, manifest = row
+    return {"name": name, "version": version, "architecture": arch, "size": size,
+            "sha256": sha256, "created_at": created_at, "publisher": publisher,
+            "tags": json.loads(tags), "manifest": json.loads(manifest)}
+
+
+def _is_full(exc) -> bool:
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        # sqlite_errorcode exists from Python 3.11; the message is the fallback.
+        return (getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
+                or "disk is full" in str(exc))
+    return False
+
+
+def _unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path):
+    # A rename or a new entry is durable only once its directory is synced.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _check_upload(app, version, arch, length, sha256, manifest):
+    """Validate put()'s arguments; return (version, sha256, tags, manifest)."""
+    try:
+        names.check_app_name(app)
+        version = names.check_version(version)
+        names.check_arch(arch)
+    except ValueError as exc:
+        raise ApiError.of("bad_request", str(exc)) from None
+    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
+        raise ApiError.of("bad_request", f"invalid length {length!r}")
+    sha256 = sha256.lower() if isinstance(sha256, str) else sha256
+    if not is_sha256(sha256):
+        raise ApiError.of("bad_request", f"invalid sha256 {sha256!r}: expected 64 hex digits")
+    manifest = {} if manifest is None else manifest
+    if not isinstance(manifest, dict):
+        raise ApiError.of("bad_request", "manifest must be a JSON object")
+    tags = manifest.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        raise ApiError.of("bad_request", "manifest tags must be a list of strings")
+    return version, sha256, tags, manifest
+
+
+class PackageStore:
+    """Packages of one data directory. Thread-safe; one per process and directory."""
+
+    def __init__(self, datadir):
+        self.datadir = datadir if isinstance(datadir, DataDir) else DataDir(datadir)
+        self.datadir.ensure()
+        self._local = threading.local()
+        self._conns = []
+        self._conns_lock = threading.Lock()
+        # Serialises the commit step (rename + row) against deletes, so a
+        # blob is never unlinked between "it exists" and "a row names it".
+        self._write_lock = threading.Lock()
+        self._cache = collections.OrderedDict()
+        self._cache_lock = threading.Lock()
+        self._closed = False
+        self._dirlock = None
+        try:
+            self._lock_datadir()
+            self._create_schema()
+            self.recover()
+        except BaseException:
+            self.close()
+            raise
+
+    # -- connections and transactions -------------------------------------
+
+    def _lock_datadir(self):
+        # recover() empties staging/: a second process on the same directory
+        # would destroy the first one's uploads in flight. flock on staging/
+        # is released by the kernel when a holder dies, even by SIGKILL.
+        fd = os.open(self.datadir.staging_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise ApiError.of("internal", f"data directory {self.datadir.root} "
+                              "is in use by another registry process") from None
+        self._dirlock = fd
+
+    def _conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is None:
+            if self._closed:
+                raise ApiError.of("internal", "package store is closed")
+            # Autocommit mode: transactions are explicit BEGIN/COMMIT below.
+            # check_same_thread=False only so close() can close every thread's
+            # connection; each one is still used by its own thread alone.
+            conn = sqlite3.connect(self.datadir.packages_db, timeout=30,
+                                   isolation_level=None, check_same_thread=False)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # FULL: a package acknowledged as published survives power loss.
+            conn.execute("PRAGMA synchronous=FULL")
+            with self._conns_lock:
+                self._conns.append(conn)
+            self._local.conn = conn
+        return conn
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """One write transaction; bumps the generation if it changed any row.
+
+        The caller holds _write_lock.
+        """
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            before = conn.total_changes
+            yield conn
+            if conn.total_changes != before:
+                conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'generation'")
+            conn.execute("COMMIT")
+        except BaseException:
+            # sqlite may already have rolled back by itself (disk full).
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    def _create_schema(self):
+        with self._write_lock, self._transaction() as conn:
+            for statement in _SCHEMA:
+                conn.execute(statement)
+            # Start the counter at the creation time in microseconds, not 0:
+            # if the data directory is wiped and recreated, generations (and
+            # so ETags that clients hold) still never repeat.
+            conn.execute("INSERT OR IGNORE INTO counters VALUES ('generation', ?)",
+                         (time.time_ns() // 1000,))
+
+    def close(self):
+        """Close every thread's connection and release the data directory."""
+        self._closed = True
+        with self._conns_lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            conn.close()
+        if self._dirlock is not None:
+            os.close(self._dirlock)
+            self._dirlock = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- reading ----------------------------------------------------------
+
+    def generation(self) -> int:
+        """A number that changes with every committed write, never repeating."""
+        return self._conn().execute(_SELECT_GENERATION).fetchone()[0]
+
+    def get(self, app, version, arch) -> dict | None:
+        """One package's body, or None."""
+        row = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM packages"
+            " WHERE name = ? AND version = ? AND architecture = ?",
+            (app, version, arch)).fetchone()
+        return None if row is None else _package(row)
+
+    def application(self, app) -> dict | None:
+        """``{"name", "versions": [package, ...]}`` sorted by (version, arch), or None."""
+        rows = self._conn().execute(
+            f"SELECT {_COLUMNS} FROM packages WHERE name = ?"
+            " ORDER BY version, architecture", (app,)).fetchall()
+        if not rows:
+            return None
+        return {"name": app, "versions": [_package(row) for row in rows]}
+
+    def blob_path(self, sha256):
+        """The path of the blob with this digest (it may have been deleted since)."""
+        try:
+            return self.datadir.blob_path(sha256)
+        except ValueError as exc:
+            raise ApiError.of("bad_request", str(exc)) from None
+
+    def list(self, architecture=None, tags=()) -> list:
+        """Applications sorted by name, each with its versions (see the API).
+
+        ``architecture`` keeps that architecture's packages; ``tags`` keeps
+        packages carrying at least one of them; applications left with no
+        package are omitted. The result is shared with later callers through
+        the cache: treat it as read-only.
+        """
+        if isinstance(tags, str):
+            tags = tags.split(",")
+        wanted = tuple(sorted({t for t in tags if t}))
+        key = (self.generation(), architecture, wanted)
+        with self._cache_lock:
+            cached = self._cache.get(key)
+            if cached is not None:
+                self._cache.move_to_end(key)
+                return cached
+        generation, apps = self._query_list(architecture, frozenset(wanted))
+        with self._cache_lock:
+            # Older generations can never be asked for again: drop them now.
+            for old in [k for k in self._cache if k[0] < generation]:
+                del self._cache[old]
+            self._cache[(generation, architecture, wanted)] = apps
+            while len(self._cache) > _LIST_CACHE_SIZE:
+                self._cache.popitem(last=False)
+        return apps
+
+    def _query_list(self, architecture, wanted):
+        conn = self._conn()
+        sql = f"SELECT {_COLUMNS} FROM packages"
+        args = ()
+        if architecture is not None:
+            sql += " WHERE architecture = ?"
+            args = (architecture,)
+        sql += " ORDER BY name, version, architecture"
+        # One read transaction: the generation and the rows come from the same
+        # snapshot, so a result is never cached under a generation it lacks.
+        conn.execute("BEGIN")
+        try:
+            generation = conn.execute(_SELECT_GENERATION).fetchone()[0]
+            rows = conn.execute(sql, args).fetchall()
+        finally:
+            conn.execute("COMMIT")
+        apps = []
+        current = None
+        for row in rows:
+            # Tags first: a filtered-out row never pays for its manifest.
+            tags = json.loads(row[7])
+            if wanted and wanted.isdisjoint(tags):
+                continue
+            if current is None or current["name"] != row[0]:
+                current = {"name": row[0], "versions": []}
+                apps.append(current)
+            current["versions"].append({
+                "name": row[0], "version": row[1], "architecture": row[2],
+                "size": row[3], "sha256": row[4], "created_at": row[5],
+                "publisher": row[6], "tags": tags, "manifest": json.loads(row[8])})
+        return generation, apps
+
+    # -- writing ----------------------------------------------------------
+
+    def put(self, app, version, arch, stream, length, sha256, manifest=None,
+            publisher="") -> tuple:
+        """Store a package read from ``stream``; return ``(created, package)``.
+
+        Reads exactly ``length`` bytes with ``stream.read(n)``, never more.
+        When the answer is known up front (the same package is already
+        published: a no-op; different bytes: conflict) it returns or raises
+        before reading anything; the caller then drains or closes the body.
+        Raises ApiError: bad_request, conflict, size_mismatch,
+        digest_mismatch, insufficient_storage. Errors raised by the stream
+        itself (a client's socket) propagate unchanged. Nothing of a failed
+        upload remains.
+        """
+        version, sha256, tags, manifest = _check_upload(
+            app, version, arch, length, sha256, manifest)
+        existing = self.get(app, version, arch)
+        if existing is not None:
+            return False, self._same_or_conflict(existing, sha256, length)
+        try:
+            return self._put(app, version, arch, stream, length, sha256,
+                             tags, manifest, publisher)
+        except (OSError, sqlite3.Error) as exc:
+            if _is_full(exc):
+                log.error("no space left storing %s %s %s: %s", app, version, arch, exc)
+                raise ApiError.of("insufficient_storage") from exc
+            raise
+
+    def _put(self, app, version, arch, stream, length, sha256, tags, manifest, publisher):
+        staged = self._stage(stream, length, sha256)
+        try:
+            with self._write_lock:
+                # Another thread may have committed this package while we streamed.
+                existing = self.get(app, version, arch)
+                if existing is not None:
+                    return False, self._same_or_conflict(existing, sha256, length)
+                self._place(staged, sha256)
+                staged = None
+                created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+                row = (app, version, arch, length, sha256, created_at, publisher,
+                       json.dumps(tags), json.dumps(manifest))
+                try:
+                    with self._transaction() as conn:
+                        conn.execute(f"INSERT INTO packages ({_COLUMNS})"
+                                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                except BaseException:
+                    self._drop_blob_if_unused(sha256)
+                    raise
+        finally:
+            if staged is not None:
+                _unlink_quiet(staged)
+        log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
+                 app, version, arch, length, sha256, publisher or "-")
+        return True, _package(row)
+
+    def _same_or_conflict(self, existing, sha256, length) -> dict:
+        where = f"{existing['name']} {existing['version']} {existing['architecture']}"
+        if existing["sha256"] != sha256:
+            raise ApiError.of("conflict", f"{where} is already published with "
+                              f"sha256 {existing['sha256']}")
+        if existing["size"] != length:
+            raise ApiError.of("size_mismatch", f"{where} has {existing['size']} "
+                              f"bytes, not {length}")
+        log.debug("%s is already stored with the same bytes", where)
+        return existing
+
+    def _stage(self, stream, length, sha256) -> str:
+        """Copy exactly ``length`` bytes into staging/; return the checked file."""
+        fd, path = tempfile.mkstemp(prefix="upload-", dir=self.datadir.staging_dir)
+        try:
+            digest = hashlib.sha256()
+            with open(fd, "wb") as out:
+                remaining = length
+                while remaining:
+                    # Never ask for more than is left: the bytes after the body
+                    # belong to whoever reads the stream next.
+                    chunk = stream.read(min(CHUNK_SIZE, remaining))
+                    if not chunk:
+                        raise ApiError.of("size_mismatch", f"body ended after "
+                                          f"{length - remaining} of {length} bytes")
+                    if len(chunk) > remaining:
+                        raise ApiError.of("size_mismatch", "stream returned more than asked")
+                    digest.update(chunk)
+                    out.write(chunk)
+                    remaining -= len(chunk)
+                actual = digest.hexdigest()
+                if actual != sha256:
+                    raise ApiError.of("digest_mismatch", f"body has sha256 {actual}, "
+                                      f"not {sha256}")
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            _unlink_quiet(path)
+            raise
+        return path
+
+    def _place(self, staged, sha256):
+        """Move a checked staging file to its blob path, durably."""
+        blob = self.datadir.blob_path(sha256)
+        if blob.exists():
+            # Same bytes already back another package: one copy is enough.
+            os.unlink(staged)
+            return
+        fanout = blob.parent
+        if not fanout.is_dir():
+            fanout.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(fanout.parent)
+        os.replace(staged, blob)
+        _fsync_dir(fanout)
+
+    def _drop_blob_if_unused(self, sha256):
+        # Caller holds _write_lock, so no put can start using the blob meanwhile.
+        used = self._conn().execute("SELECT 1 FROM packages WHERE sha256 = ? LIMIT 1",
+                                    (sha256,)).fetchone()
+        if used is None:
+            blob = self.datadir.blob_path(sha256)
+            if blob.exists():
+                _unlink_quiet(blob)
+                log.info("removed blob %s: no package uses it", sha256)
+
+    def delete_package(self, app, version, arch) -> bool:
+        """Delete one package; False when there was none."""
+        with self._write_lock:
+            with self._transaction() as conn:
+                row = conn.execute(
+                    "SELECT sha256 FROM packages"
+                    " WHERE name = ? AND version = ? AND architecture = ?",
+                    (app, version, arch)).fetchone()
+                if row is None:
+                    return False
+                conn.execute("DELETE FROM packages"
+                             " WHERE name = ? AND version = ? AND architecture = ?",
+                             (app, version, arch))
+            log.info("deleted %s %s %s", app, version, arch)
+            self._drop_blob_if_unused(row[0])
+        return True
+
+    def delete_application(self, app) -> int:
+        """Delete every package of ``app``; return how many there were."""
+        with self._write_lock:
+            with self._transaction() as conn:
+                digests = [r[0] for r in conn.execute(
+                    "SELECT DISTINCT sha256 FROM packages WHERE name = ?", (app,))]
+                count = conn.execute("DELETE FROM packages WHERE name = ?",
+                                     (app,)).rowcount
+            if count:
+                log.info("deleted application %s: %d package(s)", app, count)
+            for sha256 in digests:
+                self._drop_blob_if_unused(sha256)
+        return count
+
+    # -- recovery ---------------------------------------------------------
+
+    def recover(self) -> dict:
+        """Repair what a crash can leave; return counts of what was removed.
+
+        Empties staging/, drops rows whose blob is missing or has the wrong
+        size, then removes blobs no row names. Run at open; it must not run
+        while uploads are in flight (it would remove their staging files).
+        """
+        counts = {"staging": 0, "rows": 0, "blobs": 0}
+        with self._write_lock:
+            for entry in os.scandir(self.datadir.staging_dir):
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path)
+                else:
+                    os.unlink(entry.path)
+                counts["staging"] += 1
+                log.warning("recovery: removed interrupted upload %s", entry.name)
+            on_disk = self._blobs_on_disk()
+            rows = self._conn().execute(
+                "SELECT name, version, architecture, sha256, size FROM packages").fetchall()
+            broken = [r for r in rows if on_disk.get(r[3]) != r[4]]
+            if broken:
+                with self._transaction() as conn:
+                    for app, version, arch, sha256, size in broken:
+                        conn.execute("DELETE FROM packages WHERE name = ? AND version = ?"
+                                     " AND architecture = ?", (app, version, arch))
+                        log.error("recovery: dropped %s %s %s: blob %s is missing or "
+                                  "not %d bytes", app, version, arch, sha256, size)
+                counts["rows"] = len(broken)
+            used = {r[3] for r in rows} - {r[3] for r in broken}
+            for sha256 in on_disk.keys() - used:
+                _unlink_quiet(self.datadir.blob_path(sha256))
+                counts["blobs"] += 1
+                log.warning("recovery: removed blob %s: no package uses it", sha256)
+        return counts
+
+    def _blobs_on_disk(self) -> dict:
+        """sha256 -> size of every well-named blob file."""
+        found = {}
+        for fanout in os.scandir(self.datadir.blobs_dir):
+            if not fanout.is_dir(follow_symlinks=False):
+                log.warning("recovery: leaving unexpected file %s", fanout.path)
+                continue
+            for entry in os.scandir(fanout.path):
+                if (is_sha256(entry.name) and entry.name[:2] == fanout.name
+                        and entry.is_file(follow_symlinks=False)):
+                    found[entry.name] = entry.stat(follow_symlinks=False).st_size
+                else:
+                    log.warning("recovery: leaving unexpected file %s", entry.path)
+        return found
