@@ -1,0 +1,95 @@
+"""argparse with the help layout of cobra-based tools (`amc`, `aar`, `lxc`).
+
+Operators know these commands from the Go tools they mirror, and the operator
+guide prints `aar trust --help` in cobra's layout; argparse's own layout differs
+in every section, so the help text is composed here from the parser's actions:
+
+    <description>
+
+    Usage:
+      <command> [command]            or  <command> [ARGS] [flags]
+
+    Available Commands:
+      <name padded to 11> <help>
+
+    Flags:
+      -h, --help   help for <name>
+
+    Use "<command> [command] --help" for more information about a command.
+
+Usage errors keep argparse's exit status 2 and say what to run for help.
+"""
+import argparse
+import sys
+
+__all__ = ["CobraParser"]
+
+
+class CobraParser(argparse.ArgumentParser):
+    """An ArgumentParser whose --help and errors look like cobra's."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("add_help", False)
+        super().__init__(*args, **kwargs)
+        self.add_argument("-h", "--help", action="help", default=argparse.SUPPRESS,
+                          help=f"help for {self.prog.split()[-1]}")
+
+    def _subcommands(self):
+        for action in self._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                return action
+        return None
+
+    def format_usage(self):
+        return "Usage:\n  " + self._usage_line() + "\n"
+
+    def _usage_line(self):
+        if self._subcommands():
+            return f"{self.prog} [command]"
+        words = [self.prog]
+        for action in self._positionals._group_actions:
+            name = action.metavar or action.dest.upper()
+            words.append(f"[{name}]" if action.nargs in ("?", "*") else name)
+        if any(a.option_strings for a in self._actions):
+            words.append("[flags]")
+        return " ".join(words)
+
+    def format_help(self):
+        out = []
+        if self.description:
+            out += [self.description, ""]
+        out.append(self.format_usage())
+        sub = self._subcommands()
+        if sub:
+            rows = [(a.dest, a.help or "") for a in sub._choices_actions]
+            pad = max([11] + [len(n) for n, _ in rows])
+            out.append("Available Commands:")
+            out += [f"  {n.ljust(pad)} {h}".rstrip() for n, h in rows]
+            out.append("")
+        flags = [a for a in self._actions if a.option_strings and a.help != argparse.SUPPRESS]
+        if flags:
+            lines = [(_flag_words(a), a.help or "") for a in flags]
+            width = max(len(w) for w, _ in lines)
+            out.append("Flags:")
+            out += [f"{w.ljust(width)}   {h}".rstrip() for w, h in lines]
+            out.append("")
+        if sub:
+            out.append(f'Use "{self.prog} [command] --help" for more information about a command.')
+        return "\n".join(out) + "\n"
+
+    def error(self, message):
+        self.exit(2, f"Error: {message}\nRun '{self.prog} --help' for usage.\n")
+
+    def print_help(self, file=None):
+        (file or sys.stdout).write(self.format_help())
+
+
+def _flag_words(action):
+    shorts = [o for o in action.option_strings if not o.startswith("--")]
+    longs = [o for o in action.option_strings if o.startswith("--")]
+    words = ", ".join(shorts + longs)
+    if not shorts:
+        words = "    " + words
+    if action.nargs != 0:
+        words += " " + (action.metavar or action.dest.split(".")[-1].lower())
+    return "  " + words

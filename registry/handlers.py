@@ -1,0 +1,346 @@
+"""The HTTP API (version 1.0) over the package store.
+
+Routes, authorisation and the JSON envelope. Transport concerns (TLS, keep-alive,
+timeouts) are the business of `protocol` and `server`; storage is `storage`'s.
+
+Every request is authorised against the live trust store before it is routed: a
+certificate removed or revoked while its connection stays open is refused at its
+next request, and the connection is closed.
+"""
+import hashlib
+import json
+import logging
+import re
+import urllib.parse
+
+import names
+from version import VERSION
+from registry.errors import ApiError, envelope_error, envelope_sync
+from registry.livetrust import Refusal
+from registry.protocol import RequestHandler
+
+__all__ = ["ApiHandler", "ListingCache"]
+
+log = logging.getLogger("aar.api")
+
+_JSON = "application/json"
+_SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
+_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)\Z")
+_MAX_MANIFEST = 32 * 1024
+_READ_CHUNK = 1 << 20
+_LISTING_CACHE = 64
+
+
+def _dumps(obj):
+    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+class ApiHandler(RequestHandler):
+    """Routes one request of the registry API."""
+
+    server_version = "aar/" + VERSION
+
+    @classmethod
+    def attach(cls, server):
+        """Give a new server the state these handlers share across requests."""
+        server.listing_cache = ListingCache()
+
+    def dispatch(self):
+        self.role = None
+        try:
+            self._authorise()
+            self._route()
+        except ApiError as err:
+            self._send_error(err)
+        except (ConnectionError, TimeoutError):
+            raise
+        except OSError as exc:
+            log.error("%s %s failed: %s", self.command, self.path, exc)
+            self._send_error(ApiError.of("internal", "server storage error"))
+
+    # -- authorisation -------------------------------------------------------
+
+    def _authorise(self):
+        fp = self.conn.fingerprint
+        try:
+            self.role = self.server.trust.authorise(fp)
+        except Refusal as refusal:
+            log.warning("refused %s %s from %s (%s): %s", self.command, self.path,
+                        self.client_address[0], fp, refusal.reason)
+            self.close_connection = True
+            raise ApiError.of("forbidden", f"forbidden: {refusal.reason}")
+
+    def _require_publisher(self):
+        if self.role != "publisher":
+            log.warning("refused %s %s from %s (%s): role %s cannot write",
+                        self.command, self.path, self.client_address[0],
+                        self.conn.fingerprint, self.role)
+            self._body_unread()
+            raise ApiError.of("forbidden", f"forbidden: the {self.role} role is "
+                              "read-only; writes need a publisher certificate")
+
+    def _body_unread(self):
+        # An error answered before the request body is read leaves that body
+        # on the wire; the connection cannot carry another request after it.
+        if self.headers.get("content-length", "0") != "0":
+            self.close_connection = True
+
+    # -- routing ---------------------------------------------------------------
+
+    def _route(self):
+        path, _, query = self.path.partition("?")
+        parts = [urllib.parse.unquote(p) for p in path.split("/")[1:]]
+        if parts and parts[-1] == "" and len(parts) > 1:
+            parts.pop()                   # tolerate a trailing slash
+        if not parts or parts[0] != "1.0":
+            raise ApiError.of("not_found", f"no such endpoint: {path}")
+        method = self.command
+        n = len(parts)
+        if n == 1:
+            return self._only(method, ("GET", "HEAD"), self._info)
+        if parts[1] == "status" and n == 2:
+            return self._only(method, ("GET", "HEAD"),
+                              lambda: self._send_json({"status": "ok"}))
+        if parts[1] != "applications":
+            raise ApiError.of("not_found", f"no such endpoint: {path}")
+        if n == 2:
+            return self._only(method, ("GET", "HEAD"), lambda: self._listing(query))
+        app = self._check(names.check_app_name, parts[2])
+        if n == 3:
+            if method == "DELETE":
+                return self._delete_application(app)
+            return self._only(method, ("GET", "HEAD"), lambda: self._application(app))
+        if n not in (5, 6):
+            raise ApiError.of("not_found", f"no such endpoint: {path}")
+        version = self._check(names.check_version, parts[3])
+        arch = self._check(names.check_arch, parts[4])
+        if n == 5:
+            if method == "DELETE":
+                return self._delete_package(app, version, arch)
+            return self._only(method, ("GET", "HEAD"),
+                              lambda: self._send_json(self._package(app, version, arch)))
+        if parts[5] != "package":
+            raise ApiError.of("not_found", f"no such endpoint: {path}")
+        if method == "PUT":
+            return self._upload(app, version, arch)
+        return self._only(method, ("GET", "HEAD"), lambda: self._download(app, version, arch))
+
+    def _only(self, method, allowed, action):
+        if method not in allowed:
+            self._body_unread()
+            raise ApiError.of("method_not_allowed",
+                              f"method {method} not allowed here; use {', '.join(allowed)}")
+        return action()
+
+    @staticmethod
+    def _check(validate, value):
+        try:
+            return validate(value)
+        except ValueError as exc:
+            raise ApiError.of("bad_request", str(exc))
+
+    # -- reads -------------------------------------------------------------------
+
+    def _info(self):
+        self._send_json({
+            "api_version": "1.0",
+            "server_version": VERSION,
+            "server_fingerprint": self.server.server_fingerprint,
+            "role": self.role,
+            "fingerprint": self.conn.fingerprint,
+        })
+
+    def _listing(self, query):
+        params = urllib.parse.parse_qs(query) if query else {}
+        arch = params.get("architecture", [""])[-1] or None
+        if arch is not None:
+            arch = self._check(names.check_arch, arch)
+        tags = tuple(sorted({t.strip() for v in params.get("tags", [])
+                             for t in v.split(",") if t.strip()}))
+        body, etag = self.server.listing_cache.get(self.server.packages, arch, tags)
+        if etag in _etags(self.headers.get("if-none-match")):
+            self.start_response(304, headers=(("ETag", etag),))
+            return self.finish_response()
+        self.send_bytes(200, body, _JSON, (("ETag", etag),))
+
+    def _application(self, app):
+        found = self.server.packages.application(app)
+        if found is None:
+            raise ApiError.of("not_found", f"application {app!r} not found")
+        self._send_json(found)
+
+    def _package(self, app, version, arch):
+        found = self.server.packages.get(app, version, arch)
+        if found is None:
+            raise ApiError.of("not_found", f"package {app}/{version}/{arch} not found")
+        return found
+
+    def _download(self, app, version, arch):
+        pkg = self._package(app, version, arch)
+        etag = '"%s"' % pkg["sha256"]
+        if etag in _etags(self.headers.get("if-none-match")):
+            self.start_response(304, headers=(("ETag", etag),))
+            return self.finish_response()
+        size = pkg["size"]
+        start, end = self._range(size)
+        path = self.server.packages.blob_path(pkg["sha256"])
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            log.error("blob of %s/%s/%s missing at %s", app, version, arch, path)
+            raise ApiError.of("internal", "package data missing on the server")
+        with f:
+            headers = [("ETag", etag), ("Accept-Ranges", "bytes")]
+            status = 200
+            if (start, end) != (0, size):
+                status = 206
+                headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+            self.start_response(status, "application/octet-stream", end - start, headers)
+            self.finish_response()
+            if self.command == "HEAD":
+                return
+            f.seek(start)
+            self._stream_file(f, end - start)
+
+    def _stream_file(self, f, remaining):
+        buf = bytearray(_READ_CHUNK)
+        view = memoryview(buf)
+        send = self.conn.sock.sendall
+        while remaining > 0:
+            n = f.readinto(view[:min(remaining, _READ_CHUNK)])
+            if not n:                     # the blob shrank: end the connection
+                self.close_connection = True
+                log.error("blob %s ended %d bytes early", f.name, remaining)
+                return
+            send(view[:n])
+            remaining -= n
+
+    def _range(self, size):
+        value = self.headers.get("range")
+        if not value:
+            return 0, size
+        m = _RANGE_RE.match(value.strip())
+        if not m or m.group(1) == m.group(2) == "":
+            raise ApiError.of("range_not_satisfiable", f"unsupported Range {value!r}; "
+                              "use one range such as 'bytes=1024-'")
+        first, last = m.group(1), m.group(2)
+        if first == "":                   # suffix: the last N bytes
+            start, end = max(0, size - int(last)), size
+        else:
+            start = int(first)
+            end = min(size, int(last) + 1) if last else size
+        if start >= size or start >= end:
+            raise ApiError.of("range_not_satisfiable",
+                              f"Range {value!r} outside the package's {size} bytes")
+        return start, end
+
+    # -- writes --------------------------------------------------------------------
+
+    def _upload(self, app, version, arch):
+        self._require_publisher()
+        length = self.headers.get("content-length")
+        if length is None or self.headers.get("transfer-encoding"):
+            self.close_connection = True
+            raise ApiError.of("length_required", "an upload needs Content-Length "
+                              "(chunked transfer encoding is not accepted)")
+        if not length.isdigit():
+            self.close_connection = True
+            raise ApiError.of("bad_request", f"bad Content-Length {length!r}")
+        length = int(length)
+        if length > self.server.settings.max_package_size:
+            self.close_connection = True
+            raise ApiError.of("too_large", f"package of {length} bytes exceeds the "
+                              f"limit of {self.server.settings.max_package_size}")
+        digest = (self.headers.get("x-aar-sha256") or "").strip().lower()
+        if not _SHA256_RE.match(digest):
+            self._body_unread()
+            raise ApiError.of("bad_request", "X-Aar-Sha256 must hold the package's "
+                              "sha256 as 64 hex digits")
+        manifest = self._manifest_header()
+        if "100-continue" in self.headers.get("expect", "").lower():
+            self.send_continue()
+        try:
+            created, pkg = self.server.packages.put(
+                app, version, arch, self.conn, length, digest, manifest,
+                self.conn.fingerprint)
+        except ApiError:
+            self.close_connection = True  # the body may be partly unread
+            raise
+        log.info("%s %s/%s/%s by %s: %d bytes, sha256 %s", "stored" if created
+                 else "unchanged", app, version, arch, self.conn.fingerprint,
+                 length, digest)
+        self._send_json(pkg, status=201 if created else 200)
+
+    def _manifest_header(self):
+        raw = self.headers.get("x-aar-manifest")
+        if not raw:
+            return {}
+        if len(raw) > _MAX_MANIFEST:
+            self._body_unread()
+            raise ApiError.of("bad_request", "X-Aar-Manifest too large")
+        try:
+            manifest = json.loads(raw)
+        except ValueError as exc:
+            self._body_unread()
+            raise ApiError.of("bad_request", f"X-Aar-Manifest is not JSON: {exc}")
+        if not isinstance(manifest, dict):
+            self._body_unread()
+            raise ApiError.of("bad_request", "X-Aar-Manifest must be a JSON object")
+        return manifest
+
+    def _delete_package(self, app, version, arch):
+        self._require_publisher()
+        if not self.server.packages.delete_package(app, version, arch):
+            raise ApiError.of("not_found", f"package {app}/{version}/{arch} not found")
+        log.info("deleted %s/%s/%s by %s", app, version, arch, self.conn.fingerprint)
+        self._send_json({})
+
+    def _delete_application(self, app):
+        self._require_publisher()
+        count = self.server.packages.delete_application(app)
+        if not count:
+            raise ApiError.of("not_found", f"application {app!r} not found")
+        log.info("deleted application %s (%d packages) by %s", app, count,
+                 self.conn.fingerprint)
+        self._send_json({"deleted": count})
+
+    # -- bodies ----------------------------------------------------------------
+
+    def _send_json(self, metadata, status=200):
+        self.send_bytes(status, _dumps(envelope_sync(metadata, status)), _JSON)
+
+    def _send_error(self, err):
+        if err.status >= 500:
+            self.close_connection = True
+        self.send_bytes(err.status, _dumps(envelope_error(err)), _JSON)
+
+
+def _etags(header):
+    if not header:
+        return ()
+    return [t.strip() for t in header.split(",")]
+
+
+class ListingCache:
+    """Serialised listings by (store generation, architecture, tags).
+
+    A listing of a thousand applications costs milliseconds to build and
+    serialise, and AMS nodes ask for it every cycle; between two uploads the
+    answer is the same bytes, so it is built once. The ETag is a digest of the
+    bytes, which stays right across restarts.
+    """
+
+    def __init__(self):
+        self._entries = {}
+
+    def get(self, packages, arch, tags):
+        key = (packages.generation(), arch, tags)
+        hit = self._entries.get(key)
+        if hit is None:
+            body = _dumps(envelope_sync(packages.list(architecture=arch, tags=tags)))
+            hit = (body, '"%s"' % hashlib.sha256(body).hexdigest()[:32])
+            if len(self._entries) >= _LISTING_CACHE:
+                self._entries.clear()
+            self._entries[key] = hit
+        return hit
+
