@@ -1,0 +1,14 @@
+"""The AMS side of aar: the node's registry agent (``python -m ams_sync``).
+
+Modules, one concern each:
+
+    errors.py     AgentError, the package's one exception family
+    duration.py   Go duration syntax: "30s", "5m", "1h30m" (pure)
+    manifest.py   the YAML subset manifest.yaml files are read with (pure)
+    paths.py      the data directory: where every file lives, and the
+                  registry client certificate made on first use
+    config.py     registry.* settings in an atomically written JSON file
+    appstore.py   the node's applications: sqlite3 metadata + content-addressed blobs
+    client.py, sync.py, loop.py
+                  talking to the registry (added with the sync engine)
+"""
