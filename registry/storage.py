@@ -1,7 +1,7 @@
-"""PackageStore: content-addressed package blobs plus sqlite3 metadata.
+"""PackageStore: package metadata in sqlite3 over content-addressed blobs.
 
-A package's bytes live once under blobs/sha256/ (see registry/paths.py); its
-metadata is one row of packages.db. The order of operations is what makes a
+A package's bytes live once under blobs/sha256/ (files: registry/blobs.py,
+layout: registry/paths.py); its metadata is one row of packages.db. The order of operations is what makes a
 crash harmless at any instant:
 
   1. stream the body into staging/ (no lock held, no transaction open),
@@ -23,26 +23,21 @@ counter; the listing cache (and the server's ETag) is keyed on it.
 import collections
 import contextlib
 import errno
-import fcntl
-import hashlib
 import json
 import logging
-import os
-import shutil
 import sqlite3
-import tempfile
 import threading
 import time
 
 import names
+from registry.blobs import BlobFiles, unlink_quiet
 from registry.errors import ApiError
 from registry.paths import DataDir, is_sha256
 
-__all__ = ["PackageStore", "CHUNK_SIZE"]
+__all__ = ["PackageStore"]
 
 log = logging.getLogger("aar.storage")
 
-CHUNK_SIZE = 1 << 20
 _LIST_CACHE_SIZE = 8
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13
@@ -86,22 +81,6 @@ def _is_full(exc) -> bool:
     return False
 
 
-def _unlink_quiet(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(path):
-    # A rename or a new entry is durable only once its directory is synced.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def _check_upload(app, version, arch, length, sha256, manifest):
     """Validate put()'s arguments; return (version, sha256, tags, manifest)."""
     try:
@@ -118,7 +97,7 @@ def _check_upload(app, version, arch, length, sha256, manifest):
     manifest = {} if manifest is None else manifest
     if not isinstance(manifest, dict):
         raise ApiError.of("bad_request", "manifest must be a JSON object")
-    tags = manifest.get("tags", [])
+    tags = manifest.get("tags") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ApiError.of("bad_request", "manifest tags must be a list of strings")
     return version, sha256, tags, manifest
@@ -139,9 +118,9 @@ class PackageStore:
         self._cache = collections.OrderedDict()
         self._cache_lock = threading.Lock()
         self._closed = False
-        self._dirlock = None
+        self._blobs = BlobFiles(self.datadir)
         try:
-            self._lock_datadir()
+            self._blobs.lock()
             self._create_schema()
             self.recover()
         except BaseException:
@@ -149,19 +128,6 @@ class PackageStore:
             raise
 
     # -- connections and transactions -------------------------------------
-
-    def _lock_datadir(self):
-        # recover() empties staging/: a second process on the same directory
-        # would destroy the first one's uploads in flight. flock on staging/
-        # is released by the kernel when a holder dies, even by SIGKILL.
-        fd = os.open(self.datadir.staging_dir, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise ApiError.of("internal", f"data directory {self.datadir.root} "
-                              "is in use by another registry process") from None
-        self._dirlock = fd
 
     def _conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
@@ -218,9 +184,7 @@ class PackageStore:
             conns, self._conns = self._conns, []
         for conn in conns:
             conn.close()
-        if self._dirlock is not None:
-            os.close(self._dirlock)
-            self._dirlock = None
+        self._blobs.unlock()
 
     def __enter__(self):
         return self
@@ -347,14 +311,14 @@ class PackageStore:
             raise
 
     def _put(self, app, version, arch, stream, length, sha256, tags, manifest, publisher):
-        staged = self._stage(stream, length, sha256)
+        staged = self._blobs.stage(stream, length, sha256)
         try:
             with self._write_lock:
                 # Another thread may have committed this package while we streamed.
                 existing = self.get(app, version, arch)
                 if existing is not None:
                     return False, self._same_or_conflict(existing, sha256, length)
-                self._place(staged, sha256)
+                self._blobs.commit(staged, sha256)
                 staged = None
                 created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
                 row = (app, version, arch, length, sha256, created_at, publisher,
@@ -368,7 +332,7 @@ class PackageStore:
                     raise
         finally:
             if staged is not None:
-                _unlink_quiet(staged)
+                unlink_quiet(staged)
         log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
                  app, version, arch, length, sha256, publisher or "-")
         return True, _package(row)
@@ -384,59 +348,12 @@ class PackageStore:
         log.debug("%s is already stored with the same bytes", where)
         return existing
 
-    def _stage(self, stream, length, sha256) -> str:
-        """Copy exactly ``length`` bytes into staging/; return the checked file."""
-        fd, path = tempfile.mkstemp(prefix="upload-", dir=self.datadir.staging_dir)
-        try:
-            digest = hashlib.sha256()
-            with open(fd, "wb") as out:
-                remaining = length
-                while remaining:
-                    # Never ask for more than is left: the bytes after the body
-                    # belong to whoever reads the stream next.
-                    chunk = stream.read(min(CHUNK_SIZE, remaining))
-                    if not chunk:
-                        raise ApiError.of("size_mismatch", f"body ended after "
-                                          f"{length - remaining} of {length} bytes")
-                    if len(chunk) > remaining:
-                        raise ApiError.of("size_mismatch", "stream returned more than asked")
-                    digest.update(chunk)
-                    out.write(chunk)
-                    remaining -= len(chunk)
-                actual = digest.hexdigest()
-                if actual != sha256:
-                    raise ApiError.of("digest_mismatch", f"body has sha256 {actual}, "
-                                      f"not {sha256}")
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            _unlink_quiet(path)
-            raise
-        return path
-
-    def _place(self, staged, sha256):
-        """Move a checked staging file to its blob path, durably."""
-        blob = self.datadir.blob_path(sha256)
-        if blob.exists():
-            # Same bytes already back another package: one copy is enough.
-            os.unlink(staged)
-            return
-        fanout = blob.parent
-        if not fanout.is_dir():
-            fanout.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(fanout.parent)
-        os.replace(staged, blob)
-        _fsync_dir(fanout)
-
     def _drop_blob_if_unused(self, sha256):
         # Caller holds _write_lock, so no put can start using the blob meanwhile.
         used = self._conn().execute("SELECT 1 FROM packages WHERE sha256 = ? LIMIT 1",
                                     (sha256,)).fetchone()
-        if used is None:
-            blob = self.datadir.blob_path(sha256)
-            if blob.exists():
-                _unlink_quiet(blob)
-                log.info("removed blob %s: no package uses it", sha256)
+        if used is None and self._blobs.remove(sha256):
+            log.info("removed blob %s: no package uses it", sha256)
 
     def delete_package(self, app, version, arch) -> bool:
         """Delete one package; False when there was none."""
@@ -480,14 +397,10 @@ class PackageStore:
         """
         counts = {"staging": 0, "rows": 0, "blobs": 0}
         with self._write_lock:
-            for entry in os.scandir(self.datadir.staging_dir):
-                if entry.is_dir(follow_symlinks=False):
-                    shutil.rmtree(entry.path)
-                else:
-                    os.unlink(entry.path)
+            for name in self._blobs.clear_staging():
                 counts["staging"] += 1
-                log.warning("recovery: removed interrupted upload %s", entry.name)
-            on_disk = self._blobs_on_disk()
+                log.warning("recovery: removed interrupted upload %s", name)
+            on_disk = self._blobs.scan()
             rows = self._conn().execute(
                 "SELECT name, version, architecture, sha256, size FROM packages").fetchall()
             broken = [r for r in rows if on_disk.get(r[3]) != r[4]]
@@ -501,22 +414,7 @@ class PackageStore:
                 counts["rows"] = len(broken)
             used = {r[3] for r in rows} - {r[3] for r in broken}
             for sha256 in on_disk.keys() - used:
-                _unlink_quiet(self.datadir.blob_path(sha256))
+                self._blobs.remove(sha256)
                 counts["blobs"] += 1
                 log.warning("recovery: removed blob %s: no package uses it", sha256)
         return counts
-
-    def _blobs_on_disk(self) -> dict:
-        """sha256 -> size of every well-named blob file."""
-        found = {}
-        for fanout in os.scandir(self.datadir.blobs_dir):
-            if not fanout.is_dir(follow_symlinks=False):
-                log.warning("recovery: leaving unexpected file %s", fanout.path)
-                continue
-            for entry in os.scandir(fanout.path):
-                if (is_sha256(entry.name) and entry.name[:2] == fanout.name
-                        and entry.is_file(follow_symlinks=False)):
-                    found[entry.name] = entry.stat(follow_symlinks=False).st_size
-                else:
-                    log.warning("recovery: leaving unexpected file %s", entry.path)
-        return found

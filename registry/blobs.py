@@ -1,0 +1,158 @@
+"""The blob files of a data directory: staging, digest check, durable commit.
+
+Only files here, no metadata: registry/storage.py decides which blobs a
+package row needs and when one may go. A blob is written in staging/ and
+renamed into blobs/sha256/<2 hex>/<64 hex> (see registry/paths.py) only after
+its length and sha256 are checked and its bytes fsynced, so a file under
+blobs/ is always complete; a crash leaves at worst a staging file or an
+unreferenced blob, both removed at the next start.
+"""
+
+import errno
+import fcntl
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+
+from registry.errors import ApiError
+from registry.paths import is_sha256
+
+__all__ = ["BlobFiles", "CHUNK_SIZE"]
+
+log = logging.getLogger("aar.storage")
+
+CHUNK_SIZE = 1 << 20
+
+
+def unlink_quiet(path):
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync_dir(path):
+    # A rename or a new entry is durable only once its directory is synced.
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class BlobFiles:
+    """Staging and content-addressed blob files under one DataDir."""
+
+    def __init__(self, datadir):
+        self.datadir = datadir
+        self._lockfd = None
+
+    def lock(self):
+        """Claim the data directory for this process, or raise ApiError."""
+        # clear_staging() at start would destroy another process's uploads in
+        # flight. flock on staging/ is released by the kernel when the holder
+        # dies, even by SIGKILL, so a crash never leaves a stale lock.
+        fd = os.open(self.datadir.staging_dir, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
+                raise
+            raise ApiError.of("internal", f"data directory {self.datadir.root} "
+                              "is in use by another registry process") from None
+        self._lockfd = fd
+
+    def unlock(self):
+        if self._lockfd is not None:
+            os.close(self._lockfd)
+            self._lockfd = None
+
+    def path(self, sha256):
+        return self.datadir.blob_path(sha256)
+
+    def stage(self, stream, length, sha256) -> str:
+        """Copy exactly ``length`` bytes of ``stream`` into staging/, checked.
+
+        Returns the staging file's path. Raises ApiError size_mismatch or
+        digest_mismatch; the stream's own errors propagate. On any failure the
+        staging file is gone. Memory use is one chunk whatever the length.
+        """
+        fd, path = tempfile.mkstemp(prefix="upload-", dir=self.datadir.staging_dir)
+        try:
+            digest = hashlib.sha256()
+            with open(fd, "wb") as out:
+                remaining = length
+                while remaining:
+                    # Never ask for more than is left: the bytes after the body
+                    # belong to whoever reads the stream next.
+                    chunk = stream.read(min(CHUNK_SIZE, remaining))
+                    if not chunk:
+                        raise ApiError.of("size_mismatch", f"body ended after "
+                                          f"{length - remaining} of {length} bytes")
+                    if len(chunk) > remaining:
+                        raise ApiError.of("size_mismatch", "stream returned more than asked")
+                    digest.update(chunk)
+                    out.write(chunk)
+                    remaining -= len(chunk)
+                actual = digest.hexdigest()
+                if actual != sha256:
+                    raise ApiError.of("digest_mismatch",
+                                      f"body has sha256 {actual}, not {sha256}")
+                out.flush()
+                os.fsync(out.fileno())
+        except BaseException:
+            unlink_quiet(path)
+            raise
+        return path
+
+    def commit(self, staged, sha256):
+        """Move a checked staging file to its blob path, durably."""
+        blob = self.path(sha256)
+        if blob.exists():
+            # The same bytes already back another package: one copy is enough.
+            os.unlink(staged)
+            return
+        fanout = blob.parent
+        if not fanout.is_dir():
+            fanout.mkdir(mode=0o700, exist_ok=True)
+            _fsync_dir(fanout.parent)
+        os.replace(staged, blob)
+        _fsync_dir(fanout)
+
+    def remove(self, sha256) -> bool:
+        """Delete a blob; False if it was not there."""
+        try:
+            os.unlink(self.path(sha256))
+        except FileNotFoundError:
+            return False
+        return True
+
+    def clear_staging(self) -> list:
+        """Remove everything under staging/; return the names removed."""
+        removed = []
+        for entry in os.scandir(self.datadir.staging_dir):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
+            removed.append(entry.name)
+        return removed
+
+    def scan(self) -> dict:
+        """sha256 -> size of every well-named blob file."""
+        found = {}
+        for fanout in os.scandir(self.datadir.blobs_dir):
+            if not fanout.is_dir(follow_symlinks=False):
+                log.warning("recovery: leaving unexpected file %s", fanout.path)
+                continue
+            for entry in os.scandir(fanout.path):
+                # Anything else is not ours to delete: leave it, say so.
+                if (is_sha256(entry.name) and entry.name[:2] == fanout.name
+                        and entry.is_file(follow_symlinks=False)):
+                    found[entry.name] = entry.stat(follow_symlinks=False).st_size
+                else:
+                    log.warning("recovery: leaving unexpected file %s", entry.path)
+        return found
