@@ -11,6 +11,7 @@
 0 done, 1 failed (the message says why), 2 the command line was wrong.
 """
 import argparse
+import contextlib
 import ipaddress
 import logging
 import os
@@ -24,7 +25,7 @@ from cli.cobra import CobraParser
 from cli.formats import FORMATS, render
 from registry.paths import DataDir, default_data_dir
 from trust import certs
-from trust.errors import TrustError
+from trust.errors import AlreadyExists, TrustError
 from version import VERSION
 
 __all__ = ["main"]
@@ -198,6 +199,8 @@ def _trust_add(args, out, stdin):
     store = _open_store(args)
     try:
         store.add(cert, role)
+    except AlreadyExists as exc:
+        raise CommandError(f"certificate already exists: {exc}")
     finally:
         store.close()
     if not args.quiet:
@@ -321,7 +324,9 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None) -> int:
     err = stderr or sys.stderr
     root, trust = _parser()
     try:
-        args = root.parse_args(argv)
+        # argparse writes --help, --version and usage errors to sys.std*.
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            args = root.parse_args(argv)
     except SystemExit as exc:
         return exc.code if isinstance(exc.code, int) else 2
     if args.command is None:

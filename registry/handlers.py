@@ -259,13 +259,16 @@ class ApiHandler(RequestHandler):
         manifest = self._manifest_header()
         if "100-continue" in self.headers.get("expect", "").lower():
             self.send_continue()
+        self.conn.consumed = 0
         try:
             created, pkg = self.server.packages.put(
                 app, version, arch, self.conn, length, digest, manifest,
                 self.conn.fingerprint)
-        except ApiError:
-            self.close_connection = True  # the body may be partly unread
-            raise
+        finally:
+            # A store that answers without reading the whole body (a refusal,
+            # or a no-op for bytes it already has) leaves the rest on the wire.
+            if self.conn.consumed != length:
+                self.close_connection = True
         log.info("%s %s/%s/%s by %s: %d bytes, sha256 %s", "stored" if created
                  else "unchanged", app, version, arch, self.conn.fingerprint,
                  length, digest)

@@ -40,7 +40,7 @@ class ProtocolError(Exception):
 class Connection:
     """One accepted socket and the bytes read from it but not yet consumed."""
 
-    __slots__ = ("sock", "addr", "buf", "fingerprint", "deadline", "tls")
+    __slots__ = ("sock", "addr", "buf", "fingerprint", "deadline", "tls", "consumed")
 
     def __init__(self, sock, addr):
         self.sock = sock
@@ -49,6 +49,7 @@ class Connection:
         self.fingerprint = None
         self.deadline = 0.0
         self.tls = False
+        self.consumed = 0                 # body bytes handed out by read()
 
     def has_buffered(self):
         """True when a request byte is already here, in our buffer or in TLS's."""
@@ -90,6 +91,7 @@ class Connection:
             chunk = bytes(self.buf[:n])
             del self.buf[:n]
             if len(chunk) == n:
+                self.consumed += n
                 return chunk
             parts = [chunk]
             n -= len(chunk)
@@ -101,7 +103,9 @@ class Connection:
                 break
             parts.append(data)
             n -= len(data)
-        return parts[0] if len(parts) == 1 else b"".join(parts)
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        self.consumed += len(data)
+        return data
 
     def send(self, data):
         self.sock.sendall(data)
