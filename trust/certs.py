@@ -97,6 +97,8 @@ def parse_pem(data) -> Certificate:
         text = data
     else:
         raise CertificateError(NOT_PEM)
+    # Windows editors start UTF-8 files with a byte-order mark.
+    text = text.lstrip("\ufeff")
     if not text.strip():
         raise CertificateError(EMPTY)
     blocks, broken = _blocks(text)
@@ -139,7 +141,7 @@ def _decode(data: bytes) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError:
         text = data.decode("latin-1")
-    return text.lstrip("\ufeff")
+    return text
 
 
 def _blocks(text: str):
