@@ -17,6 +17,7 @@ its next request.
 import datetime
 import logging
 import threading
+import time
 
 from trust import tls
 
@@ -33,8 +34,12 @@ class Refusal(Exception):
         self.reason = reason
 
 
-def _utcnow_iso():
-    return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+def _epoch(iso):
+    """'2027-11-22T07:49:05Z' -> seconds since the epoch (inf when unknown)."""
+    if not iso:
+        return float("inf")
+    moment = datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")
+    return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 class LiveTrust:
@@ -61,7 +66,10 @@ class LiveTrust:
             records = self._store.trusted()
             context = tls.server_context(
                 self._certfile, self._keyfile, [r.pem for r in records.values()])
-            self._records, self._context = records, context
+            # What a request needs, precomputed: role and expiry as a number.
+            self._records = {fp: (r.role, _epoch(r.not_after), r.not_after)
+                             for fp, r in records.items()}
+            self._context = context
             if self._generation is not None:
                 log.info("trust store changed: %d trusted certificate(s); "
                          "TLS context rebuilt", len(records))
@@ -75,12 +83,13 @@ class LiveTrust:
     def authorise(self, fingerprint):
         """Return the caller's role, or raise Refusal saying why not."""
         self.refresh()
-        record = self._records.get(fingerprint)
-        if record is None:
+        entry = self._records.get(fingerprint)
+        if entry is None:
             stored = self._store.get(fingerprint)
             if stored is not None and stored.revoked_at:
                 raise Refusal(f"certificate revoked at {stored.revoked_at}")
             raise Refusal("certificate not trusted")
-        if record.not_after and record.not_after < _utcnow_iso():
-            raise Refusal(f"certificate expired at {record.not_after}")
-        return record.role
+        role, expires, expires_text = entry
+        if expires < time.time():
+            raise Refusal(f"certificate expired at {expires_text}")
+        return role
