@@ -213,6 +213,7 @@ class RegistryServer:
         conn.sock.settimeout(self.settings.request_timeout)
         handler = self.handler_class(conn, self)
         handler.linger = self.settings.linger
+        handler.request_timeout = self.settings.request_timeout
         try:
             return handler.serve()
         except (socket.timeout, TimeoutError):
