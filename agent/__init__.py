@@ -8,7 +8,9 @@ Modules, one concern each:
     paths.py      the data directory: where every file lives, and the
                   registry client certificate made on first use
     config.py     registry.* settings in an atomically written JSON file
-    appstore.py   the node's applications: sqlite3 metadata + content-addressed blobs
+    package.py    what a package may hold; staging and packing one
+    blobs.py      content-addressed package files and their cleanup
+    appstore.py   the node's applications: versions in sqlite3, bytes in blobs
     client.py, sync.py, loop.py
                   talking to the registry (added with the sync engine)
 """

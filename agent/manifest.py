@@ -8,7 +8,7 @@ ManifestError naming the line:
     name: my-game                  plain scalar
     boot-package: "com.example"    double-quoted (escapes \\ \" \n \t \xXX \uXXXX …)
     image: 'default'               single-quoted ('' is one quote)
-    version: 3                     an int, because the key is `version`
+    version: 3                     an int (key `version`, digits only; "1.0" stays text)
     tags: [game, "casual"]         flow list on one line
     addons:                        block list, items indented or not
       - ssh
@@ -24,8 +24,8 @@ flow mappings ({a: b}), multi-line strings and flow lists, tab indentation,
 duplicate keys, anything nested deeper than shown (a list inside a mapping
 written as a block, a list of mappings), directives and several documents
 (one leading `---` is allowed). Scalars stay strings ("2", "false", "~"):
-only `version` becomes an int and `tags` a list of strings. A key written
-with no value and no block below it reads as None.
+only a whole-number `version` becomes an int, and `tags` a list of strings.
+A key written with no value and no block below it reads as None.
 
 `name` is required and must be a valid application name (names.py).
 """
@@ -372,8 +372,9 @@ def _decode(data):
 
 
 def parse_manifest(data) -> dict:
-    """Read a manifest (bytes or str); return its keys with `version` an int
-    and `tags` a list. ManifestError, with the line number, if it is invalid.
+    """Read a manifest (bytes or str); return its keys, a whole-number
+    `version` as an int and `tags` as a list. ManifestError, with the line
+    number, if it is invalid.
     """
     manifest, where = parse_yaml_subset(_decode(data))
     if "name" not in manifest:
@@ -385,13 +386,17 @@ def parse_manifest(data) -> dict:
     except ValueError as error:
         raise ManifestError(str(error), where["name"]) from None
     if "version" in manifest:
-        if not isinstance(manifest["version"], str):
-            raise ManifestError(NOT_A_STRING.format(key="version", example="0"),
+        version = manifest["version"]
+        if not isinstance(version, str):
+            raise ManifestError(NOT_A_STRING.format(key="version", example="1"),
                                 where["version"])
-        try:
-            manifest["version"] = names.check_version(manifest["version"])
-        except ValueError as error:
-            raise ManifestError(BAD_VERSION.format(error=error), where["version"]) from None
+        # A whole number becomes an int; "1.0" and other labels stay text, as
+        # AMS takes them.
+        if re.fullmatch(r"[0-9]+", version):
+            try:
+                manifest["version"] = names.check_version(version)
+            except ValueError as error:
+                raise ManifestError(BAD_VERSION.format(error=error), where["version"]) from None
     tags = manifest.get("tags")
     if tags is None:
         tags = []
