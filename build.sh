@@ -21,7 +21,10 @@ ROOT=$(cd "$(dirname "$0")" && pwd)
 PY=${PYTHON:-python3}
 OUTPUT=$ROOT/dist/aar.pyz
 SHEBANG='/usr/bin/env python3'
+# The program: these modules and packages, plus any other top-level package
+# (a directory with __init__.py) but the ones that never ship.
 PROGRAM=(aar.py ams_sync.py launcher.py names.py version.py trust registry agent)
+NOT_SHIPPED=" tests bench dist snap docs "
 
 die() { echo "build.sh: $*" >&2; exit 1; }
 
@@ -37,6 +40,14 @@ done
 command -v "$PY" >/dev/null 2>&1 || die "no Python interpreter '$PY' (set PYTHON)"
 for item in "${PROGRAM[@]}"; do
     [ -e "$ROOT/$item" ] || die "missing $item: the zipapp needs all of: ${PROGRAM[*]}"
+done
+for init in "$ROOT"/*/__init__.py; do
+    [ -e "$init" ] || continue
+    package=$(basename "$(dirname "$init")")
+    case " ${PROGRAM[*]} $NOT_SHIPPED" in
+        *" $package "*) ;;
+        *) PROGRAM+=("$package") ;;
+    esac
 done
 
 # shiv: the interpreter's own, else the repository's .venv (the one test.sh

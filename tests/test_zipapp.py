@@ -110,9 +110,13 @@ def make_stub_tree(tree):
         (tree / package / "__pycache__").mkdir()
         (tree / package / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"x")
     (tree / "agent" / ".notes.swp").write_text("x")
+    (tree / "extra").mkdir()  # a package added later ships too
+    (tree / "extra" / "__init__.py").write_text("")
     for outside in ("tests", "bench"):
         (tree / outside).mkdir()
+        (tree / outside / "__init__.py").write_text("")
         (tree / outside / "test_x.py").write_text("")
+    (tree / "scratch.py").write_text("")  # only the named modules ship
     return tree
 
 
@@ -167,8 +171,8 @@ def test_holds_the_program_only(stub_zipapp):
         packed = sorted(name for name in archive.namelist() if name.startswith("site-packages/"))
         environment = json.loads(archive.read("environment.json"))
     assert packed == ["site-packages/" + name for name in (
-        "aar.py", "agent/__init__.py", "ams_sync.py", "launcher.py", "names.py",
-        "registry/__init__.py", "trust/__init__.py", "version.py")]
+        "aar.py", "agent/__init__.py", "ams_sync.py", "extra/__init__.py", "launcher.py",
+        "names.py", "registry/__init__.py", "trust/__init__.py", "version.py")]
     assert environment["entry_point"] == "launcher:main"
     assert environment["no_modify"] and environment["reproducible"]
     assert environment["root"] is None  # ~/.shiv unless SHIV_ROOT says otherwise
@@ -210,11 +214,15 @@ def test_build_rejects_unknown_arguments(tmp_path):
 
 # -- the program runs on Python 3.10 ------------------------------------------
 
+NOT_SHIPPED = ("tests", "bench", "dist", "snap", "docs")
+
+
 def program_files():
+    """What build.sh packs: the named modules and every top-level package."""
     files = [ROOT / name for name in PROGRAM if name.endswith(".py")]
-    for package in PROGRAM:
-        if (ROOT / package).is_dir():
-            files += sorted((ROOT / package).rglob("*.py"))
+    for init in sorted(ROOT.glob("*/__init__.py")):
+        if init.parent.name not in NOT_SHIPPED:
+            files += sorted(init.parent.rglob("*.py"))
     return [f for f in files if f.exists()]
 
 
@@ -365,6 +373,20 @@ def ams_sync(zipapp, python, tmp_path):
     link.parent.mkdir()
     link.symlink_to(zipapp)
     return Run(python, link, tmp_path)
+
+
+def test_packs_every_local_import(zipapp):
+    """Every top-level name the program imports from this tree is in the zipapp."""
+    with zipfile.ZipFile(zipapp) as archive:
+        packed = {name.split("/")[1].removesuffix(".py") for name in archive.namelist()
+                  if name.startswith("site-packages/")}
+    imported = set()
+    for path in program_files():
+        for match in re.finditer(r"^\s*(?:from|import)\s+([A-Za-z_]\w*)", code_only(path.read_text()), re.M):
+            imported.add(match.group(1))
+    local = {name for name in imported
+             if (ROOT / f"{name}.py").exists() or (ROOT / name / "__init__.py").exists()}
+    assert local - packed == set()
 
 
 @needs("aar.py")
