@@ -9,6 +9,9 @@ never merely to name a message.
 __all__ = [
     "AgentError", "ConfigError", "PackageError", "ManifestError",
     "StoreError", "NotFound", "Immutable", "Conflict", "IntegrityError",
+    "RegistryError", "PinError", "NotTrusted", "Forbidden", "RegistryUnavailable",
+    "BadResponse", "RegistryNotFound", "RegistryConflict", "TransferError",
+    "TransferTimeout", "Cancelled",
 ]
 
 
@@ -52,3 +55,55 @@ class Conflict(StoreError):
 
 class IntegrityError(StoreError):
     """Downloaded bytes do not match the expected sha256."""
+
+
+# -- talking to the registry (client.py, transfer.py, sync.py) -----------------
+# The sync engine acts on the class: any RegistryError during a listing means
+# the cycle deletes nothing; a failed transfer is retried next cycle.
+
+class RegistryError(AgentError):
+    """Talking to the registry failed; ``status`` is the HTTP status or None."""
+
+    def __init__(self, message, status=None):
+        super().__init__(message)
+        self.status = status
+
+
+class PinError(RegistryError):
+    """The server is not the pinned registry; nothing was sent."""
+
+
+class NotTrusted(RegistryError):
+    """The registry refused this node's certificate (handshake or 403)."""
+
+
+class Forbidden(RegistryError):
+    """A write with a client (read-only) certificate."""
+
+
+class RegistryUnavailable(RegistryError):
+    """Connection refused or dropped, a timeout, or a 5xx answer."""
+
+
+class BadResponse(RegistryError):
+    """The answer was not what the API promises (status, JSON, fields)."""
+
+
+class RegistryNotFound(RegistryError):
+    """404: no such application or package."""
+
+
+class RegistryConflict(RegistryError):
+    """409: the registry holds other bytes under the same version."""
+
+
+class TransferError(RegistryError):
+    """A package transfer failed (size, broken connections)."""
+
+
+class TransferTimeout(TransferError):
+    """A transfer did not finish before its deadline."""
+
+
+class Cancelled(AgentError):
+    """The stop event was set during a transfer."""
