@@ -111,6 +111,9 @@ http {{
     def url(self, path):
         return f"https://127.0.0.1:{self.port}{path}"
 
+    def pids(self):
+        return [self.proc.pid] + bl.child_pids(self.proc.pid) if self.proc else []
+
     def peak_rss_kib(self):
         """Largest VmHWM among the worker processes."""
         if not self.proc:

@@ -93,7 +93,7 @@ def print_table(rows, header, out=sys.stdout):
         for i, row in enumerate([r] + r.sub):
             label = (f"{row.key:<3}{row.metric}" + (f" ({row.unit})" if row.unit else ""))
             if row.na:
-                aar, ref, ratio, tgt = f"n/a ({row.na})", "", "", row.target_text
+                aar, ref, ratio, tgt = "n/a", "", "", row.target_text
             else:
                 aar = row.aar_text or fmt(row.aar)
                 ref = row.ref_text or (f"{row.ref_name} {fmt(row.ref)}" if row.ref_name or row.ref
@@ -101,6 +101,8 @@ def print_table(rows, header, out=sys.stdout):
                 ratio = f"{row.ratio:.2f}" if row.ratio is not None else "-"
                 tgt = row.target_text + (f"  {row.verdict()}" if row.verdict() else "")
             lines.append([label, aar, ref, ratio, tgt])
+            if row.na:
+                lines.append(["", f"    n/a: {row.na}"])
             for n in row.notes:
                 lines.append(["", "    " + n])
     width = [max(len(c), *(len(ln[i]) for ln in lines if len(ln) > i and not
@@ -217,9 +219,22 @@ class Bench:
                 srv_cores = r["server_us"] * r["rate"] / 1e6
                 cli_cores = r["client_us"] * r["rate"] / 1e6
                 if n != "aar" and cli_cores > srv_cores:
-                    notes.append(f"{n} run is client-bound (client {cli_cores:.2f} cores vs "
-                                 f"server {srv_cores:.2f}): its figure is a lower bound")
+                    notes.append(f"{n} run: the client used more CPU ({cli_cores:.2f} cores) "
+                                 f"than {n} ({srv_cores:.2f}), so {n}'s rate is a lower "
+                                 f"bound; the per-CPU-second line is client-neutral")
         return notes
+
+    @staticmethod
+    def cpu_subrow(row, best, ref):
+        """Client-neutral companion figure: server CPU per request, as requests
+        per server CPU-second, so the ratio reads like the row's ratio."""
+        a, r = best["aar"].get("server_us"), best[ref].get("server_us")
+        if not a or not r:
+            return
+        sub = Row("", "  per server CPU-second", "req/cpu-s", None)
+        sub.aar, sub.ref, sub.ref_name = 1e6 / a, 1e6 / r, ref
+        sub.ratio = r / a
+        row.sub.append(sub)
 
     def row(self, key, metric, unit, target=None):
         r = Row(key, metric, unit, target)
@@ -233,6 +248,10 @@ class Bench:
         except ERRORS as e:
             row.na = (str(e).strip().splitlines() or [type(e).__name__])[0][:160]
             log(f"row {row.key}: n/a ({row.na})")
+        except Exception as e:  # noqa: BLE001 - a bench bug must not lose the other rows
+            import traceback
+            traceback.print_exc()
+            row.na = f"bench error: {type(e).__name__}: {e}"[:160]
         log(f"row {row.key} done in {time.monotonic() - t:.1f}s")
 
     def selected(self, n):
@@ -251,6 +270,7 @@ class Bench:
             ("nginx", nginx.port, "/status.json", nginx.pids)], self.p["small_requests"])
         row.aar, row.ref, row.ref_name = best["aar"]["rate"], best["nginx"]["rate"], "nginx"
         row.ratio = row.aar / row.ref
+        self.cpu_subrow(row, best, row.ref_name)
         row.notes += [f"{len(body)}-byte JSON body; {self.o.conns} keep-alive connections, "
                       f"driver {self.o.driver}"] + self.cpu_notes(best, ["aar", "nginx"])
 
@@ -269,6 +289,7 @@ class Bench:
             ("nginx", nginx.port, "/applications.json", nginx.pids)], self.p["list_requests"])
         row.aar, row.ref, row.ref_name = best["aar"]["rate"], best["nginx"]["rate"], "nginx"
         row.ratio = row.aar / row.ref
+        self.cpu_subrow(row, best, row.ref_name)
         row.notes += [f"{len(apps)} applications, {len(body):,} bytes per listing"] + \
             self.cpu_notes(best, ["aar", "nginx"])
 
@@ -308,6 +329,7 @@ class Bench:
         row.aar = best["aar"]["rate"]
         row.ref_name, row.ref = refs[0], best[refs[0]]["rate"]
         row.ratio = row.aar / row.ref
+        self.cpu_subrow(row, best, row.ref_name)
         for other in refs[1:]:
             sub = Row("", f"  vs {other}", "", None)
             sub.aar, sub.ref, sub.ref_name = row.aar, best[other]["rate"], other
