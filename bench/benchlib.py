@@ -293,13 +293,19 @@ def manifest_yaml(m):
     return "\n".join(lines) + "\n"
 
 
+def _entry(name):
+    info = zipfile.ZipInfo(name, (2020, 1, 1, 0, 0, 0))
+    info.external_attr = 0o100644 << 16   # a regular file, rw-r--r--
+    return info
+
+
 def small_package(name, version=0, tags=()):
     """A tiny valid package: a zip holding manifest.yaml and a stub apk."""
     m = manifest(name, version, tags)
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(zipfile.ZipInfo("manifest.yaml", (2020, 1, 1, 0, 0, 0)), manifest_yaml(m))
-        z.writestr(zipfile.ZipInfo("app.apk", (2020, 1, 1, 0, 0, 0)), f"apk of {name}\n")
+        z.writestr(_entry("manifest.yaml"), manifest_yaml(m))
+        z.writestr(_entry("app.apk"), f"apk of {name}\n")
     return buf.getvalue(), m
 
 
@@ -310,7 +316,7 @@ def big_package(path, name, size, version=0, tags=()):
     payload = pathlib.Path(str(path) + ".apk")
     random_file(payload, max(size - 512, 1), seed=name.encode())
     with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as z:
-        z.writestr(zipfile.ZipInfo("manifest.yaml", (2020, 1, 1, 0, 0, 0)), manifest_yaml(m))
+        z.writestr(_entry("manifest.yaml"), manifest_yaml(m))
         z.write(payload, "app.apk")
     payload.unlink()
     return sha256_file(path), m

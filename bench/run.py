@@ -651,6 +651,13 @@ class Agent:
         return res
 
     def count_apps(self, prefix):
+        res = self.cmd("application", "list", "--format", "json", check=False)
+        if res.returncode == 0:
+            try:
+                return sum(1 for app in json.loads(res.stdout)
+                           if app.get("name", "").startswith(prefix) and app.get("versions"))
+            except (ValueError, AttributeError, TypeError):
+                pass
         res = self.cmd("application", "list", check=False)
         if res.returncode != 0:
             return None
