@@ -108,7 +108,9 @@ def format_duration(seconds) -> str:
     """Go's Duration.String() for a number of seconds: 5400 -> "1h30m0s"."""
     ns = round(seconds * 1_000_000_000)
     sign = "-" if ns < 0 else ""
-    ns = abs(ns)
+    # A float cannot hold every nanosecond near the limit; clamp, so that
+    # what is printed always parses back.
+    ns = min(abs(ns), _MAX_NS)
     if ns == 0:
         return "0s"
     if ns < 1_000:

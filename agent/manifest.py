@@ -177,7 +177,8 @@ def _plain(text, pos, number, flow):
         raise ManifestError(UNSUPPORTED.format(what=_UNSUPPORTED_START[first]), number)
     # '-', '?' and ':' may start a plain scalar when a non-space follows
     # ("-1", ":x"); a lone "- " here is a list item where none can be.
-    if first in _RESERVED_START + "-" and (first not in "?:" or text[pos + 1: pos + 2] in ("", " ")):
+    if first in _RESERVED_START + "-" and (
+            first not in "?:-" or text[pos + 1: pos + 2] in ("", " ")):
         raise ManifestError(MUST_QUOTE.format(char=repr(first)), number)
     stops = ",[]{}" if flow else ""
     i = pos
@@ -277,12 +278,12 @@ def _block_list(lines, i, parent_indent):
         if line.indent != indent:
             raise ManifestError(TOO_DEEP if line.indent > indent else BAD_INDENT.format(expected=indent),
                                 line.number)
-        if line.text == "-" or line.text.startswith("- #"):
+        if line.text == "-":
             raise ManifestError(EMPTY_ITEM, line.number)
         if not line.text.startswith("- "):
             raise ManifestError(BAD_INDENT.format(expected=indent), line.number)
         pos = _skip_spaces(line.text, 2)
-        if pos >= len(line.text):
+        if pos >= len(line.text) or line.text[pos] == "#":
             raise ManifestError(EMPTY_ITEM, line.number)
         if line.text[pos] in "[-":
             raise ManifestError(TOO_DEEP, line.number)
