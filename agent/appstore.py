@@ -22,6 +22,7 @@ import datetime
 import json
 import os
 import sqlite3
+import tempfile
 import threading
 
 import names
@@ -328,6 +329,22 @@ class AppStore:
                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                    (name, version, arch, sha256, size, json.dumps(manifest),
                     json.dumps(tags), int(published), now))
+
+    @contextlib.contextmanager
+    def staging_file(self):
+        """A new empty file under staging/ for a download, removed on exit.
+
+        The sync engine streams a package here and then calls
+        import_package(). The writers' lock is held throughout, so recover()
+        in another process (any command opening the store) leaves it alone.
+        """
+        with self._blobs.writing():
+            fd, path = tempfile.mkstemp(dir=self.dirs.staging_dir, suffix=".part")
+            os.close(fd)
+            try:
+                yield path
+            finally:
+                self._blobs.discard(path)
 
     # Changing
 
