@@ -15,6 +15,7 @@ at once both land. Setting a key to "" puts back its default.
 A running loop keeps one Config and calls reload() before each cycle: one
 stat() tells whether the file changed, and only then is it read again.
 """
+import contextlib
 import fcntl
 import json
 import os
@@ -182,10 +183,14 @@ def _read(path):
     return stored, (stamp.st_ino, stamp.st_mtime_ns, stamp.st_size)
 
 
+def _temp_prefix(path):
+    return "." + os.path.basename(path) + "."
+
+
 def _write(path, stored):
     directory = os.path.dirname(os.path.abspath(path))
     text = json.dumps(stored, indent=2, sort_keys=True) + "\n"
-    fd, temp = tempfile.mkstemp(dir=directory, prefix=".config.", suffix=".tmp")
+    fd, temp = tempfile.mkstemp(dir=directory, prefix=_temp_prefix(path), suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as file:
             os.fchmod(file.fileno(), 0o600)
@@ -247,6 +252,13 @@ class Config:
             # Read again under the lock: another process may have set another
             # key since we loaded, and its change must survive ours.
             fcntl.flock(lock, fcntl.LOCK_EX)
+            # Under the lock no other write is in flight: a temporary file is
+            # what a killed writer left behind.
+            prefix = _temp_prefix(self.path)
+            for name in os.listdir(directory):
+                if name.startswith(prefix) and name.endswith(".tmp"):
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(directory, name))
             stored, _ = _read(self.path)
             if value == DEFAULTS[key]:
                 stored.pop(key, None)
