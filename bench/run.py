@@ -470,7 +470,7 @@ class Bench:
         row.ref_text = f"nginx worker {ng / 1024:.1f}" if ng else "-"
         ok = row.aar < 64
         row.target_text = "< 64  " + ("ok" if ok else "MISS")
-        row.notes.append("VmHWM of the aar process that served rows 4-6a "
+        row.notes.append("VmHWM of the aar process that served rows 4-6 "
                          "(/proc/PID/status), threads included")
 
     # -- data ------------------------------------------------------------------

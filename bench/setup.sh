@@ -28,7 +28,8 @@ if [ ${#missing[@]} -eq 0 ]; then
     exit 0
 fi
 
-if [ ! -f /var/lib/apt/lists/lock ] || [ -z "$(ls /var/lib/apt/lists/ 2>/dev/null | grep -v lock)" ]; then
+# apt-cache knows nothing before the first `apt-get update`
+if ! ls /var/lib/apt/lists/ 2>/dev/null | grep -q '_Packages'; then
     $SUDO apt-get update -q
 fi
 
@@ -53,7 +54,9 @@ if [ ${#pkgs[@]} -gt 0 ]; then
     if [ ! -e /usr/sbin/policy-rc.d ]; then
         $SUDO cp /tmp/aar-bench-policy-rc.d /usr/sbin/policy-rc.d; restore=1
     fi
-    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${pkgs[@]}" || status=$?
+    install() { DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${pkgs[@]}"; }
+    # a stale package list makes the download fail: refresh once and retry
+    install || { $SUDO apt-get update -q && install; } || status=$?
     [ -n "$restore" ] && $SUDO rm -f /usr/sbin/policy-rc.d
     rm -f /tmp/aar-bench-policy-rc.d
 fi
