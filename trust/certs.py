@@ -30,7 +30,7 @@ PRIVATE_KEY = ("this is a private key, not a certificate: give the .crt file, "
 CSR = ("this is a certificate signing request, not a certificate: give the "
        "signed certificate (.crt)")
 SEVERAL = "found {count} certificates; give exactly one"
-TRUNCATED = ("the certificate is truncated: '-----BEGIN {label}-----' has no "
+TRUNCATED = ("the PEM text is truncated: '-----BEGIN {label}-----' has no "
              "matching '-----END {label}-----'")
 BAD_BASE64 = "the certificate's base64 text is damaged: {detail}"
 NOT_PEM = ("no certificate found: expected PEM text starting with "
