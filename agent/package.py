@@ -191,8 +191,9 @@ def _zip_members(path):
                     raise PackageError(UNSAFE_LINK.format(name=repr(info.filename),
                                                           target="…"))
                 target = archive.read(info).decode("utf-8", "surrogateescape")
-            # Archivers on other systems leave the Unix mode 0: a plain file.
-            elif mode == 0 or stat.S_ISREG(mode):
+            # Many archivers (zipfile.writestr among them) store permission
+            # bits without a file type, or no Unix mode at all: a plain file.
+            elif stat.S_IFMT(mode) in (0, stat.S_IFREG):
                 kind = "file"
             else:
                 raise PackageError(SPECIAL_FILE.format(name=repr(info.filename)))
