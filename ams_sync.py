@@ -252,7 +252,10 @@ def _app_delete(ctx):
 # `set_defaults(handler=…)`; a handler takes the _Context and may return an int.
 
 def _add_registry_commands(cmds, common):
-    pass
+    # Imported here: the registry client (ssl, http.client) only loads when
+    # the parser is built, and agent/commands.py holds the handlers.
+    from agent import commands
+    commands.add_commands(cmds, common, _group, _leaf, _format_flag, _app_name)
 
 
 # -- the parser --------------------------------------------------------------------------

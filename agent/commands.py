@@ -1,0 +1,132 @@
+"""The registry half of the ams-sync command line.
+
+    ams-sync registry list [--format table|csv|json|yaml]
+    ams-sync registry push APP        manual mode: push APP's published versions
+    ams-sync registry pull APP        manual mode: pull APP's versions
+    ams-sync sync                     one cycle now; exit status 1 if anything failed
+    ams-sync run                      the loop, until SIGTERM or SIGINT
+
+ams_sync.py builds the parser and calls add_commands() with its helpers;
+each handler takes its _Context (args, out, err, dirs) and returns the exit
+status. Errors are raised for ams_sync.main to print.
+"""
+import logging
+
+from cli.formats import render
+
+from . import config as config_mod
+from . import loop
+from .appstore import AppStore
+from .sync import STATE_FILE, Listing, Sync, connect
+
+__all__ = ["add_commands", "MANUAL_SYNC", "FAILED_LINE", "DONE_LINE", "LOG_FORMAT"]
+
+MANUAL_SYNC = ("registry.mode is manual: nothing is synced automatically; use "
+               "`ams-sync registry push APP` or `ams-sync registry pull APP`")
+DONE_LINE = "  {action} {what}"
+FAILED_LINE = "  failed: {message}"
+LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
+
+_LIST_COLUMNS = [("name", "NAME"), ("version", "VERSION"), ("architecture", "ARCHITECTURE"),
+                 ("size", "SIZE"), ("sha256", "SHA256"), ("tags", "TAGS"),
+                 ("publisher", "PUBLISHER"), ("created_at", "CREATED")]
+
+
+def _print_summary(ctx, summary):
+    ctx.print(str(summary))
+    for action, items in (("pushed", summary.pushed), ("pulled", summary.pulled),
+                          ("removed", summary.removed)):
+        for what in items:
+            ctx.print(DONE_LINE.format(action=action, what=what))
+    for message in summary.failed:
+        print(FAILED_LINE.format(message=message), file=ctx.err)
+    return 0 if summary.ok else 1
+
+
+def _session(ctx, listing=None):
+    """(config, client, Sync factory) for one command."""
+    config = config_mod.Config.load(ctx.dirs.config)
+    client, own = connect(ctx.dirs, config)
+    progress = loop.TerminalProgress(ctx.err) if _tty(ctx.err) else None
+
+    def make(store):
+        return Sync(client, store, own_fingerprint=own, listing=listing, progress=progress)
+    return config, client, make
+
+
+def _tty(stream):
+    return hasattr(stream, "isatty") and stream.isatty()
+
+
+def _registry_list(ctx):
+    config = config_mod.Config.load(ctx.dirs.config)
+    client, _ = connect(ctx.dirs, config)
+    with client:
+        _, apps = client.list()
+    rows = [pkg for app in apps for pkg in app["versions"]]
+    if ctx.args.format in ("json", "yaml"):
+        ctx.out.write(render(rows, [], ctx.args.format))
+        return 0
+    short = {"sha256": lambda v: v[:12], "publisher": lambda v: (v or "-")[:12]}
+    ctx.out.write(render(rows, _LIST_COLUMNS, ctx.args.format, short=short))
+    return 0
+
+
+def _registry_push(ctx):
+    _, client, make = _session(ctx)
+    with client, AppStore(ctx.dirs.root) as store:
+        return _print_summary(ctx, make(store).push(ctx.args.name))
+
+
+def _registry_pull(ctx):
+    _, client, make = _session(ctx)
+    with client, AppStore(ctx.dirs.root) as store:
+        return _print_summary(ctx, make(store).pull(app=ctx.args.name))
+
+
+def _sync(ctx):
+    # The listing and its ETag are kept beside config.json, so a `sync` from
+    # cron against an unchanged registry costs one 304.
+    config, client, make = _session(ctx, Listing(ctx.dirs.root / STATE_FILE))
+    if config.mode == "manual":
+        ctx.print(MANUAL_SYNC)
+        return 0
+    with client, AppStore(ctx.dirs.root) as store:
+        return _print_summary(ctx, make(store).cycle(config.mode, config.filter))
+
+
+def _run(ctx):
+    handler = logging.StreamHandler(ctx.err)
+    handler.setFormatter(logging.Formatter(LOG_FORMAT))
+    logger = logging.getLogger("ams_sync")
+    old_level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    try:
+        return loop.run(ctx.dirs, ctx.err)
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(old_level)
+
+
+def add_commands(cmds, common, group, leaf, format_flag, app_name):
+    """Add `registry …`, `sync` and `run` to the ams-sync parser."""
+    _, registry = group(cmds, "registry", "Inspect the registry; push or pull one application")
+    ls = leaf(registry, "list", "List what the registry holds", _registry_list, common,
+              aliases=["ls"])
+    format_flag(ls, "table")
+    push = leaf(registry, "push", "Push an application's published versions",
+                _registry_push, common,
+                "Upload every published version of APP (this node's architecture) "
+                "that the registry lacks, and delete from the registry the versions "
+                "this node pushed and no longer publishes")
+    push.add_argument("name", type=app_name, metavar="APP")
+    pull = leaf(registry, "pull", "Pull an application's versions", _registry_pull, common,
+                "Download every version of APP (this node's architecture) that the "
+                "node lacks, and remove pulled versions that left the registry")
+    pull.add_argument("name", type=app_name, metavar="APP")
+    leaf(cmds, "sync", "Run one sync cycle now", _sync, common,
+         "Push or pull once, as registry.mode says; exit status 1 if anything failed")
+    leaf(cmds, "run", "Sync every registry.update_interval until stopped", _run, common,
+         "Run a sync cycle every registry.update_interval (re-reading the settings "
+         "each time) until SIGTERM or SIGINT")
