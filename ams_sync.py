@@ -252,8 +252,7 @@ def _app_delete(ctx):
 # `set_defaults(handler=…)`; a handler takes the _Context and may return an int.
 
 def _add_registry_commands(cmds, common):
-    # Imported here: the registry client (ssl, http.client) only loads when
-    # the parser is built, and agent/commands.py holds the handlers.
+    # The handlers live in agent/commands.py, beside the engine they drive.
     from agent import commands
     commands.add_commands(cmds, common, _group, _leaf, _format_flag, _app_name)
 
