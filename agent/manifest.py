@@ -29,6 +29,7 @@ A key written with no value and no block below it reads as None.
 
 `name` is required and must be a valid application name (names.py).
 """
+import collections
 import re
 
 import names
@@ -104,11 +105,7 @@ def _show(value) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-class _Line:
-    __slots__ = ("number", "indent", "text")
-
-    def __init__(self, number, indent, text):
-        self.number, self.indent, self.text = number, indent, text
+_Line = collections.namedtuple("_Line", "number indent text")
 
 
 def _lines(text):
@@ -153,13 +150,12 @@ def _quoted(text, pos, number):
                 i += 1
             elif esc in _HEX_ESCAPES:
                 digits = text[i + 1: i + 1 + _HEX_ESCAPES[esc]]
-                if (len(digits) != _HEX_ESCAPES[esc]
-                        or not re.fullmatch(r"[0-9A-Fa-f]+", digits)):
-                    raise ManifestError(BAD_ESCAPE.format(escape=repr("\\" + esc)), number)
-                code = int(digits, 16)
-                if code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
-                    raise ManifestError(BAD_ESCAPE.format(escape=repr("\\" + esc + digits)),
-                                        number)
+                code = (int(digits, 16) if len(digits) == _HEX_ESCAPES[esc]
+                        and re.fullmatch(r"[0-9A-Fa-f]+", digits) else None)
+                # Surrogates are not characters: UTF-8 cannot encode them.
+                if code is None or code > 0x10FFFF or 0xD800 <= code <= 0xDFFF:
+                    shown = "\\" + esc + (digits if code is not None else "")
+                    raise ManifestError(BAD_ESCAPE.format(escape=repr(shown)), number)
                 out.append(chr(code))
                 i += 1 + len(digits)
             else:
@@ -184,9 +180,7 @@ def _plain(text, pos, number, flow):
     i = pos
     while i < len(text):
         char = text[i]
-        if char in stops:
-            break
-        if char == "#" and text[i - 1] == " ":
+        if char in stops or (char == "#" and text[i - 1] == " "):
             break
         if char == ":" and (i + 1 == len(text) or text[i + 1] == " "
                             or (flow and text[i + 1] in stops)):
@@ -223,22 +217,18 @@ def _flow_list(text, pos, number):
     if text[i: i + 1] == "]":
         return items, i + 1
     while True:
-        if i >= len(text):
+        if i >= len(text) or text[i] == "#":
             raise ManifestError(BAD_FLOW_LIST, number)
         if text[i] in "[{":
             raise ManifestError(TOO_DEEP, number)
         if text[i] in ",]":
             raise ManifestError(EMPTY_ITEM, number)
-        if text[i] == "#":
-            raise ManifestError(BAD_FLOW_LIST, number)
         value, i = _scalar(text, i, number, flow=True)
         items.append(value)
         i = _skip_spaces(text, i)
-        if i >= len(text):
-            raise ManifestError(BAD_FLOW_LIST, number)
-        if text[i] == "]":
+        if text[i: i + 1] == "]":
             return items, i + 1
-        if text[i] != ",":
+        if text[i: i + 1] != ",":
             raise ManifestError(BAD_FLOW_LIST, number)
         i = _skip_spaces(text, i + 1)
         if text[i: i + 1] == "]":  # a trailing comma, as YAML allows
@@ -267,17 +257,28 @@ def _key(line):
     return match.group(1), match.end()
 
 
-def _block_list(lines, i, parent_indent):
+def _check_indent(line, indent):
+    if line.indent != indent:
+        raise ManifestError(TOO_DEEP if line.indent > indent
+                            else BAD_INDENT.format(expected=indent), line.number)
+
+
+def _add(mapping, where, key, value, line):
+    if key in mapping:
+        raise ManifestError(DUPLICATE_KEY.format(key=repr(key), first=where[key]), line.number)
+    mapping[key], where[key] = value, line.number
+
+
+def _block_list(lines, i):
     """Read '- item' lines from lines[i]; return (items, next index)."""
     indent = lines[i].indent
     items = []
     while i < len(lines):
         line = lines[i]
-        if line.indent < indent or (line.indent == parent_indent and not line.text.startswith("-")):
+        # A list may sit at the key's own indentation (YAML allows it).
+        if line.indent < indent or (line.indent == 0 and not line.text.startswith("-")):
             break
-        if line.indent != indent:
-            raise ManifestError(TOO_DEEP if line.indent > indent else BAD_INDENT.format(expected=indent),
-                                line.number)
+        _check_indent(line, indent)
         if line.text == "-":
             raise ManifestError(EMPTY_ITEM, line.number)
         if not line.text.startswith("- "):
@@ -299,26 +300,20 @@ def _block_list(lines, i, parent_indent):
 def _block_mapping(lines, i):
     """Read 'key: value' lines indented like lines[i]; return (dict, next index)."""
     indent = lines[i].indent
-    mapping, first_seen = {}, {}
+    mapping, where = {}, {}
     while i < len(lines) and lines[i].indent > 0:
         line = lines[i]
-        if line.indent != indent:
-            raise ManifestError(TOO_DEEP if line.indent > indent else BAD_INDENT.format(expected=indent),
-                                line.number)
+        _check_indent(line, indent)
         if line.text.startswith("- ") or line.text == "-":
             raise ManifestError(BAD_INDENT.format(expected=indent), line.number)
         key, end = _key(line)
-        if key in mapping:
-            raise ManifestError(DUPLICATE_KEY.format(key=repr(key), first=first_seen[key]),
-                                line.number)
         value = _inline_value(line.text, end, line.number)
         nxt = lines[i + 1] if i + 1 < len(lines) else None
         # A key with nothing after it would open a block: one level too deep.
         if value is None and nxt is not None and (
                 nxt.indent > indent or (nxt.indent == indent and nxt.text.startswith("-"))):
             raise ManifestError(TOO_DEEP, nxt.number)
-        mapping[key] = value
-        first_seen[key] = line.number
+        _add(mapping, where, key, value, line)
         i += 1
     return mapping, i
 
@@ -339,37 +334,28 @@ def parse_yaml_subset(text):
         if line.text.startswith("%"):
             raise ManifestError(UNSUPPORTED.format(what="directives (%)"), line.number)
         key, end = _key(line)
-        if key in result:
-            raise ManifestError(DUPLICATE_KEY.format(key=repr(key), first=where[key]),
-                                line.number)
         value = _inline_value(line.text, end, line.number)
         i += 1
         if value is None and i < len(lines):
             nxt = lines[i]
             if nxt.text.startswith("- ") or nxt.text == "-":
-                value, i = _block_list(lines, i, 0)
+                value, i = _block_list(lines, i)
             elif nxt.indent > 0:
                 value, i = _block_mapping(lines, i)
-        result[key] = value
-        where[key] = line.number
+        _add(result, where, key, value, line)
     return result, where
 
 
 def _decode(data):
-    if isinstance(data, str):
-        size = len(data.encode("utf-8", "surrogatepass"))
-    else:
-        data = bytes(data)
-        size = len(data)
-    if size > MAX_SIZE:
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else bytes(data)
+    if len(raw) > MAX_SIZE:
         raise ManifestError(TOO_LARGE)
-    if not isinstance(data, str):
-        try:
-            data = data.decode("utf-8")
-        except UnicodeDecodeError as error:
-            raise ManifestError(NOT_UTF8, data[: error.start].count(b"\n") + 1) from None
+    try:
+        text = data if isinstance(data, str) else raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ManifestError(NOT_UTF8, raw[: error.start].count(b"\n") + 1) from None
     # Editors on some systems start UTF-8 files with a byte order mark.
-    return data[1:] if data.startswith("\ufeff") else data
+    return text[1:] if text.startswith("\ufeff") else text
 
 
 def parse_manifest(data) -> dict:
@@ -398,12 +384,9 @@ def parse_manifest(data) -> dict:
                 manifest["version"] = names.check_version(version)
             except ValueError as error:
                 raise ManifestError(BAD_VERSION.format(error=error), where["version"]) from None
-    tags = manifest.get("tags")
-    if tags is None:
-        tags = []
-    elif isinstance(tags, str):
-        tags = [tags]
-    elif not isinstance(tags, list):
+    tags = manifest.get("tags") or []
+    tags = [tags] if isinstance(tags, str) else tags
+    if not isinstance(tags, list):
         raise ManifestError(BAD_TAGS, where["tags"])
     for tag in tags:
         try:
