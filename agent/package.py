@@ -300,17 +300,37 @@ def _copy(source, out):
             out.write(chunk)
 
 
+def _digest(file):
+    file.seek(0)
+    digest, size = hashlib.sha256(), 0
+    for chunk in iter(lambda: file.read(_CHUNK), b""):
+        digest.update(chunk)
+        size += len(chunk)
+    return digest.hexdigest(), size
+
+
 def stage(path, staging_dir, archive_only=False):
     """Write the package at path into a new file in staging_dir; return
     (staged path, sha256 hex, size). A directory is packed (unless
     archive_only); a file must be named .zip or .tar.bz2 (unless archive_only)
-    and is copied as it is. The staged file is fsynced; the caller removes it.
+    and is copied as it is, except that a file already in staging_dir (a
+    download) is used in place. The staged file is fsynced; the caller
+    removes it.
     """
     path = os.fspath(path)
     is_dir = os.path.isdir(path)
     if is_dir and archive_only or not is_dir and not archive_only and (
             not path.lower().endswith((".zip", ".tar.bz2")) or not os.path.isfile(path)):
         raise PackageError(NOT_A_PACKAGE.format(path=path))
+    if archive_only and os.path.dirname(os.path.realpath(path)) == os.path.realpath(staging_dir):
+        # Copying a download of gigabytes only to rename the copy would
+        # double the disk traffic for nothing.
+        try:
+            with open(path, "rb") as file:
+                os.fsync(file.fileno())
+                return (path, *_digest(file))
+        except OSError as error:
+            raise PackageError(UNREADABLE.format(path=path, reason=error.strerror)) from None
     fd, staged = tempfile.mkstemp(dir=staging_dir, suffix=".part")
     try:
         with os.fdopen(fd, "w+b") as out:
@@ -321,12 +341,8 @@ def stage(path, staging_dir, archive_only=False):
                     path=error.filename or path, reason=error.strerror or error)) from None
             out.flush()
             os.fsync(out.fileno())
-            out.seek(0)
-            digest, size = hashlib.sha256(), 0
-            for chunk in iter(lambda: out.read(_CHUNK), b""):
-                digest.update(chunk)
-                size += len(chunk)
+            sha256, size = _digest(out)
     except BaseException:
         os.unlink(staged)
         raise
-    return staged, digest.hexdigest(), size
+    return staged, sha256, size

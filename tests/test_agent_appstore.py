@@ -389,3 +389,36 @@ def test_sigkill_during_import_leaves_nothing_visible(tmp_path, point, source):
             assert s.import_package("game", 0, "amd64", src, sha(src))["version"] == 0
         else:
             assert s.create(src)["version"] == 0
+
+
+# -- downloads through staging_file --------------------------------------------------------
+
+def test_staging_file_is_used_in_place_and_cleaned_up(store, tmp_path):
+    source = make_zip(tmp_path / "dl.zip")
+    with store.staging_file() as staged:
+        with open(staged, "wb") as out:
+            out.write(source.read_bytes())
+        # A store opened meanwhile (another command) leaves the download alone.
+        AppStore(store.dirs.root).close()
+        assert os.path.exists(staged)
+        record = store.import_package("game", 0, "amd64", staged, sha(source))
+        assert not os.path.exists(staged)  # renamed into blobs/, not copied
+    assert sha(store.blob_path(record["sha256"])) == sha(source)
+    assert os.listdir(store.dirs.staging_dir) == []
+
+
+def test_staging_file_with_bad_bytes(store, tmp_path):
+    with store.staging_file() as staged:
+        with open(staged, "wb") as out:
+            out.write(b"not the package")
+        with pytest.raises(IntegrityError):
+            store.import_package("game", 0, "amd64", staged, "0" * 64)
+    assert os.listdir(store.dirs.staging_dir) == []
+    assert store.list() == [] and files_under(store.dirs.blobs_dir) == []
+
+
+def test_staging_file_removed_on_error(store):
+    with pytest.raises(RuntimeError):
+        with store.staging_file() as staged:
+            raise RuntimeError("download failed")
+    assert not os.path.exists(staged)
