@@ -121,14 +121,19 @@ class AppStore:
         try:
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
                                        check_same_thread=False)
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
         except sqlite3.Error as error:
             raise StoreError(DATABASE_ERROR.format(path=path, error=error)) from None
-        self.recover()
+        try:
+            self._db.row_factory = sqlite3.Row
+            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
+                self._db.execute("PRAGMA " + pragma)
+            self._migrate()
+            self.recover()
+        except BaseException as error:
+            self._db.close()
+            if isinstance(error, sqlite3.Error):
+                raise StoreError(DATABASE_ERROR.format(path=path, error=error)) from None
+            raise
 
     def close(self):
         with self._lock:

@@ -422,3 +422,12 @@ def test_staging_file_removed_on_error(store):
         with store.staging_file() as staged:
             raise RuntimeError("download failed")
     assert not os.path.exists(staged)
+
+
+def test_damaged_database(tmp_path):
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "apps.db").write_bytes(b"garbage" * 200)
+    with pytest.raises(StoreError) as info:
+        AppStore(tmp_path / "d")
+    assert str(info.value).startswith(appstore.DATABASE_ERROR.format(
+        path=tmp_path / "d" / "apps.db", error=""))
