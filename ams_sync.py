@@ -9,6 +9,7 @@ guide's steps map one to one:
     ams-sync config show
     ams-sync application create PATH [--architecture A]
     ams-sync application list|show|publish|revoke|delete
+    ams-sync registry list|push APP|pull APP, sync, run   (agent/commands.py)
 
 This module is the only place that prints and turns errors into exit codes:
 0 success, 1 failure (AgentError, TrustError, OSError), 2 usage.
@@ -246,10 +247,9 @@ def _app_delete(ctx):
 
 
 # -- registry, sync, run -----------------------------------------------------------------
-# Reserved for the registry half (agent/client.py, agent/sync.py, agent/loop.py):
-# `registry list|push APP|pull APP`, `sync` and `run` are added here, each a
-# parser from `cmds.add_parser(…, parents=[common])` with
-# `set_defaults(handler=…)`; a handler takes the _Context and may return an int.
+# The registry half adds `registry list|push APP|pull APP`, `sync` and `run`
+# here, with the parser helpers below: each leaf sets `handler=`, a function
+# taking the _Context and returning the exit status.
 
 def _add_registry_commands(cmds, common):
     # The handlers live in agent/commands.py, beside the engine they drive.

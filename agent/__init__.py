@@ -11,6 +11,6 @@ Modules, one concern each:
     package.py    what a package may hold; staging and packing one
     blobs.py      content-addressed package files and their cleanup
     appstore.py   the node's applications: versions in sqlite3, bytes in blobs
-    client.py, sync.py, loop.py
-                  talking to the registry (added with the sync engine)
+    client.py, transfer.py, listing.py, sync.py, loop.py, commands.py
+                  talking to the registry: the sync engine and its commands
 """
