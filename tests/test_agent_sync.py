@@ -1,0 +1,396 @@
+"""Sync cycles end to end: a real registry on loopback, agents as separate data
+directories registered the way the operator guide does it by hand, driven
+through ams_sync.main([...]) and, once, a real `python -m ams_sync`."""
+import hashlib
+import io
+import json
+import logging
+import os
+import subprocess
+import sys
+import zipfile
+
+import pytest
+
+import aar
+import ams_sync
+from agent import client as client_mod
+from agent import commands, sync
+from agent.appstore import AppStore
+from fakeregistry import CuttingProxy, FakeRegistry
+from regserver import ROOT, Client, ThreadServer
+from trust import certs as certs_mod
+
+MiB = 1 << 20
+
+
+class Result:
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    def __repr__(self):
+        return f"Result({self.code}, out={self.out!r}, err={self.err!r})"
+
+
+class Pipe(io.StringIO):
+    """Standard input as a pipe, with the .buffer `aar trust add` reads."""
+
+    def __init__(self, data=b""):
+        super().__init__()
+        self.buffer = io.BytesIO(data)
+
+    def isatty(self):
+        return False
+
+
+class AccessLog(logging.Handler):
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def access():
+    handler = AccessLog()
+    logger = logging.getLogger("aar.access")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler.lines
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+@pytest.fixture
+def registry(tmp_path):
+    srv = ThreadServer(tmp_path / "aar")
+    yield srv
+    srv.stop()
+
+
+def aar_cli(registry, *argv, stdin=b""):
+    out, err = io.StringIO(), io.StringIO()
+    code = aar.main([*argv, "--data-dir", str(registry.data.root)], stdin=Pipe(stdin),
+                    stdout=out, stderr=err)
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+class Node:
+    """One AMS node: a data directory driven through ams_sync.main."""
+
+    def __init__(self, root):
+        self.root = root
+
+    def __call__(self, *argv):
+        out, err = io.StringIO(), io.StringIO()
+        code = ams_sync.main(["--data-dir", str(self.root), *argv], stdin=io.StringIO(),
+                             stdout=out, stderr=err)
+        return Result(code, out.getvalue(), err.getvalue())
+
+    def ok(self, *argv):
+        result = self(*argv)
+        assert result.code == 0, result
+        return result
+
+    def register(self, registry, mode, role):
+        """The seed's "Register clients manually", step by step."""
+        server_crt = registry.data.server_cert           # .../certs/server.crt
+        fp = self.ok("config", "trust", "add", str(server_crt)).out.strip()
+        listed = json.loads(self.ok("config", "trust", "list", "--format", "json").out)
+        assert [row["fingerprint"] for row in listed] == [fp] == [registry.fingerprint]
+        self.ok("config", "set", "registry.url", f"https://127.0.0.1:{registry.port}")
+        self.ok("config", "set", "registry.fingerprint", fp)
+        self.ok("config", "set", "registry.update_interval", "5m")
+        self.ok("config", "set", "registry.mode", mode)
+        client_crt = self.root / "registry" / "client.crt"
+        if role == "publisher":
+            added = aar_cli(registry, "trust", "add", "--publisher", str(client_crt))
+        else:
+            added = aar_cli(registry, "trust", "add", stdin=client_crt.read_bytes())
+        assert added.code == 0, added
+        return self
+
+    @property
+    def fingerprint(self):
+        return certs_mod.load_certificate(self.root / "registry" / "client.crt").fingerprint
+
+    def apps(self):
+        with AppStore(self.root) as store:
+            return {app["name"]: app for app in store.list()}
+
+    def blob(self, sha256):
+        with AppStore(self.root) as store:
+            return store.blob_path(sha256).read_bytes()
+
+    def staging(self):
+        return sorted(os.listdir(self.root / "staging"))
+
+    def add_app(self, tmp_path, name, tags=("casual",), size=4096, publish=True):
+        """A .zip package (stored, so its size is what we ask) created and published."""
+        path = tmp_path / f"{name}-{len(os.listdir(tmp_path))}.zip"
+        seed = hashlib.sha256(path.name.encode()).digest()
+        with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+            archive.writestr("manifest.yaml", f"name: {name}\ntags: [{', '.join(tags)}]\n")
+            archive.writestr("app.apk", (seed * (size // 32 + 1))[:size])
+        created = self.ok("application", "create", str(path)).out
+        version = int(created.split(" version ")[1].split()[0])
+        if publish:
+            self.ok("application", "publish", name, str(version))
+        return version
+
+
+def listed(registry):
+    return {(p["name"], p["version"]) for app in registry.packages.list() for p in app["versions"]}
+
+
+@pytest.fixture
+def nodes(tmp_path, registry):
+    """(publisher, client) nodes, both registered with the registry."""
+    pub = Node(tmp_path / "ams-pub").register(registry, "push", "publisher")
+    cli = Node(tmp_path / "ams-cli").register(registry, "pull", "client")
+    return pub, cli
+
+
+# -- the operator guide, start to finish ---------------------------------------------------
+
+def test_manual_registration_push_pull_and_delete(tmp_path, registry, nodes):
+    pub, cli = nodes
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    pub.add_app(pkgs, "game", size=300_000)
+    pub.add_app(pkgs, "game", publish=False)                  # version 1: not published
+    pub.add_app(pkgs, "draft", publish=False)
+
+    result = pub.ok("sync")
+    assert result.out.splitlines()[0] == str(sync.Summary("push", pushed=["x"]))
+    assert listed(registry) == {("game", 0)}
+    [pushed] = registry.packages.application("game")["versions"]
+    assert pushed["publisher"] == pub.fingerprint
+
+    # The client pulls with a real `python -m ams_sync` process.
+    proc = subprocess.run([sys.executable, "-m", "ams_sync", "--data-dir", str(cli.root), "sync"],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "pulled game/0/" in proc.stdout
+    game = cli.apps()["game"]
+    assert game["origin"] == "pulled" and game["immutable"]
+    [version] = game["versions"]
+    assert version["published"] and version["sha256"] == pushed["sha256"]
+    assert cli.blob(version["sha256"]) == pub.blob(version["sha256"])
+    assert "draft" not in cli.apps()
+    refused = cli("application", "delete", "game")
+    assert refused.code == 1 and "immutable" in refused.err
+
+    pub.ok("application", "delete", "game")
+    assert "removed game/0/" in pub.ok("sync").out
+    assert listed(registry) == set()
+    assert "removed game/0/" in cli.ok("sync").out
+    assert "game" not in cli.apps()
+    assert pub.staging() == cli.staging() == []
+
+
+def test_unpublishing_removes_only_what_this_publisher_pushed(tmp_path, registry, nodes, certs):
+    pub, cli = nodes
+    registry.trust_cert(certs.publisher, "publisher")
+    other = Client(registry.port, certs.publisher)
+    assert other.upload("theirs", 0, "amd64", b"not ours")[0] == 201
+    pub.add_app(tmp_path, "game")
+    pub.ok("sync")
+    assert listed(registry) == {("game", 0), ("theirs", 0)}
+    pub.ok("application", "revoke", "game", "0")
+    assert "removed game/0/" in pub.ok("sync").out
+    assert listed(registry) == {("theirs", 0)}
+    assert "game" in pub.apps()                                # still here, unpublished
+
+
+def test_filter_by_tags(tmp_path, registry, nodes):
+    pub, cli = nodes
+    pub.add_app(tmp_path, "game", tags=("casual",))
+    pub.add_app(tmp_path, "chess", tags=("board", "classic"))
+    pub.ok("sync")
+    cli.ok("config", "set", "registry.filter", "board")
+    cli.ok("sync")
+    assert set(cli.apps()) == {"chess"}
+    cli.ok("config", "set", "registry.filter", "casual")
+    out = cli.ok("sync").out
+    assert "pulled game/0/" in out and "removed chess/0/" in out
+    assert set(cli.apps()) == {"game"}
+    cli.ok("config", "set", "registry.filter", "")
+    cli.ok("sync")
+    assert set(cli.apps()) == {"game", "chess"}
+
+
+def test_unchanged_registry_costs_one_request_answered_304(tmp_path, registry, nodes, access):
+    pub, cli = nodes
+    pub.add_app(tmp_path, "game")
+    pub.ok("sync")
+    pub.ok("sync")          # the listing changed with the upload: a full one, once
+    cli.ok("sync")
+    for node in (pub, cli):
+        access.clear()
+        result = node.ok("sync")
+        assert "registry unchanged" in result.out
+        assert len(access) == 1 and '"GET /1.0/applications?architecture=' in access[0]
+        assert '" 304 ' in access[0]
+
+
+def test_a_new_local_version_is_pushed_even_when_the_registry_is_unchanged(tmp_path, nodes,
+                                                                           registry):
+    pub, _ = nodes
+    pub.add_app(tmp_path, "game")
+    pub.ok("sync")
+    pub.ok("sync")                          # 304 from here on
+    pub.add_app(tmp_path, "game")
+    assert "pushed game/1/" in pub.ok("sync").out
+    assert listed(registry) == {("game", 0), ("game", 1)}
+
+
+# -- refusals and failures: nothing deleted, nothing half-imported ---------------------
+
+def test_a_client_role_pushing_gets_a_clear_error(tmp_path, registry):
+    node = Node(tmp_path / "ams").register(registry, "push", "client")
+    node.add_app(tmp_path, "game")
+    result = node("sync")
+    assert result.code == 1
+    assert client_mod.READ_ONLY in result.err
+    assert listed(registry) == set()
+
+
+def test_wrong_fingerprint_is_refused_and_nothing_changes(tmp_path, registry, nodes, certs,
+                                                          access):
+    pub, cli = nodes
+    pub.add_app(tmp_path, "game")
+    pub.ok("sync")
+    cli.ok("sync")
+    pub.ok("application", "delete", "game")
+    wrong = certs_mod.load_certificate(certs.stranger.cert).fingerprint
+    for node in (pub, cli):
+        node.ok("config", "set", "registry.fingerprint", wrong)
+        access.clear()
+        result = node("sync")
+        assert result.code == 1
+        assert client_mod.PIN_MISMATCH.format(expected=wrong, actual=registry.fingerprint) \
+            in result.err
+        assert access == []                                    # not one request
+    assert listed(registry) == {("game", 0)}
+    assert "game" in cli.apps()
+
+
+def _fake(registry, answer):
+    return FakeRegistry(registry.data.server_cert, registry.data.server_key, answer)
+
+
+BROKEN_ANSWERS = {
+    "500": lambda h: FakeRegistry.send(h, 500, b'{"type":"error","error":"boom",'
+                                               b'"error_code":500}', close=True),
+    "missing field": lambda h: FakeRegistry.send(h, 200, json.dumps(
+        {"type": "sync", "metadata": [{"name": "other", "versions": [{"name": "other"}]}]}
+    ).encode()),
+    "not json": lambda h: FakeRegistry.send(h, 200, b"<html>proxy error</html>"),
+    "cut short": lambda h: FakeRegistry.send(h, 200, b'{"type":"sync","metadata":[',
+                                             length=4000, close=True),
+}
+
+
+def test_a_failed_listing_deletes_nothing_and_the_next_cycle_completes(tmp_path, registry,
+                                                                       nodes):
+    pub, cli = nodes
+    pub.add_app(tmp_path, "game")
+    pub.add_app(tmp_path, "chess")
+    pub.ok("sync")
+    cli.ok("sync")
+    pub.ok("application", "revoke", "chess", "0")   # chess would go from the client
+    pub.ok("sync")
+    real_url = f"https://127.0.0.1:{registry.port}"
+    for case, answer in BROKEN_ANSWERS.items():
+        fake = _fake(registry, answer)
+        try:
+            for node in (pub, cli):
+                node.ok("config", "set", "registry.url", fake.url)
+                result = node("sync")
+                assert result.code == 1, case
+                assert result.err.strip(), case
+        finally:
+            fake.stop()
+        assert {m for m, _, _, _ in fake.requests} == {"GET"}, case   # no write, no delete
+        assert set(cli.apps()) == {"game", "chess"}, case
+    registry.stop()                                     # the registry is down
+    result = cli("sync")
+    assert result.code == 1 and "unavailable" in result.err
+    assert set(cli.apps()) == {"game", "chess"} and cli.staging() == []
+
+
+def test_registry_back_after_an_outage(tmp_path, registry, nodes):
+    pub, cli = nodes
+    pub.add_app(tmp_path, "game")
+    pub.ok("sync")
+    fake = _fake(registry, BROKEN_ANSWERS["500"])
+    try:
+        cli.ok("config", "set", "registry.url", fake.url)
+        assert cli("sync").code == 1
+    finally:
+        fake.stop()
+    cli.ok("config", "set", "registry.url", f"https://127.0.0.1:{registry.port}")
+    assert "pulled game/0/" in cli.ok("sync").out
+
+
+def test_a_download_cut_midway_imports_nothing_then_completes(tmp_path, registry, nodes):
+    pub, cli = nodes
+    pub.add_app(tmp_path, "game", size=3 * MiB)
+    pub.ok("sync")
+    proxy = CuttingProxy(registry.port, cut_after=MiB // 2)
+    try:
+        cli.ok("config", "set", "registry.url", proxy.url)
+        result = cli("sync")
+        assert result.code == 1
+        assert "download of game/0/" in result.err and "attempts" in result.err
+        assert "game" not in cli.apps()
+        assert cli.staging() == []
+        assert not any(files for _, _, files in os.walk(cli.root / "blobs"))
+        proxy.cut_after = None                          # the link heals
+        result = cli.ok("sync")
+        assert "pulled game/0/" in result.out
+    finally:
+        proxy.stop()
+    [version] = cli.apps()["game"]["versions"]
+    assert cli.blob(version["sha256"]) == pub.blob(version["sha256"])
+
+
+# -- manual mode and inspection ----------------------------------------------------------
+
+def test_manual_mode_push_pull_and_list(tmp_path, registry, nodes, access):
+    pub, cli = nodes
+    for node in (pub, cli):
+        node.ok("config", "set", "registry.mode", "manual")
+    pub.add_app(tmp_path, "game")
+    pub.add_app(tmp_path, "chess")
+    access.clear()
+    assert pub.ok("sync").out.strip() == commands.MANUAL_SYNC
+    assert access == []
+    assert "pushed game/0/" in pub.ok("registry", "push", "game").out
+    assert listed(registry) == {("game", 0)}
+
+    table = cli.ok("registry", "list").out
+    assert "| game " in table and "chess" not in table
+    rows = json.loads(cli.ok("registry", "list", "--format", "json").out)
+    assert [(r["name"], r["version"], r["publisher"]) for r in rows] == \
+        [("game", 0, pub.fingerprint)]
+    assert 'name: "game"' in cli.ok("registry", "list", "--format", "yaml").out
+
+    assert "pulled game/0/" in cli.ok("registry", "pull", "game").out
+    missing = cli("registry", "pull", "chess")
+    assert missing.code == 1
+    assert sync.NOT_IN_REGISTRY.format(name="chess", arch="amd64").split(" for ")[0] \
+        in missing.err
+    nothing = pub("registry", "push", "nope")
+    assert nothing.code == 1 and "publish" in nothing.err
+
+
+def test_unconfigured_node_says_what_to_set(tmp_path):
+    node = Node(tmp_path / "ams")
+    result = node("sync")
+    assert result.code == 1
+    assert sync.NOT_CONFIGURED.format(key="registry.url") in result.err
