@@ -9,9 +9,9 @@ Construction is free: the TLS context (which reads the key) and the connection
 are made on the first request, so the loop can build a client per cycle and
 an unchanged registry costs one request, answered 304.
 
-Every failure is an AgentError with a one-line message for the operator; the
-subclasses below let the sync engine decide what a failure means (a listing
-that failed in any way deletes nothing).
+Every failure is an AgentError (the RegistryError family of agent/errors.py)
+with a one-line message for the operator; the subclasses let the sync engine
+decide what a failure means (a listing that failed in any way deletes nothing).
 """
 import contextlib
 import http.client
@@ -26,19 +26,15 @@ import names
 from trust import tls
 from trust.errors import PinMismatch, TrustError
 
-from .errors import (BadResponse, Cancelled, Forbidden, NotTrusted, PinError,
+from .errors import (AgentError, BadResponse, Cancelled, Forbidden, NotTrusted, PinError,
                      RegistryConflict, RegistryError, RegistryNotFound,
-                     RegistryUnavailable, TransferError, TransferTimeout)
+                     RegistryUnavailable, TransferError)
 from .listing import check_listing
 from .transfer import CANCELLED, Download
 
 __all__ = [
     "RegistryClient", "PIN_MISMATCH", "READ_ONLY", "NOT_TRUSTED", "UNAVAILABLE",
-    "SERVER_ERROR", "BAD_RESPONSE", "REFUSED", "CONFLICT", "CHUNK",
-    # Re-exported: what callers of the client catch.
-    "RegistryError", "PinError", "NotTrusted", "Forbidden", "RegistryUnavailable",
-    "BadResponse", "RegistryNotFound", "RegistryConflict", "TransferError",
-    "TransferTimeout", "Cancelled",
+    "SERVER_ERROR", "BAD_RESPONSE", "REFUSED", "CONFLICT", "SHRANK", "CHUNK",
 ]
 
 PIN_MISMATCH = ("registry certificate does not match registry.fingerprint "
@@ -53,6 +49,7 @@ BAD_RESPONSE = "registry {url} sent a malformed answer to {method} {path}: {reas
 REFUSED = "registry {url} refused {method} {path}: {status} {error}"
 CONFLICT = ("the registry already holds {what} with other bytes: publish a new "
             "version instead of changing this one")
+SHRANK = "{path} shrank while it was being uploaded"
 CHUNK = 1 << 20            # uploads move 1 MiB at a time, like downloads
 _MAX_JSON = 256 << 20      # a listing of many thousand versions fits easily
 _CERT_ALERTS = ("CERTIFICATE", "UNKNOWN_CA", "HANDSHAKE_FAILURE", "ACCESS_DENIED")
@@ -154,7 +151,7 @@ class RegistryClient:
                 raise PinError(PIN_MISMATCH.format(
                     expected=self.fingerprint,
                     actual=match.group(1) if match else "no certificate")) from None
-            except Cancelled:
+            except AgentError:          # stopped, or the file to upload shrank
                 self.close()
                 raise
             except (ConnectionError, ssl.SSLEOFError, ssl.SSLZeroReturnError,
@@ -261,10 +258,10 @@ class RegistryClient:
         raise RegistryError(REFUSED.format(url=self.url, method=method, path=path,
                                            status=status, error=error), status)
 
-    def _metadata(self, method, path, expect=(200,), what=None):
+    def _metadata(self, method, path):
         resp = self._send(method, path, (("Accept", "application/json"),))
-        if resp.status not in expect:
-            self._fail(resp, method, path, what)
+        if resp.status != 200:
+            self._fail(resp, method, path)
         body = self._read_json(resp, method, path)
         if not isinstance(body, dict) or body.get("type") != "sync" or "metadata" not in body:
             raise BadResponse(BAD_RESPONSE.format(url=self.url, method=method, path=path,
@@ -276,10 +273,7 @@ class RegistryClient:
     def info(self) -> dict:
         """GET /1.0: api version, server fingerprint, our role and fingerprint."""
         info = self._metadata("GET", "/1.0")
-        if not isinstance(info, dict):
-            raise BadResponse(BAD_RESPONSE.format(url=self.url, method="GET", path="/1.0",
-                                                  reason="metadata is not an object"))
-        return info
+        return info if isinstance(info, dict) else {}
 
     def list(self, architecture=None, tags=(), etag=None):
         """(etag, applications) of the listing; applications is None on 304.
@@ -348,7 +342,7 @@ class RegistryClient:
                         raise Cancelled(CANCELLED.format(what=what))
                     n = file.readinto(view[:min(CHUNK, size - sent)])
                     if not n:
-                        raise TransferError(f"{path} shrank while it was being uploaded")
+                        raise TransferError(SHRANK.format(path=path))
                     conn.send(view[:n])
                     sent += n
                     if progress is not None:
@@ -387,13 +381,9 @@ class RegistryClient:
 
     def download(self, app, version, arch, dest, sha256, size, progress=None,
                  deadline=None, stop=None):
-        """Stream a package into the file dest; verify its size and sha256.
-
-        A broken connection resumes with a Range request where it stopped (at
-        most RESUME_ATTEMPTS connections in all); deadline (a time.monotonic()
-        moment) bounds the whole transfer, and each read waits at most the
-        client's timeout. On any failure dest is removed, so a caller never
-        finds half a package.
+        """Stream a package into the file dest, checked and resumed as
+        transfer.Download does it; deadline is a time.monotonic() moment. On
+        any failure dest is removed, so a caller never finds half a package.
         """
         job = Download(self, _what(app, version, arch),
                        _package_path(app, version, arch) + "/package",

@@ -36,12 +36,12 @@ from trust import certs
 from .client import RegistryClient
 from .errors import (AgentError, Cancelled, ConfigError, Forbidden, NotTrusted,
                      PinError, RegistryUnavailable)
-from .listing import packages_of
+from .listing import check_listing, packages_of
 
 __all__ = [
     "Summary", "Listing", "Sync", "connect", "STATE_FILE",
     "NOT_CONFIGURED", "OTHER_BYTES", "LOCAL_NAME", "NOT_IN_REGISTRY", "NOTHING_TO_PUSH",
-    "SUMMARY",
+    "STOPPED", "SUMMARY",
 ]
 
 STATE_FILE = "sync-state.json"       # beside config.json
@@ -55,6 +55,7 @@ LOCAL_NAME = ("{name}: a local application has this name, so the registry's "
 NOT_IN_REGISTRY = "application {name} is not in the registry for {arch}"
 NOTHING_TO_PUSH = ("application {name} has no published version for {arch}: publish "
                    "one first with `ams-sync application publish {name} VERSION`")
+STOPPED = "the cycle was stopped"
 SUMMARY = "{mode}: {pushed} pushed, {pulled} pulled, {removed} removed, {failed} failed{note}"
 
 # A transfer gets ten minutes plus the time for its bytes at 64 KiB/s: far
@@ -103,6 +104,8 @@ class Listing:
                 with open(self.path, encoding="utf-8") as file:
                     saved = json.load(file)
                 self.key, self.etag, self.apps = saved["key"], saved["etag"], saved["apps"]
+                # A 304 makes this the registry's word: it must be whole.
+                check_listing(self.apps)
             except (OSError, ValueError, KeyError, TypeError):
                 self.key = self.etag = self.apps = None
 
@@ -188,6 +191,8 @@ class Sync:
 
     def _attempt(self, summary, what, action):
         """Run action(); a failure is noted. False when the cycle must end."""
+        if self.stop is not None and self.stop.is_set():
+            raise Cancelled(STOPPED)
         try:
             action()
             return True
@@ -294,30 +299,28 @@ class Sync:
         summary.pulled.append(what)
 
     def _remove_departed(self, apps, remote, only, summary):
-        """Remove pulled versions the registry no longer lists, and pulled
-        applications left without a version."""
+        """Remove pulled versions the registry no longer lists; a pulled
+        application the registry no longer lists at all goes as a whole."""
         listed = {key[0] for key in remote}
         for a in apps:
             name = a["name"]
             if a["origin"] != "pulled" or only not in (None, name):
                 continue
-            gone = [v for v in a["versions"]
-                    if (name, v["version"], v["architecture"]) not in remote]
-
-            def remove(a=a, gone=gone, name=name):
-                if name not in listed:
-                    self.store.delete(name, force=True)
-                else:
-                    for v in gone:
-                        self.store.delete_version(name, v["version"], force=True)
-                for v in gone:
-                    summary.removed.append(_name((name, v["version"], v["architecture"])))
-                log.info("removed %s: no longer in the registry", name if name not in listed
-                         else ", ".join(_name((name, v["version"], v["architecture"]))
-                                        for v in gone))
-
+            gone = [key for key in ((name, v["version"], v["architecture"])
+                                    for v in a["versions"]) if key not in remote]
             if gone or name not in listed:
-                self._attempt(summary, name, remove)
+                self._attempt(summary, name,
+                              lambda: self._remove(name, gone, name not in listed, summary))
+
+    def _remove(self, name, gone, whole, summary):
+        if whole:
+            self.store.delete(name, force=True)
+        else:
+            for key in gone:
+                self.store.delete_version(name, key[1], force=True)
+        for key in gone:
+            log.info("removed %s: no longer in the registry", _name(key))
+            summary.removed.append(_name(key))
 
     def _progress(self, what):
         if self.progress is None:
