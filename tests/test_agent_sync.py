@@ -394,3 +394,45 @@ def test_unconfigured_node_says_what_to_set(tmp_path):
     result = node("sync")
     assert result.code == 1
     assert sync.NOT_CONFIGURED.format(key="registry.url") in result.err
+
+
+# -- what the registry says goes, for pulled applications only --------------------------
+
+def _zip_bytes(name, payload):
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr("manifest.yaml", f"name: {name}\ntags: [casual]\n")
+        archive.writestr("app.apk", payload)
+    return buf.getvalue()
+
+
+def test_a_version_pushed_again_with_other_bytes_replaces_the_pulled_one(tmp_path, registry,
+                                                                         nodes):
+    from certs import CertPair
+    pub, cli = nodes
+    pub.add_app(tmp_path, "game")
+    pub.ok("sync")
+    cli.ok("sync")
+    writer = Client(registry.port, CertPair(pub.root / "registry" / "client.crt",
+                                            pub.root / "registry" / "client.key"))
+    arch = next(iter(cli.apps()["game"]["versions"]))["architecture"]
+    assert writer.json("DELETE", f"/1.0/applications/game/0/{arch}")[0] == 200
+    new = _zip_bytes("game", b"version zero, rebuilt")
+    assert writer.upload("game", 0, arch, new, manifest={"name": "game",
+                                                         "tags": ["casual"]})[0] == 201
+    assert "pulled game/0/" in cli.ok("sync").out
+    [version] = cli.apps()["game"]["versions"]
+    assert version["sha256"] == hashlib.sha256(new).hexdigest()
+    assert cli.blob(version["sha256"]) == new
+
+
+def test_a_local_application_is_never_replaced_by_a_pulled_one(tmp_path, registry, nodes):
+    pub, cli = nodes
+    pub.add_app(tmp_path, "game")
+    pub.ok("sync")
+    cli.add_app(tmp_path, "game", publish=False)
+    before = cli.apps()["game"]
+    result = cli("sync")
+    assert result.code == 1
+    assert sync.LOCAL_NAME.format(name="game") in result.err
+    assert cli.apps()["game"] == before
