@@ -17,7 +17,7 @@ from cli.formats import render
 from . import config as config_mod
 from . import loop
 from .appstore import AppStore
-from .sync import STATE_FILE, Listing, Sync, connect
+from .sync import Listing, Sync, connect
 
 __all__ = ["add_commands", "MANUAL_SYNC", "FAILED_LINE", "DONE_LINE", "LOG_FORMAT"]
 
@@ -87,7 +87,7 @@ def _registry_pull(ctx):
 def _sync(ctx):
     # The listing and its ETag are kept beside config.json, so a `sync` from
     # cron against an unchanged registry costs one 304.
-    config, client, make = _session(ctx, Listing(ctx.dirs.root / STATE_FILE))
+    config, client, make = _session(ctx, Listing(ctx.dirs.sync_state))
     if config.mode == "manual":
         ctx.print(MANUAL_SYNC)
         return 0

@@ -2,6 +2,8 @@
 
     <data-dir>/                       mode 0700
     |-- config.json                   registry.* settings (config.py), mode 0600
+    |-- sync-state.json               the last registry listing and its ETag, so
+    |                                 `sync` from cron costs one 304 (sync.py)
     |-- trust.db                      registry certificates the operator trusts
     |                                 (trust.store.TrustStore; role "client")
     |-- registry/
@@ -61,6 +63,7 @@ class DataDir:
     def __init__(self, root):
         self.root = pathlib.Path(root)
         self.config = self.root / "config.json"
+        self.sync_state = self.root / "sync-state.json"
         self.trust_db = self.root / "trust.db"
         self.registry_dir = self.root / "registry"
         self.client_cert = self.registry_dir / "client.crt"

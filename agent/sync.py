@@ -39,12 +39,10 @@ from .errors import (AgentError, Cancelled, ConfigError, Forbidden, NotTrusted,
 from .listing import check_listing, packages_of
 
 __all__ = [
-    "Summary", "Listing", "Sync", "connect", "STATE_FILE",
+    "Summary", "Listing", "Sync", "connect",
     "NOT_CONFIGURED", "OTHER_BYTES", "LOCAL_NAME", "NOT_IN_REGISTRY", "NOTHING_TO_PUSH",
     "STOPPED", "SUMMARY",
 ]
-
-STATE_FILE = "sync-state.json"       # beside config.json
 
 NOT_CONFIGURED = ("{key} is not set: run `ams-sync config set {key} VALUE` "
                   "(see the operator guide: Configure AMS to use the AAR)")
