@@ -4,6 +4,7 @@ import hashlib
 import json
 import logging
 import os
+import socket
 import threading
 import time
 
@@ -201,6 +202,14 @@ def test_connection_refused_is_unavailable(certs, registry):
                        certs.client.cert, certs.client.key)
     with pytest.raises(RegistryUnavailable, match="connection refused"):
         c.list()
+
+
+def test_a_silent_server_times_out_as_unavailable(registry, certs):
+    with socket.create_server(("127.0.0.1", 0)) as silent:   # never answers, never accepts
+        c = RegistryClient(f"https://127.0.0.1:{silent.getsockname()[1]}", registry.fingerprint,
+                           certs.client.cert, certs.client.key, timeout=0.3)
+        with pytest.raises(RegistryUnavailable, match="no answer within 0.3s"):
+            c.list()
 
 
 def test_server_errors_are_unavailable(registry, certs):
