@@ -26,11 +26,23 @@ def main():
 
     def putrequest(self, method, url, *a, **kw):
         counts["requests"] += 1
-        key = f"{method} {url.split('?')[0].rstrip('/').rsplit('/', 1)[-1] if url.count('/') > 3 else url}"
+        path = url.split("?")[0]
+        # package downloads are counted together, other requests by their URL
+        key = f"{method} {'…/package' if path.endswith('/package') else url}"
         counts["methods"][key] = counts["methods"].get(key, 0) + 1
         return put(self, method, url, *a, **kw)
 
     http.client.HTTPConnection.putrequest = putrequest
+
+    begin = http.client.HTTPResponse.begin
+
+    def counting_begin(self):
+        begin(self)
+        key = str(self.status)
+        counts["statuses"][key] = counts["statuses"].get(key, 0) + 1
+
+    http.client.HTTPResponse.begin = counting_begin
+    counts["statuses"] = {}
 
     connect = socket.socket.connect
 

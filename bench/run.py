@@ -356,14 +356,18 @@ class Bench:
         if pulled is not None and pulled < self.p["apps"]:
             raise RuntimeError(f"the first cycle pulled {pulled} of {self.p['apps']} apps")
         second = agent.sync(timeout=120)
+        base = agent.baseline_cpu()
         row.aar_text = (f"{second.get('requests', '?')} req, "
                         f"{second['cpu'] * 1000:.0f} ms CPU")
         row.aar = second["cpu"] * 1000
         row.ref_text = "-"
-        row.notes.append(f"second `sync` with nothing new: {second.get('requests', '?')} HTTP "
-                         f"requests over {second.get('connects', '?')} connection(s) "
-                         f"{second.get('methods', '')}, {second['cpu'] * 1000:.0f} ms CPU "
-                         f"(interpreter start-up included), {second['wall'] * 1000:.0f} ms wall")
+        calls = ", ".join(f"{k} x{v}" for k, v in second.get("methods", {}).items())
+        codes = ", ".join(f"{k} x{v}" for k, v in second.get("statuses", {}).items())
+        row.notes.append(f"second `sync`, nothing new: {second.get('requests', '?')} request(s) "
+                         f"over {second.get('connects', '?')} connection(s) ({calls}; answered "
+                         f"{codes}), {second['cpu'] * 1000:.0f} ms CPU with interpreter "
+                         f"start-up, {second['wall'] * 1000:.0f} ms wall; "
+                         f"`ams_sync --version` alone: {base * 1000:.0f} ms CPU")
         row.notes.append(f"first cycle pulled {pulled if pulled is not None else '?'} apps in "
                          f"{first['wall']:.1f} s wall, {first['cpu']:.1f} s CPU, "
                          f"{first.get('requests', '?')} requests (t={time.monotonic() - t:.0f}s)")
@@ -649,6 +653,15 @@ class Agent:
         except (OSError, ValueError):
             pass
         return res
+
+    def baseline_cpu(self):
+        """CPU seconds of `python -m ams_sync --version`: the start-up share."""
+        proc = subprocess.Popen([sys.executable, "-m", "ams_sync", "--version"], env=self.env,
+                                cwd=str(bl.REPO), stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+        _, _, ru = os.wait4(proc.pid, 0)
+        proc.returncode = 0
+        return ru.ru_utime + ru.ru_stime
 
     def count_apps(self, prefix):
         res = self.cmd("application", "list", "--format", "json", check=False)
