@@ -392,7 +392,6 @@ def test_packs_every_local_import(zipapp):
 
 @needs("aar.py")
 def test_version(aar):
-    sys.path.insert(0, str(ROOT))
     from version import VERSION
     result = aar("--version")
     assert VERSION in result.stdout + result.stderr
