@@ -53,9 +53,9 @@ Created the registry's server certificate:
   {cert}
   fingerprint {fp}
 Next: copy that certificate to every AMS node and run there
-  amc config trust add server.crt
-  amc config set registry.url https://<this host>:{port}
-  amc config set registry.fingerprint {fp}
+  ams-sync config trust add server.crt
+  ams-sync config set registry.url https://<this host>:{port}
+  ams-sync config set registry.fingerprint {fp}
 then trust each node's registry/client.crt here with
   cat client.crt | sudo aar trust add [--publisher]"""
 
@@ -212,7 +212,9 @@ def _trust_add(args, out, stdin):
 def _trust_list(args, out):
     store = _open_store(args)
     try:
-        records = store.records(revoked=args.revoked)
+        # The store's records(revoked=True) means "revoked ones too".
+        records = [r for r in store.records(revoked=args.revoked)
+                   if r.revoked == args.revoked]
     finally:
         store.close()
     rows = [r.to_dict() for r in records]

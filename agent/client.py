@@ -42,7 +42,9 @@ PIN_MISMATCH = ("registry certificate does not match registry.fingerprint "
 READ_ONLY = ("this node's certificate is trusted as a client (read-only); "
              "push needs `aar trust add --publisher`")
 NOT_TRUSTED = ("the registry {url} refused this node's certificate {cert}: "
-               "{reason}; trust it there with `aar trust add`")
+               "{reason}; ask its operator to trust it (`aar trust add`). A revoked "
+               "certificate is never trusted again: delete {cert} and its key, and "
+               "the next ams-sync command makes a new one")
 UNAVAILABLE = "registry {url} unavailable: {reason}"
 SERVER_ERROR = "registry {url} unavailable: {method} {path} answered {status}: {error}"
 BAD_RESPONSE = "registry {url} sent a malformed answer to {method} {path}: {reason}"

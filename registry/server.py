@@ -234,11 +234,12 @@ class RegistryServer:
             conn.sock = tls_sock
             tls_sock.do_handshake()
         except ssl.SSLCertVerificationError as exc:
-            log.warning("refused %s at TLS handshake: %s", _addr(conn),
-                        exc.verify_message or exc.reason)
+            log.warning("refused %s at TLS handshake: %s", _addr(conn), _verify_reason(exc))
+            _lingering_close(conn.sock)
             return False
         except ssl.SSLError as exc:
             log.warning("refused %s at TLS handshake: %s", _addr(conn), _tls_reason(exc))
+            _lingering_close(conn.sock)
             return False
         except (socket.timeout, TimeoutError):
             log.info("closing %s: TLS handshake timed out", _addr(conn))
@@ -275,6 +276,15 @@ _TLS_REASONS = {
 }
 
 
+def _verify_reason(exc):
+    message = exc.verify_message or exc.reason or "verification failed"
+    if "expired" in message:
+        return f"client certificate expired ({message})"
+    # A self-signed certificate outside the store (never added, removed or
+    # revoked) fails as "self-signed certificate" or "unable to get local issuer".
+    return f"client certificate not trusted ({message})"
+
+
 def _tls_reason(exc):
     return _TLS_REASONS.get(exc.reason, exc.reason or str(exc))
 
@@ -288,6 +298,32 @@ def _peer(conn):
     if conn.fingerprint:
         return f"{_addr(conn)} ({conn.fingerprint[:12]})"
     return _addr(conn)
+
+
+def _lingering_close(sock):
+    """Close after a refused handshake so that the client reads why.
+
+    Under TLS 1.3 the client finishes its side of the handshake and sends its
+    request before our alert arrives. Closing with that request unread makes
+    the kernel answer with a reset, which can overtake the alert: the client
+    then reports a dropped connection instead of a refused certificate. So
+    send FIN after the alert and read what is in flight, briefly, first.
+    """
+    try:
+        sock.shutdown(socket.SHUT_WR)
+        sock.settimeout(_LINGER_SECONDS)
+        received = 0
+        while received < _LINGER_BYTES:
+            data = sock.recv(65536)
+            if not data:
+                break
+            received += len(data)
+    except OSError:
+        pass
+
+
+_LINGER_SECONDS = 0.5
+_LINGER_BYTES = 256 * 1024
 
 
 def _close(conn):

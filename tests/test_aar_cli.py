@@ -120,8 +120,12 @@ def test_revoke_is_final_and_needs_confirmation(tmp_path, certs):
     assert code == 1 and aar.NOT_CONFIRMED in err
     code, out, err = run(["trust", "revoke", fp, "--data-dir", d], stdin=Tty("y\n"))
     assert code == 0 and "Revoked" in out
+    run(["trust", "add", str(certs.stranger.cert), "--data-dir", d])
     code, out, _ = run(["trust", "list", "--revoked", "--format", "json", "--data-dir", d])
+    assert [r["fingerprint"] for r in json.loads(out)] == [fp]      # only the revoked
     assert json.loads(out)[0]["revoked_at"]
+    code, out, _ = run(["trust", "list", "--format", "json", "--data-dir", d])
+    assert [r["fingerprint"] for r in json.loads(out)] == [fp_of(certs.stranger)]
     code, _, err = run(["trust", "add", str(certs.client.cert), "--data-dir", d])
     assert code == 1 and "revoked" in err
     code, _, err = run(["trust", "remove", fp, "--data-dir", d])
@@ -245,7 +249,7 @@ def test_serve_first_start_prints_fingerprint_and_next_step(tmp_path):
         time.sleep(0.2)
         out = server.output()
         assert server.fingerprint in out
-        assert "amc config trust add" in out
+        assert "ams-sync config trust add" in out
         assert (tmp_path / "data" / "certs" / "server.key").stat().st_mode & 0o077 == 0
     finally:
         server.stop()

@@ -58,6 +58,20 @@ def test_untrusted_certificates_are_refused(registry, certs, who, caplog):
     assert registry.client(certs.client).json("GET", "/1.0/status")[0] == 200
 
 
+def test_refused_clients_read_the_alert_not_a_reset(registry, certs, caplog):
+    # The server lingers after a refused handshake, so a TLS 1.3 client that
+    # already sent its request reads the alert instead of a connection reset.
+    for _ in range(10):
+        ctx = client_context(certs.stranger)
+        with socket.create_connection(("127.0.0.1", registry.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                tls.sendall(b"GET /1.0/status HTTP/1.1\r\nHost: x\r\n\r\n")
+                with pytest.raises(ssl.SSLError) as err:
+                    tls.recv(100)
+                assert "ALERT" in err.value.reason
+    assert any("not trusted" in r.getMessage() for r in caplog.records)
+
+
 def test_revocation_ends_open_keepalive_and_resumed_sessions(registry, certs, tmp_path):
     pair = make_cert(tmp_path, "soon-revoked")
     registry.trust_cert(pair, "publisher")
