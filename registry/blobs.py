@@ -13,8 +13,10 @@ import fcntl
 import hashlib
 import logging
 import os
+import queue
 import shutil
 import tempfile
+import threading
 
 from registry.errors import ApiError
 from registry.paths import is_sha256
@@ -40,6 +42,82 @@ def _fsync_dir(path):
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# Uploads larger than this are written by a second thread, so that the disk
+# works while the request thread decrypts and hashes the next chunk (both
+# sides release the GIL). The queue bounds what waits in memory, and a
+# periodic fdatasync spreads the final fsync's flush over the upload.
+_BACKGROUND_FROM = 4 * CHUNK_SIZE
+_QUEUE_DEPTH = 8
+_SYNC_EVERY = 64 * CHUNK_SIZE
+
+
+class _Writer:
+    """Writes chunks to a file descriptor, on a thread of its own if asked."""
+
+    def __init__(self, fd, background):
+        self._fd = fd
+        self._error = None
+        self._abandoned = False
+        self._unsynced = 0
+        self._queue = self._thread = None
+        if background:
+            self._queue = queue.Queue(maxsize=_QUEUE_DEPTH)
+            self._thread = threading.Thread(target=self._run, name="aar-blob-writer",
+                                            daemon=True)
+            self._thread.start()
+
+    def _put(self, chunk):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self._unsynced += len(chunk)
+        if self._unsynced >= _SYNC_EVERY:
+            os.fdatasync(self._fd)
+            self._unsynced = 0
+
+    def _run(self):
+        while True:
+            chunk = self._queue.get()
+            if chunk is None:
+                return
+            if self._error is None and not self._abandoned:
+                try:
+                    self._put(chunk)
+                except OSError as exc:      # ENOSPC, EIO: the reader raises it
+                    self._error = exc
+
+    def write(self, chunk):
+        if self._error is not None:
+            raise self._error
+        if self._queue is None:
+            self._put(chunk)
+        else:
+            self._queue.put(chunk)
+
+    def finish(self):
+        """Wait for every byte to be written, then fsync and close the file."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            raise self._error
+        os.fsync(self._fd)
+        os.close(self._fd)
+        self._fd = None
+
+    def abandon(self):
+        """Stop writing and close the file (the caller removes it)."""
+        self._abandoned = True
+        if self._thread is not None:
+            self._queue.put(None)          # the thread drains without writing
+            self._thread.join()
+            self._thread = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 class BlobFiles:
@@ -78,32 +156,32 @@ class BlobFiles:
 
         Returns the staging file's path. Raises ApiError size_mismatch or
         digest_mismatch; the stream's own errors propagate. On any failure the
-        staging file is gone. Memory use is one chunk whatever the length.
+        staging file is gone. Memory use is a few chunks whatever the length.
         """
         fd, path = tempfile.mkstemp(prefix="upload-", dir=self.datadir.staging_dir)
+        out = _Writer(fd, background=length > _BACKGROUND_FROM)
         try:
             digest = hashlib.sha256()
-            with open(fd, "wb") as out:
-                remaining = length
-                while remaining:
-                    # Never ask for more than is left: the bytes after the body
-                    # belong to whoever reads the stream next.
-                    chunk = stream.read(min(CHUNK_SIZE, remaining))
-                    if not chunk:
-                        raise ApiError.of("size_mismatch", f"body ended after "
-                                          f"{length - remaining} of {length} bytes")
-                    if len(chunk) > remaining:
-                        raise ApiError.of("size_mismatch", "stream returned more than asked")
-                    digest.update(chunk)
-                    out.write(chunk)
-                    remaining -= len(chunk)
-                actual = digest.hexdigest()
-                if actual != sha256:
-                    raise ApiError.of("digest_mismatch",
-                                      f"body has sha256 {actual}, not {sha256}")
-                out.flush()
-                os.fsync(out.fileno())
+            remaining = length
+            while remaining:
+                # Never ask for more than is left: the bytes after the body
+                # belong to whoever reads the stream next.
+                chunk = stream.read(min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    raise ApiError.of("size_mismatch", f"body ended after "
+                                      f"{length - remaining} of {length} bytes")
+                if len(chunk) > remaining:
+                    raise ApiError.of("size_mismatch", "stream returned more than asked")
+                digest.update(chunk)
+                out.write(chunk)
+                remaining -= len(chunk)
+            actual = digest.hexdigest()
+            if actual != sha256:
+                raise ApiError.of("digest_mismatch",
+                                  f"body has sha256 {actual}, not {sha256}")
+            out.finish()
         except BaseException:
+            out.abandon()
             unlink_quiet(path)
             raise
         return path

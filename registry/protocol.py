@@ -25,7 +25,7 @@ __all__ = ["Connection", "Headers", "RequestHandler", "ProtocolError"]
 
 MAX_HEAD = 64 * 1024          # request line + headers
 MAX_HEADERS = 100
-_CHUNK = 256 * 1024
+_CHUNK = 64 * 1024            # below malloc's mmap threshold: no mmap/munmap per read
 
 
 class ProtocolError(Exception):

@@ -524,9 +524,10 @@ def tiny_fs(tmp_path):
         subprocess.run(["umount", str(mnt)], check=True)
 
 
-def test_disk_full_is_insufficient_storage_and_leaves_nothing(tiny_fs):
+@pytest.mark.parametrize("chunks", [2, 12])   # written inline; by the writer thread
+def test_disk_full_is_insufficient_storage_and_leaves_nothing(tiny_fs, chunks):
     with PackageStore(tiny_fs / "data") as store:
-        data = os.urandom(2 * CHUNK_SIZE)
+        data = os.urandom(chunks * CHUNK_SIZE)
         with pytest.raises(ApiError) as info:
             put(store, "game", 1, "amd64", data)
         assert (info.value.status, info.value.code) == (507, "insufficient_storage")
