@@ -11,7 +11,6 @@
 0 done, 1 failed (the message says why), 2 the command line was wrong.
 """
 import argparse
-import contextlib
 import ipaddress
 import logging
 import os
@@ -325,12 +324,9 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None) -> int:
     out = stdout or sys.stdout
     err = stderr or sys.stderr
     root, trust = _parser()
-    try:
-        # argparse writes --help, --version and usage errors to sys.std*.
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            args = root.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
+    args = root.parse(argv, out, err)
+    if isinstance(args, int):
+        return args
     if args.command is None:
         out.write(root.format_help())
         return 0

@@ -15,7 +15,6 @@ This module is the only place that prints and turns errors into exit codes:
 0 success, 1 failure (AgentError, TrustError, OSError), 2 usage.
 """
 import argparse
-import contextlib
 import sys
 
 import names
@@ -352,13 +351,9 @@ def _parser():
 def main(argv=None, *, stdin=None, stdout=None, stderr=None) -> int:
     """Run one ams-sync command; return its exit status."""
     stdin, out, err = stdin or sys.stdin, stdout or sys.stdout, stderr or sys.stderr
-    parser = _parser()
-    try:
-        # argparse writes --help, --version and usage errors to sys.std*.
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            args = parser.parse_args(argv)
-    except SystemExit as exc:
-        return exc.code if isinstance(exc.code, int) else 2
+    args = _parser().parse(argv, out, err)
+    if isinstance(args, int):
+        return args
     if args.handler is None:
         out.write(args.help_parser.format_help())
         return 0

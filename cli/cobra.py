@@ -20,6 +20,7 @@ in every section, so the help text is composed here from the parser's actions:
 Usage errors keep argparse's exit status 2 and say what to run for help.
 """
 import argparse
+import contextlib
 import sys
 
 __all__ = ["CobraParser"]
@@ -76,6 +77,15 @@ class CobraParser(argparse.ArgumentParser):
         if sub:
             out.append(f'Use "{self.prog} [command] --help" for more information about a command.')
         return "\n".join(out) + "\n"
+
+    def parse(self, argv, out, err):
+        """parse_args, but --help, --version and usage errors write to out and
+        err and come back as an exit status (an int) instead of SystemExit."""
+        try:
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+                return self.parse_args(argv)
+        except SystemExit as exc:
+            return exc.code if isinstance(exc.code, int) else 2
 
     def error(self, message):
         self.exit(2, f"Error: {message}\nRun '{self.prog} --help' for usage.\n")
