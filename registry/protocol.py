@@ -75,9 +75,15 @@ class Connection:
         self.buf += data
         return True
 
-    def read_head(self):
-        """Bytes up to the blank line ending a request head; None on a clean EOF."""
+    def read_head(self, limit):
+        """Bytes up to the blank line ending a request head; None on a clean EOF.
+
+        The whole head must arrive within `limit` seconds: the socket timeout
+        bounds each read, and this bounds their sum, so a client that drips a
+        byte now and then cannot hold a worker for ever.
+        """
         start = 0
+        deadline = None
         while True:
             end = self.buf.find(b"\r\n\r\n", start)
             if end >= 0:
@@ -87,6 +93,10 @@ class Connection:
             if len(self.buf) > MAX_HEAD:
                 raise ProtocolError(431, "request head too large")
             start = max(0, len(self.buf) - 3)
+            if deadline is None:
+                deadline = time.monotonic() + limit
+            elif time.monotonic() > deadline:
+                raise ProtocolError(408, "request head not received in time")
             if not self._fill():
                 if self.buf:
                     raise ProtocolError(None, "connection closed mid-request")
@@ -211,7 +221,7 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         self.close_connection = False
         self._headers_buffer = []
         try:
-            head = self.conn.read_head()
+            head = self.conn.read_head(self.request_timeout)
             if head is None:
                 return False
             self.command, self.path, self.request_version, self.headers = _parse_head(head)

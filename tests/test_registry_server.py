@@ -257,3 +257,31 @@ def test_chunked_upload_is_refused(registry, certs):
             assert head.startswith(b"HTTP/1.1 411"), head
             body = json.loads(head.split(b"\r\n\r\n", 1)[1])
             assert "Content-Length" in body["error"]
+
+
+def test_a_dripping_request_head_is_cut_off(tmp_path, certs):
+    from registry.server import Settings
+    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=2, request_timeout=0.5))
+    try:
+        srv.trust_cert(certs.client)
+        ctx = client_context(certs.client)
+        with socket.create_connection(("127.0.0.1", srv.port), timeout=10) as raw:
+            with ctx.wrap_socket(raw) as tls:
+                answer = b""
+                for byte in b"GET /1.0/status HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 40:
+                    try:
+                        tls.sendall(bytes([byte]))
+                    except OSError:
+                        break
+                    time.sleep(0.05)
+                    tls.settimeout(0.01)
+                    try:
+                        answer += tls.recv(4096)
+                    except (socket.timeout, ssl.SSLError):
+                        pass
+                    if answer:
+                        break
+                assert answer.startswith(b"HTTP/1.1 408"), answer
+        # Each read took far less than the timeout; their sum did not.
+    finally:
+        srv.stop()
