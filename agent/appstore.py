@@ -269,13 +269,17 @@ class AppStore:
         return self.get(name, version)
 
     def import_package(self, name, version, architecture, src_path, sha256,
-                       manifest=None, origin="pulled") -> dict:
+                       manifest=None, origin="pulled", verified=False) -> dict:
         """Add a downloaded package as version `version` of `name`.
 
         The bytes are checked against sha256 while they are copied and the
         package is inspected like a local one. manifest (the registry's copy)
         is stored if given, else the package's own. Pulled versions are
         published (usable) at once. Importing the same bytes again is a no-op.
+
+        verified=True: the caller wrote src_path, a staging_file(), and
+        checked its sha256 on the way (a download does), so it is not read
+        again for the digest. It has no effect on any other file.
         """
         name = _check(names.check_app_name, name)
         version = _check(names.check_version, version)
@@ -286,7 +290,8 @@ class AppStore:
             if self._known(name, version, sha256, origin):
                 return self.get(name, version)
             staged, actual, size = package.stage(src_path, self.dirs.staging_dir,
-                                                 archive_only=True)
+                                                 archive_only=True,
+                                                 known_sha256=sha256 if verified else None)
             try:
                 if actual != sha256:
                     raise IntegrityError(CHECKSUM_MISMATCH.format(

@@ -7,7 +7,10 @@ certificate learns nothing, not even which path we wanted.
 
 Construction is free: the TLS context (which reads the key) and the connection
 are made on the first request, so the loop can build a client per cycle and
-an unchanged registry costs one request, answered 304.
+an unchanged registry costs one request, answered 304. clone() gives another
+client of the same registry with its own connection and the same TLS context,
+for downloads that run side by side; abort() breaks the connections of the
+client and of every clone it made.
 
 Every failure is an AgentError (the RegistryError family of agent/errors.py)
 with a one-line message for the operator; the subclasses let the sync engine
@@ -20,7 +23,9 @@ import os
 import re
 import socket
 import ssl
+import threading
 import urllib.parse
+import weakref
 
 import names
 from trust import tls
@@ -28,9 +33,9 @@ from trust.errors import PinMismatch, TrustError
 
 from .errors import (AgentError, BadResponse, Cancelled, Forbidden, NotTrusted, PinError,
                      RegistryConflict, RegistryError, RegistryNotFound,
-                     RegistryUnavailable, TransferError)
+                     RegistryUnavailable)
 from .listing import check_listing
-from .transfer import CANCELLED, Download
+from .transfer import CANCELLED, CHUNK, SHRANK, Download, send_file
 
 __all__ = [
     "RegistryClient", "PIN_MISMATCH", "READ_ONLY", "NOT_TRUSTED", "UNAVAILABLE",
@@ -51,8 +56,6 @@ BAD_RESPONSE = "registry {url} sent a malformed answer to {method} {path}: {reas
 REFUSED = "registry {url} refused {method} {path}: {status} {error}"
 CONFLICT = ("the registry already holds {what} with other bytes: publish a new "
             "version instead of changing this one")
-SHRANK = "{path} shrank while it was being uploaded"
-CHUNK = 1 << 20            # uploads move 1 MiB at a time, like downloads
 _MAX_JSON = 256 << 20      # a listing of many thousand versions fits easily
 _CERT_ALERTS = ("CERTIFICATE", "UNKNOWN_CA", "HANDSHAKE_FAILURE", "ACCESS_DENIED")
 _GOT_RE = re.compile(r"got ([0-9a-f]{64})")
@@ -86,8 +89,20 @@ class RegistryClient:
         self.requests = 0          # requests written, for logs and tests
         self._context = None
         self._conn = None
+        self._clones = weakref.WeakSet()     # abort() breaks theirs too
+        self._clones_lock = threading.Lock()
 
     # -- connection ----------------------------------------------------------
+
+    def clone(self):
+        """Another client of the same registry with its own connection and
+        this client's TLS context; this client's abort() reaches it too."""
+        twin = RegistryClient(self.url, self.fingerprint, self.certfile, self.keyfile,
+                              self.timeout)
+        twin._context = self._tls_context()
+        with self._clones_lock:
+            self._clones.add(twin)
+        return twin
 
     def close(self):
         """Close the keep-alive connection; the next request opens another."""
@@ -106,6 +121,10 @@ class RegistryClient:
         if sock is not None:
             with contextlib.suppress(OSError):
                 socket.socket.shutdown(sock, socket.SHUT_RDWR)
+        with self._clones_lock:
+            clones = list(self._clones)
+        for twin in clones:
+            twin.abort()
 
     def __enter__(self):
         return self
@@ -113,16 +132,19 @@ class RegistryClient:
     def __exit__(self, *exc):
         self.close()
 
+    def _tls_context(self):
+        if self._context is None:
+            try:
+                self._context = tls.client_context(self.certfile, self.keyfile)
+            except TrustError as error:
+                raise RegistryError(str(error)) from None
+        return self._context
+
     def _connection(self):
         if self._conn is None:
-            if self._context is None:
-                try:
-                    self._context = tls.client_context(self.certfile, self.keyfile)
-                except TrustError as error:
-                    raise RegistryError(str(error)) from None
             self._conn = tls.PinnedHTTPSConnection(
                 self.host, self.port, fingerprint=self.fingerprint,
-                context=self._context, timeout=self.timeout)
+                context=self._tls_context(), timeout=self.timeout)
         return self._conn
 
     def _send(self, method, path, headers=(), body=None, retry=True, stop=None):
@@ -335,20 +357,7 @@ class RegistryClient:
                        ("Accept", "application/json"))
 
             def body(conn, stop):
-                file.seek(0)
-                sent = 0
-                buf = bytearray(CHUNK)
-                view = memoryview(buf)
-                while sent < size:
-                    if stop is not None and stop.is_set():
-                        raise Cancelled(CANCELLED.format(what=what))
-                    n = file.readinto(view[:min(CHUNK, size - sent)])
-                    if not n:
-                        raise TransferError(SHRANK.format(path=path))
-                    conn.send(view[:n])
-                    sent += n
-                    if progress is not None:
-                        progress(sent, size)
+                send_file(conn, file, size, what, path, stop, progress)
 
             try:
                 resp = self._send("PUT", url_path, headers, body=body, stop=stop)
@@ -382,20 +391,11 @@ class RegistryClient:
         raise RegistryConflict(CONFLICT.format(what=what), 409)
 
     def download(self, app, version, arch, dest, sha256, size, progress=None,
-                 deadline=None, stop=None):
+                 deadline=None, stop=None, durable=True):
         """Stream a package into the file dest, checked and resumed as
         transfer.Download does it; deadline is a time.monotonic() moment. On
         any failure dest is removed, so a caller never finds half a package.
+        durable=False leaves the fsync to the caller.
         """
-        job = Download(self, _what(app, version, arch),
-                       _package_path(app, version, arch) + "/package",
-                       sha256, size, progress, deadline, stop)
-        try:
-            with open(dest, "wb") as out:
-                job.run(out)
-                out.flush()
-                os.fsync(out.fileno())
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(dest)
-            raise
+        Download(self, _what(app, version, arch), _package_path(app, version, arch) + "/package",
+                 sha256, size, progress, deadline, stop).save(dest, durable)

@@ -309,13 +309,18 @@ def _digest(file):
     return digest.hexdigest(), size
 
 
-def stage(path, staging_dir, archive_only=False):
+def stage(path, staging_dir, archive_only=False, known_sha256=None):
     """Write the package at path into a new file in staging_dir; return
     (staged path, sha256 hex, size). A directory is packed (unless
     archive_only); a file must be named .zip or .tar.bz2 (unless archive_only)
     and is copied as it is, except that a file already in staging_dir (a
     download) is used in place. The staged file is fsynced; the caller
     removes it.
+
+    known_sha256 is the digest the caller computed itself while it wrote a
+    file in staging_dir (a download checks its bytes as they arrive): that
+    file is not read a second time. A file from anywhere else is always
+    hashed here, whatever known_sha256 says.
     """
     path = os.fspath(path)
     is_dir = os.path.isdir(path)
@@ -328,6 +333,8 @@ def stage(path, staging_dir, archive_only=False):
         try:
             with open(path, "rb") as file:
                 os.fsync(file.fileno())
+                if known_sha256 is not None:
+                    return path, known_sha256, os.fstat(file.fileno()).st_size
                 return (path, *_digest(file))
         except OSError as error:
             raise PackageError(UNREADABLE.format(path=path, reason=error.strerror)) from None

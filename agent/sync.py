@@ -10,8 +10,8 @@ another publisher pushed is never touched.
 Pull mode (a client node) makes the node hold what the registry holds for its
 architecture and registry.filter: every missing version is downloaded into
 staging/, checked against the listing's size and sha256, and imported as an
-immutable pulled application; pulled versions that left the registry are
-removed. Local applications are never touched.
+immutable pulled application (a few at a time: fetch.py); pulled versions
+that left the registry are removed. Local applications are never touched.
 
 Safety: nothing is deleted unless the listing arrived whole and checked
 (client.list raises on anything else: a TLS error, a timeout, a non-200, bad
@@ -28,14 +28,14 @@ import json
 import logging
 import os
 import tempfile
-import time
 
 import names
 from trust import certs
 
 from .client import RegistryClient
-from .errors import (AgentError, Cancelled, ConfigError, Forbidden, NotTrusted,
-                     PinError, RegistryUnavailable)
+from .errors import AgentError, Cancelled, ConfigError
+from .fetch import FATAL as _FATAL
+from .fetch import DOWNLOADERS, Fetcher, Job
 from .listing import check_listing, packages_of
 
 __all__ = [
@@ -55,13 +55,6 @@ NOTHING_TO_PUSH = ("application {name} has no published version for {arch}: publ
                    "one first with `ams-sync application publish {name} VERSION`")
 STOPPED = "the cycle was stopped"
 SUMMARY = "{mode}: {pushed} pushed, {pulled} pulled, {removed} removed, {failed} failed{note}"
-
-# A transfer gets ten minutes plus the time for its bytes at 64 KiB/s: far
-# beyond any working link, yet a dead one does not hold the cycle forever.
-_BASE_DEADLINE = 600.0
-_MIN_RATE = 64 * 1024
-# These end the whole cycle: every further request would fail the same way.
-_FATAL = (RegistryUnavailable, PinError, NotTrusted, Forbidden)
 
 log = logging.getLogger("ams_sync.sync")
 
@@ -150,13 +143,14 @@ class Sync:
     """Cycles of one node against one registry client."""
 
     def __init__(self, client, store, *, own_fingerprint, architecture=None,
-                 listing=None, stop=None, progress=None):
+                 listing=None, stop=None, progress=None, downloaders=DOWNLOADERS):
         self.client, self.store = client, store
         self.own = own_fingerprint
         self.arch = architecture or names.host_architecture()
         self.listing = listing if listing is not None else Listing()
         self.stop = stop
         self.progress = progress      # progress(what, done, total) during transfers
+        self.downloaders = downloaders    # downloads at once in pull mode
 
     def cycle(self, mode, tags=()) -> Summary:
         """One cycle in registry.mode `mode`; manual mode does nothing."""
@@ -262,7 +256,9 @@ class Sync:
         pulled = {(v["name"], v["version"], v["architecture"]): v
                   for a in apps if a["origin"] == "pulled" and app in (None, a["name"])
                   for v in a["versions"]}
-        refused = set()
+        # plan: in listing order, the refusals (messages) and the jobs, so the
+        # summary reads in that order whatever order the downloads end in
+        plan, jobs, refused = [], [], set()
         for key in sorted(remote):
             pkg, have = remote[key], pulled.get(key)
             if have is not None and have["sha256"] == pkg["sha256"]:
@@ -270,31 +266,28 @@ class Sync:
             if key[0] in local_names:
                 if key[0] not in refused:
                     refused.add(key[0])
-                    summary.failed.append(LOCAL_NAME.format(name=key[0]))
+                    plan.append(LOCAL_NAME.format(name=key[0]))
                 continue
-            if not self._attempt(summary, _name(key),
-                                 lambda: self._fetch(key, pkg, have is not None, summary)):
-                return summary
+            jobs.append(Job(key, pkg, replace=have is not None))
+            plan.append(jobs[-1])
+        if self.stop is not None and self.stop.is_set():
+            raise Cancelled(STOPPED)
+        finished = not jobs or Fetcher(self.client, self.store, stop=self.stop,
+                                       progress=self.progress, downloaders=self.downloaders,
+                                       log=log).run(jobs)
+        for item in plan:
+            if isinstance(item, str):
+                summary.failed.append(item)
+            elif item.done:
+                summary.pulled.append(item.what)
+            elif item.error is not None:
+                summary.failed.append(item.error)
+        if not finished:
+            return summary
         self._remove_departed(apps, remote, app, summary)
         if app is not None and not remote and not summary.removed:
             summary.failed.append(NOT_IN_REGISTRY.format(name=app, arch=self.arch))
         return summary
-
-    def _fetch(self, key, pkg, replace, summary):
-        what = _name(key)
-        deadline = time.monotonic() + _BASE_DEADLINE + pkg["size"] / _MIN_RATE
-        with self.store.staging_file() as staged:
-            self.client.download(*key, staged, pkg["sha256"], pkg["size"],
-                                 progress=self._progress(what), deadline=deadline,
-                                 stop=self.stop)
-            if replace:
-                # The registry's bytes for this version changed (deleted and
-                # pushed again); it is the authority for pulled applications.
-                self.store.delete_version(key[0], key[1], force=True)
-            self.store.import_package(*key, staged, pkg["sha256"],
-                                      manifest=pkg.get("manifest") or None, origin="pulled")
-        log.info("pulled %s", what)
-        summary.pulled.append(what)
 
     def _remove_departed(self, apps, remote, only, summary):
         """Remove pulled versions the registry no longer lists; a pulled

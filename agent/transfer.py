@@ -1,26 +1,35 @@
-"""One package download: streamed, capped, verified and resumed.
+"""Package transfers: a download streamed, capped, verified and resumed;
+an upload's body streamed.
 
 The registry declared the package's size and sha256 in its listing; the
-bytes must match both. The body is read 1 MiB at a time into the caller's
-file, never more than the declared size, and hashed on the way. When the
-connection breaks (a dropped link, a restarted registry, a read that waited
-longer than the client's timeout) the download asks for the rest with
-`Range: bytes=N-` on a new connection, a few times at most; the sha256 of the
-whole file is the final word on whether the pieces belong together.
+bytes must match both. The body is read 1 MiB at a time into one reused
+buffer, never more than the declared size, hashed on the way and written in
+place with pwrite(). Every KICK bytes the kernel is asked to start writing
+what came so far to disk, so the disk works while the network does and the
+fsync that makes the file durable (here, or in the importer that takes the
+file over) finds little left to do.
+
+When the connection breaks (a dropped link, a restarted registry, a read
+that waited longer than the client's timeout) the download asks for the rest
+with `Range: bytes=N-` on a new connection, a few times at most; the sha256
+of the whole file is the final word on whether the pieces belong together.
+A file that cannot be written (a full disk) ends the download at once.
 
 Between chunks it looks at the stop event and the deadline, so a stopping
 agent or a transfer that is not getting anywhere gives up promptly.
 """
+import contextlib
 import hashlib
 import http.client
+import os
 import re
 import time
 
-from .errors import (Cancelled, IntegrityError, RegistryUnavailable, TransferError,
-                     TransferTimeout)
+from .errors import (Cancelled, IntegrityError, RegistryUnavailable, StoreError,
+                     TransferError, TransferTimeout)
 
-__all__ = ["Download", "CHUNK", "RESUME_ATTEMPTS", "TOO_LARGE", "SHA_MISMATCH",
-           "INCOMPLETE", "STALLED", "CANCELLED"]
+__all__ = ["Download", "send_file", "CHUNK", "KICK", "RESUME_ATTEMPTS", "TOO_LARGE",
+           "SHA_MISMATCH", "INCOMPLETE", "STALLED", "CANCELLED", "SHRANK", "UNWRITABLE"]
 
 TOO_LARGE = "download of {what} refused: the registry sent more than the declared {size} bytes"
 SHA_MISMATCH = ("download of {what} discarded: its sha256 {actual} differs from "
@@ -28,10 +37,12 @@ SHA_MISMATCH = ("download of {what} discarded: its sha256 {actual} differs from 
 INCOMPLETE = "download of {what} failed after {attempts} attempts: {reason}"
 STALLED = "download of {what} abandoned: no progress before its deadline ({reason})"
 CANCELLED = "transfer of {what} stopped"
+SHRANK = "{path} shrank while it was being uploaded"
+UNWRITABLE = "download of {what} failed: cannot write {path}: {reason}"
 
-CHUNK = 1 << 20            # a transfer moves 1 MiB at a time
+CHUNK = 1 << 20            # a transfer moves 1 MiB at a time, either way
 RESUME_ATTEMPTS = 4        # connections one download may use in all
-
+KICK = 16 << 20            # a download starts the write-back of every 16 MiB
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)\Z")
 
 
@@ -44,6 +55,8 @@ class Download:
         self.what, self.path = what, path
         self.sha256, self.size = sha256, size
         self.progress, self.deadline, self.stop = progress, deadline, stop
+        self.dest = None
+        self._kicked = 0           # bytes whose write-back was started
 
     def _check(self):
         if self.stop is not None and self.stop.is_set():
@@ -61,9 +74,29 @@ class Download:
         else:
             time.sleep(delay)
 
-    def run(self, out):
-        """Write the package into out (a binary file at position 0)."""
+    def save(self, dest, durable=True):
+        """Download into the file dest (created or emptied); on disk when
+        this returns if durable (else the caller fsyncs it before relying
+        on it). On any failure dest is removed: nobody finds half a package.
+        """
+        self.dest = os.fspath(dest)
+        try:
+            fd = os.open(dest, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            try:
+                self.run(fd)
+                if durable:
+                    os.fsync(fd)
+            finally:
+                os.close(fd)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(dest)
+            raise
+
+    def run(self, fd):
+        """Write the package into the file descriptor fd (an empty file)."""
         hasher = hashlib.sha256()
+        buf = memoryview(bytearray(min(CHUNK, self.size + 1)))
         received = 0
         last = "no attempt made"
         timed_out = False
@@ -82,9 +115,7 @@ class Download:
                 continue
             if resp.status == 200 and received:
                 # The server ignored the Range: start again from the top.
-                out.seek(0)
-                out.truncate()
-                hasher, received = hashlib.sha256(), 0
+                hasher, received, self._kicked = hashlib.sha256(), 0, 0
             elif resp.status == 206:
                 match = _CONTENT_RANGE.match(resp.getheader("Content-Range") or "")
                 if not match or int(match.group(1)) != received or int(match.group(3)) != self.size:
@@ -98,15 +129,13 @@ class Download:
                     last, timed_out = str(error), False
                     continue
             if received < 0:
-                out.seek(0)
-                out.truncate()
-                hasher, received = hashlib.sha256(), 0
+                hasher, received, self._kicked = hashlib.sha256(), 0, 0
                 continue
             if resp.length is not None and received + resp.length > self.size:
                 self.client.close()
                 raise TransferError(TOO_LARGE.format(what=self.what, size=self.size))
             try:
-                received = self._body(resp, out, hasher, received)
+                received = self._body(resp, fd, buf, hasher, received)
             except (OSError, http.client.HTTPException) as error:
                 self.client.close()
                 self._check()
@@ -128,10 +157,8 @@ class Download:
             raise IntegrityError(SHA_MISMATCH.format(what=self.what, actual=actual,
                                                        expected=self.sha256))
 
-    def _body(self, resp, out, hasher, received):
-        """Copy the body into out; return the new count of bytes received."""
-        buf = bytearray(CHUNK)
-        view = memoryview(buf)
+    def _body(self, resp, fd, buf, hasher, received):
+        """Copy the body into fd; return the new count of bytes received."""
         sock = self.client._conn.sock if self.client._conn is not None else None
         while True:
             self._check()
@@ -140,16 +167,53 @@ class Download:
                 if self.deadline is not None:
                     wait = min(wait, max(0.01, self.deadline - time.monotonic()))
                 sock.settimeout(wait)
-            # One byte beyond what may come tells an oversized body apart.
-            want = min(CHUNK, self.size - received + 1)
-            n = resp.readinto(view[:want])
+            want = min(CHUNK, self.size - received)
+            if not want:
+                # Everything declared is here: one byte more would be too many.
+                if resp.readinto(buf[:1]):
+                    self.client.close()
+                    raise TransferError(TOO_LARGE.format(what=self.what, size=self.size))
+                return received
+            n = resp.readinto(buf[:want])
             if not n:
                 return received
-            if received + n > self.size:
-                self.client.close()
-                raise TransferError(TOO_LARGE.format(what=self.what, size=self.size))
-            out.write(view[:n])
-            hasher.update(view[:n])
+            self._write(fd, buf[:n], received)
+            hasher.update(buf[:n])
             received += n
             if self.progress is not None:
                 self.progress(received, self.size)
+
+    def _write(self, fd, data, at):
+        try:
+            done = 0
+            while done < len(data):
+                done += os.pwrite(fd, data[done:], at + done)
+        except OSError as error:
+            # Not the connection's fault: trying again would not help.
+            self.client.close()
+            raise StoreError(UNWRITABLE.format(what=self.what, path=self.dest or fd,
+                                               reason=error.strerror or error)) from None
+        end = at + done
+        if end - self._kicked >= KICK:
+            # DONTNEED starts the write-back of the dirty pages and drops
+            # none of them: the importer still reads them from memory.
+            with contextlib.suppress(OSError, AttributeError):
+                os.posix_fadvise(fd, self._kicked, end - self._kicked, os.POSIX_FADV_DONTNEED)
+            self._kicked = end
+
+
+def send_file(conn, file, size, what, path, stop=None, progress=None):
+    """Send the first size bytes of file (an upload's body) on conn."""
+    file.seek(0)
+    sent = 0
+    view = memoryview(bytearray(CHUNK))
+    while sent < size:
+        if stop is not None and stop.is_set():
+            raise Cancelled(CANCELLED.format(what=what))
+        n = file.readinto(view[:min(CHUNK, size - sent)])
+        if not n:
+            raise TransferError(SHRANK.format(path=path))
+        conn.send(view[:n])
+        sent += n
+        if progress is not None:
+            progress(sent, size)
