@@ -9,6 +9,9 @@ it arrives, then imported. Two kinds of thread share the work:
   * IMPORTERS threads (the calling thread is one of them) take finished
     downloads in turn: fsync, inspect, move into blobs/, record.
 
+At most LEAD packages are staged at a time (downloading, waiting or being
+imported), so downloads never run far ahead of slow imports.
+
 TLS reads, sha256 updates of 1 MiB, file writes, fsync and the zip CRC pass
 all release the GIL, so the threads run side by side on several cores; the
 store's database writes stay one at a time under its lock. The download
@@ -36,10 +39,13 @@ import time
 from .errors import (AgentError, Cancelled, Forbidden, NotTrusted, PinError,
                      RegistryUnavailable)
 
-__all__ = ["Job", "Fetcher", "DOWNLOADERS", "IMPORTERS", "FATAL"]
+__all__ = ["Job", "Fetcher", "DOWNLOADERS", "IMPORTERS", "LEAD", "FATAL", "STOPPED"]
+
+STOPPED = "the cycle was stopped"
 
 DOWNLOADERS = 3        # downloads under way at once, one connection each
 IMPORTERS = 2          # finished downloads being imported at once
+LEAD = 3               # staged packages allowed per downloader
 # These end the whole cycle: every further request would fail the same way.
 FATAL = (RegistryUnavailable, PinError, NotTrusted, Forbidden)
 # A transfer gets ten minutes plus the time for its bytes at 64 KiB/s: far
@@ -111,6 +117,7 @@ class Fetcher:
         self._pending = iter(())
         self._ready = queue.Queue()     # (job, staged path, ExitStack) or None: no more
         self._running = 0               # downloaders still at work
+        self._slots = threading.Semaphore(self.downloaders * LEAD)  # staged files
         self._crash = None              # a thread's unexpected exception
         self._received, self._total, self._label = {}, 0, ""
 
@@ -145,7 +152,7 @@ class Fetcher:
         if self._crash is not None:
             raise self._crash
         if self.stop.is_set():
-            raise Cancelled("the cycle was stopped")
+            raise Cancelled(STOPPED)
         return not self.halted
 
     def _start(self, body, *args):
@@ -181,6 +188,13 @@ class Fetcher:
 
     # -- downloading ------------------------------------------------------------
 
+    def _slot(self):
+        """Wait for room to stage one more package; False when stopping."""
+        while not self._slots.acquire(timeout=0.1):
+            if self.stop.is_set():
+                return False
+        return True
+
     def _next(self):
         with self._lock:
             if self.halted or self.stop.is_set():
@@ -190,9 +204,10 @@ class Fetcher:
     def _downloads(self, client):
         """A downloader: take jobs until none is left, or the run halts or stops."""
         try:
-            while True:
+            while self._slot():
                 job = self._next()
                 if job is None:
+                    self._slots.release()
                     return
                 staged = self._download(client, job)
                 if staged is not None:
@@ -206,10 +221,12 @@ class Fetcher:
                     self._ready.put(None)
 
     def _download(self, client, job):
-        """(staged path, ExitStack that removes it), or None if it failed."""
+        """(staged path, ExitStack that removes it and frees its slot), or
+        None if it failed. The caller holds a slot."""
         key, pkg = job.key, job.pkg
         deadline = time.monotonic() + _BASE_DEADLINE + pkg["size"] / _MIN_RATE
         stack = contextlib.ExitStack()
+        stack.callback(self._slots.release)      # runs last, once the file is gone
         try:
             staged = stack.enter_context(self.store.staging_file())
             # The importer fsyncs it; the network need not wait for the disk.

@@ -35,7 +35,7 @@ from trust import certs
 from .client import RegistryClient
 from .errors import AgentError, Cancelled, ConfigError
 from .fetch import FATAL as _FATAL
-from .fetch import DOWNLOADERS, Fetcher, Job
+from .fetch import DOWNLOADERS, STOPPED, Fetcher, Job
 from .listing import check_listing, packages_of
 
 __all__ = [
@@ -53,7 +53,6 @@ LOCAL_NAME = ("{name}: a local application has this name, so the registry's "
 NOT_IN_REGISTRY = "application {name} is not in the registry for {arch}"
 NOTHING_TO_PUSH = ("application {name} has no published version for {arch}: publish "
                    "one first with `ams-sync application publish {name} VERSION`")
-STOPPED = "the cycle was stopped"
 SUMMARY = "{mode}: {pushed} pushed, {pulled} pulled, {removed} removed, {failed} failed{note}"
 
 log = logging.getLogger("ams_sync.sync")

@@ -417,6 +417,31 @@ def test_staging_file_with_bad_bytes(store, tmp_path):
     assert store.list() == [] and files_under(store.dirs.blobs_dir) == []
 
 
+def test_a_verified_download_is_not_read_again_for_its_digest(store, tmp_path, monkeypatch):
+    from agent import package
+    source = make_zip(tmp_path / "dl.zip")
+    read = []
+    real = package._digest
+    monkeypatch.setattr(package, "_digest", lambda file: read.append(file) or real(file))
+    with store.staging_file() as staged:
+        with open(staged, "wb") as out:
+            out.write(source.read_bytes())
+        record = store.import_package("game", 0, "amd64", staged, sha(source), verified=True)
+    assert read == []                              # the download's hash is the check
+    assert record["size"] == source.stat().st_size
+    assert sha(store.blob_path(record["sha256"])) == sha(source)
+    assert os.listdir(store.dirs.staging_dir) == []
+
+
+def test_verified_means_nothing_for_a_file_outside_staging(store, tmp_path):
+    # Only a staging_file() the caller filled and hashed may skip the check.
+    other = make_zip(tmp_path / "other.zip")
+    with pytest.raises(IntegrityError):
+        store.import_package("game", 0, "amd64", other, "0" * 64, verified=True)
+    assert store.list() == [] and files_under(store.dirs.blobs_dir) == []
+    assert os.listdir(store.dirs.staging_dir) == []
+
+
 def test_staging_file_removed_on_error(store):
     with pytest.raises(RuntimeError):
         with store.staging_file() as staged:

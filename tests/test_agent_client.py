@@ -14,8 +14,8 @@ from agent import client as client_mod
 from agent import transfer
 from agent.client import RegistryClient
 from agent.errors import (BadResponse, Cancelled, Forbidden, IntegrityError, NotTrusted,
-                          PinError, RegistryConflict, RegistryUnavailable, TransferError,
-                          TransferTimeout)
+                          PinError, RegistryConflict, RegistryUnavailable, StoreError,
+                          TransferError, TransferTimeout)
 from fakeregistry import CuttingProxy, FakeRegistry
 from regserver import ThreadServer, free_port
 
@@ -356,3 +356,62 @@ def test_stop_ends_a_blocked_download_at_once(registry, certs, tmp_path):
     assert not worker.is_alive()
     assert isinstance(outcome[0], Cancelled)
     assert not os.path.exists(tmp_path / "dest")
+
+
+def test_a_clone_has_its_own_connection_and_follows_abort(registry, certs, tmp_path, access):
+    data, sha = publish(registry, certs, tmp_path)
+    proxy = CuttingProxy(registry.port, cut_after=MiB, stall=True)
+    stop = threading.Event()
+    outcome = []
+    parent = connect(registry, certs.client, url=proxy.url, timeout=600)
+    twin = parent.clone()
+    assert twin._context is parent._context            # the key is read once
+
+    def download():
+        try:
+            twin.download("game", 0, "amd64", tmp_path / "dest", sha, len(data), stop=stop)
+        except BaseException as error:
+            outcome.append(error)
+    worker = threading.Thread(target=download)
+    try:
+        worker.start()
+        assert proxy.cut.wait(30)
+        stop.set()
+        parent.abort()                                 # what Loop.stop() reaches
+        worker.join(30)
+    finally:
+        proxy.stop()
+        twin.close()
+        parent.close()
+    assert not worker.is_alive()
+    assert isinstance(outcome[0], Cancelled)
+    assert not os.path.exists(tmp_path / "dest")
+    relay = CuttingProxy(registry.port)
+    try:
+        with connect(registry, certs.client, url=relay.url) as c, c.clone() as other:
+            for _ in range(2):
+                c.info()
+                other.info()
+    finally:
+        relay.stop()
+    assert relay.connections == 2                      # one kept alive by each
+
+
+def test_a_file_that_cannot_be_written_ends_the_download_at_once(registry, certs, tmp_path,
+                                                                 monkeypatch):
+    data, sha = publish(registry, certs, tmp_path)
+    proxy = CuttingProxy(registry.port)
+
+    def full(fd, data, offset):
+        raise OSError(28, "No space left on device")
+    monkeypatch.setattr(transfer.os, "pwrite", full)
+    try:
+        with connect(registry, certs.client, url=proxy.url) as c:
+            with pytest.raises(StoreError) as error:
+                c.download("game", 0, "amd64", tmp_path / "dest", sha, len(data))
+    finally:
+        proxy.stop()
+    assert str(error.value) == transfer.UNWRITABLE.format(
+        what="game/0/amd64", path=tmp_path / "dest", reason="No space left on device")
+    assert proxy.connections == 1                      # not retried as a broken link
+    assert not (tmp_path / "dest").exists()

@@ -152,6 +152,27 @@ def test_stop_abandons_a_download_and_cleans_staging(tmp_path, registry, nodes):
     assert "game" not in cli.apps()
 
 
+def test_stop_during_concurrent_downloads_ends_them_all_and_cleans_staging(tmp_path, registry,  # noqa: F811
+                                                                         nodes):
+    pub, cli = nodes
+    for name in ("alpha", "bravo", "charlie", "delta"):
+        pub.add_app(tmp_path, name, size=3 * MiB)
+    pub.ok("sync")
+    proxy = CuttingProxy(registry.port, cut_after=MiB, stall=True)
+    try:
+        cli.ok("config", "set", "registry.url", proxy.url)
+        running = Recorder(cli.root)
+        deadline = time.monotonic() + WAIT
+        while len(cli.staging()) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(cli.staging()) == 3 and proxy.cut.wait(WAIT)   # three under way
+        running.stop()
+    finally:
+        proxy.stop()
+    assert cli.staging() == [] and cli.apps() == {}
+    assert not any(t.name == "ams-sync-fetch" for t in threading.enumerate())
+
+
 # -- the real program ---------------------------------------------------------------------
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])

@@ -436,3 +436,30 @@ def test_a_local_application_is_never_replaced_by_a_pulled_one(tmp_path, registr
     assert result.code == 1
     assert sync.LOCAL_NAME.format(name="game") in result.err
     assert cli.apps()["game"] == before
+
+
+def test_a_concurrent_pull_with_one_bad_package_imports_the_others(tmp_path, registry, nodes):
+    pub, cli = nodes
+    names = ["alpha", "bravo", "charlie", "delta", "echo"]
+    for name in names:
+        pub.add_app(tmp_path, name, size=MiB)
+    pub.ok("sync")
+    # The registry's copy of bravo goes bad on its disk: same size, other bytes.
+    [bad] = [p for app in registry.packages.list() for p in app["versions"]
+             if p["name"] == "bravo"]
+    blob = registry.packages.blob_path(bad["sha256"])
+    os.chmod(blob, 0o600)
+    damaged = bytearray(blob.read_bytes())
+    damaged[len(damaged) // 2] ^= 0xFF
+    blob.write_bytes(bytes(damaged))
+    result = cli("sync")
+    assert result.code == 1
+    assert "download of bravo/0/" in result.err and "differs from the registry's" in result.err
+    assert result.out.count("  pulled ") == 4
+    assert sorted(cli.apps()) == ["alpha", "charlie", "delta", "echo"]
+    for app in cli.apps().values():
+        [version] = app["versions"]
+        assert cli.blob(version["sha256"]) == pub.blob(version["sha256"])
+    assert cli.staging() == []
+    kept = sorted(f for _, _, files in os.walk(cli.root / "blobs") for f in files)
+    assert kept == sorted(v["sha256"] for a in cli.apps().values() for v in a["versions"])
