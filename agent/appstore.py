@@ -22,7 +22,6 @@ import datetime
 import json
 import os
 import sqlite3
-import tempfile
 import threading
 
 import names
@@ -222,6 +221,20 @@ class AppStore:
         return [self._app(app, by_name.get(app["name"], []))
                 for app in self._query("SELECT * FROM applications ORDER BY name")]
 
+    def index(self) -> list:
+        """list() with only what a sync cycle compares: each application's
+        name and origin, its versions' version, architecture and sha256."""
+        apps = []
+        for row in self._query("SELECT a.name, a.origin, v.version, v.architecture, v.sha256"
+                               " FROM applications a LEFT JOIN versions v USING (name)"
+                               " ORDER BY a.name, v.version"):
+            if not apps or apps[-1]["name"] != row["name"]:
+                apps.append({"name": row["name"], "origin": row["origin"], "versions": []})
+            if row["version"] is not None:
+                apps[-1]["versions"].append({"version": row["version"], "sha256": row["sha256"],
+                                             "architecture": row["architecture"]})
+        return apps
+
     def show(self, name) -> dict:
         """One application with its versions; NotFound if there is none."""
         apps = self._query("SELECT * FROM applications WHERE name = ?", (name,))
@@ -340,21 +353,10 @@ class AppStore:
                    (name, version, arch, sha256, size, json.dumps(manifest),
                     json.dumps(tags), int(published), now))
 
-    @contextlib.contextmanager
     def staging_file(self):
-        """A new empty file under staging/ for a download, removed on exit.
-
-        The sync engine streams a package here and then calls
-        import_package(). The writers' lock is held throughout, so recover()
-        in another process (any command opening the store) leaves it alone.
-        """
-        with self._blobs.writing():
-            fd, path = tempfile.mkstemp(dir=self.dirs.staging_dir, suffix=".part")
-            os.close(fd)
-            try:
-                yield path
-            finally:
-                self._blobs.discard(path)
+        """A context manager: a new empty file under staging/ for a download
+        (then given to import_package), removed on exit (Blobs.staging_file)."""
+        return self._blobs.staging_file()
 
     # Changing
 

@@ -14,6 +14,7 @@ garbage is left for the next collect().
 import contextlib
 import fcntl
 import os
+import tempfile
 
 __all__ = ["Blobs"]
 
@@ -51,6 +52,19 @@ class Blobs:
             yield
         finally:
             os.close(fd)
+
+    @contextlib.contextmanager
+    def staging_file(self):
+        """A new empty file under staging/, removed on exit. The writers'
+        lock is held throughout, so collect() in another process (any
+        command opening the store) leaves it alone."""
+        with self.writing():
+            fd, path = tempfile.mkstemp(dir=self.dirs.staging_dir, suffix=".part")
+            os.close(fd)
+            try:
+                yield path
+            finally:
+                self.discard(path)
 
     def discard(self, staged):
         _unlink(staged)

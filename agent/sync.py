@@ -250,9 +250,9 @@ class Sync:
             return summary
         if app is not None:
             remote = {key: pkg for key, pkg in remote.items() if key[0] == app}
-        apps = self.store.list()
+        apps = self.store.index()
         local_names = {a["name"] for a in apps if a["origin"] != "pulled"}
-        pulled = {(v["name"], v["version"], v["architecture"]): v
+        pulled = {(a["name"], v["version"], v["architecture"]): v
                   for a in apps if a["origin"] == "pulled" and app in (None, a["name"])
                   for v in a["versions"]}
         # plan: in listing order, the refusals (messages) and the jobs, so the

@@ -442,6 +442,19 @@ def test_verified_means_nothing_for_a_file_outside_staging(store, tmp_path):
     assert os.listdir(store.dirs.staging_dir) == []
 
 
+def test_index_is_list_without_the_manifests(store, tmp_path):
+    store.create(make_zip(tmp_path / "local.zip"))
+    _import(store, tmp_path, version=0, name="chess")
+    _import(store, tmp_path, version=3, name="chess")
+    store.delete_version("game", 0)                    # an application with no version left
+    assert store.index() == [
+        {"name": app["name"], "origin": app["origin"],
+         "versions": [{k: v[k] for k in ("version", "architecture", "sha256")}
+                      for v in app["versions"]]}
+        for app in store.list()]
+    assert [len(app["versions"]) for app in store.index()] == [2, 0]
+
+
 def test_staging_file_removed_on_error(store):
     with pytest.raises(RuntimeError):
         with store.staging_file() as staged:
