@@ -9,8 +9,8 @@ it arrives, then imported. Two kinds of thread share the work:
   * IMPORTERS threads (the calling thread is one of them) take finished
     downloads in turn: fsync, inspect, move into blobs/, record.
 
-At most LEAD packages are staged at a time (downloading, waiting or being
-imported), so downloads never run far ahead of slow imports.
+At most LEAD packages per downloader are staged at a time (downloading,
+waiting or being imported), so downloads never run far ahead of slow imports.
 
 TLS reads, sha256 updates of 1 MiB, file writes, fsync and the zip CRC pass
 all release the GIL, so the threads run side by side on several cores; the
@@ -173,16 +173,15 @@ class Fetcher:
         self.client.abort()
 
     def _discard(self, threads):
-        """After a halt: let the threads end, removing what they staged."""
+        """After a halt: let the threads end, then remove what is still staged."""
+        for _ in threads:
+            self._ready.put(None)           # no importer waits for ever
         deadline = time.monotonic() + _JOIN
-        while any(thread.is_alive() for thread in threads) and time.monotonic() < deadline:
-            self._drain(0.05)
-        self._drain(0)
-
-    def _drain(self, wait):
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
         with contextlib.suppress(queue.Empty):
             while True:
-                item = self._ready.get(timeout=wait) if wait else self._ready.get_nowait()
+                item = self._ready.get_nowait()
                 if item is not None:
                     item[2].close()
 
