@@ -195,8 +195,8 @@ class Download:
                                                reason=error.strerror or error)) from None
         end = at + done
         if end - self._kicked >= KICK:
-            # DONTNEED starts the write-back of the dirty pages and drops
-            # none of them: the importer still reads them from memory.
+            # DONTNEED starts the write-back of the range's dirty pages;
+            # pages dirty or under write-back stay cached for the importer.
             with contextlib.suppress(OSError, AttributeError):
                 os.posix_fadvise(fd, self._kicked, end - self._kicked, os.POSIX_FADV_DONTNEED)
             self._kicked = end
