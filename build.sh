@@ -23,7 +23,7 @@ OUTPUT=$ROOT/dist/aar.pyz
 SHEBANG='/usr/bin/env python3'
 # The program: these modules and packages, plus any other top-level package
 # (a directory with __init__.py) but the ones that never ship.
-PROGRAM=(aar.py ams_sync.py launcher.py names.py version.py cli trust registry agent)
+PROGRAM=(aar.py ams_sync.py launcher.py names.py version.py cas.py cli trust registry agent)
 NOT_SHIPPED=" tests bench dist snap docs "
 
 die() { echo "build.sh: $*" >&2; exit 1; }

@@ -16,22 +16,9 @@ import fcntl
 import os
 import tempfile
 
+import cas
+
 __all__ = ["Blobs"]
-
-
-def _fsync_dir(path):
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _unlink(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
 
 
 class Blobs:
@@ -67,21 +54,11 @@ class Blobs:
                 self.discard(path)
 
     def discard(self, staged):
-        _unlink(staged)
+        cas.unlink_quiet(staged)
 
     def commit(self, staged, sha256):
         """Move a complete, fsynced staging file to the blob path of sha256."""
-        blob = self.dirs.blob_path(sha256)
-        if blob.exists():
-            # Same digest, same bytes: the stored blob serves both versions.
-            _unlink(staged)
-            return
-        fan_out = blob.parent
-        if not fan_out.is_dir():
-            fan_out.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(self.dirs.blobs_dir)
-        os.replace(staged, blob)
-        _fsync_dir(fan_out)
+        cas.commit(staged, self.dirs.blob_path(sha256))
 
     def collect(self, used, staging=False) -> bool:
         """Delete blobs whose digest is not in used() (and, with staging=True,
@@ -96,14 +73,14 @@ class Blobs:
                 return False
             if staging:
                 for entry in os.scandir(self.dirs.staging_dir):
-                    _unlink(entry.path)
+                    cas.unlink_quiet(entry.path)
             keep = set(used())
             for fan_out in os.scandir(self.dirs.blobs_dir):
                 if not fan_out.is_dir(follow_symlinks=False):
                     continue
                 for blob in os.scandir(fan_out.path):
                     if blob.name not in keep:
-                        _unlink(blob.path)
+                        cas.unlink_quiet(blob.path)
                 with contextlib.suppress(OSError):
                     os.rmdir(fan_out.path)  # only succeeds when empty
             return True

@@ -29,32 +29,20 @@ The data directory is ``--data-dir``, else ``$AMS_SYNC_DATA_DIR``, else
 """
 import os
 import pathlib
-import re
 import socket
+
+import cas
+from cas import is_sha256
 
 __all__ = ["DataDir", "default_data_dir", "is_sha256", "CLIENT_CN_PREFIX"]
 
 CLIENT_CN_PREFIX = "ams-"
-_SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
-
-
-def is_sha256(value) -> bool:
-    """True for 64 lowercase hex digits, the only names allowed under blobs/."""
-    return isinstance(value, str) and _SHA256_RE.match(value) is not None
 
 
 def default_data_dir(env=None) -> pathlib.Path:
     """The data directory when ``--data-dir`` is not given."""
-    env = os.environ if env is None else env
-    # An empty variable counts as unset, so `AMS_SYNC_DATA_DIR= …` never
-    # puts the node's key in the current directory.
-    for name in ("AMS_SYNC_DATA_DIR", "SNAP_COMMON"):
-        if env.get(name):
-            return pathlib.Path(env[name])
-    if env.get("XDG_DATA_HOME"):
-        return pathlib.Path(env["XDG_DATA_HOME"]) / "ams-sync"
-    home = env.get("HOME") or str(pathlib.Path.home())
-    return pathlib.Path(home) / ".local" / "share" / "ams-sync"
+    return cas.default_data_dir(os.environ if env is None else env,
+                                "AMS_SYNC_DATA_DIR", "ams-sync")
 
 
 class DataDir:
@@ -77,25 +65,13 @@ class DataDir:
         return f"DataDir({str(self.root)!r})"
 
     def blob_path(self, sha256) -> pathlib.Path:
-        """Where the blob with this digest lives (whether or not it exists)."""
-        # The digest becomes a path: anything but 64 hex could climb out of
-        # blobs/ ("../"), so it is refused here, where paths are made.
-        if not is_sha256(sha256):
-            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-        return self.blobs_dir / sha256[:2] / sha256
+        """Where the blob with this digest lives (ValueError for a bad digest)."""
+        return cas.blob_path(self.blobs_dir, sha256)
 
     def ensure(self) -> "DataDir":
         """Create the directories that do not exist yet (mode 0700)."""
-        # The root's parents are ordinary directories (~/.local/share, say);
-        # only what the agent owns is made private.
-        self.root.parent.mkdir(parents=True, exist_ok=True)
-        for path in (self.root, self.registry_dir, self.root / "blobs",
-                     self.blobs_dir, self.staging_dir):
-            try:
-                path.mkdir(mode=0o700)
-            except FileExistsError:
-                if not path.is_dir():
-                    raise
+        cas.make_private_dirs(self.root, self.registry_dir, self.root / "blobs",
+                              self.blobs_dir, self.staging_dir)
         return self
 
     def client_certificate(self, hostname=None):

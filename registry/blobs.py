@@ -18,30 +18,15 @@ import shutil
 import tempfile
 import threading
 
+import cas
+from cas import is_sha256, unlink_quiet
 from registry.errors import ApiError
-from registry.paths import is_sha256
 
 __all__ = ["BlobFiles", "CHUNK_SIZE"]
 
 log = logging.getLogger("aar.storage")
 
 CHUNK_SIZE = 1 << 20
-
-
-def unlink_quiet(path):
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
-
-
-def _fsync_dir(path):
-    # A rename or a new entry is durable only once its directory is synced.
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # Uploads larger than this are written by a second thread, so that the disk
@@ -188,17 +173,7 @@ class BlobFiles:
 
     def commit(self, staged, sha256):
         """Move a checked staging file to its blob path, durably."""
-        blob = self.path(sha256)
-        if blob.exists():
-            # The same bytes already back another package: one copy is enough.
-            os.unlink(staged)
-            return
-        fanout = blob.parent
-        if not fanout.is_dir():
-            fanout.mkdir(mode=0o700, exist_ok=True)
-            _fsync_dir(fanout.parent)
-        os.replace(staged, blob)
-        _fsync_dir(fanout)
+        cas.commit(staged, self.path(sha256))
 
     def remove(self, sha256) -> bool:
         """Delete a blob; False if it was not there."""

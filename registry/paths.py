@@ -24,29 +24,16 @@ The data directory is ``--data-dir``, else ``$AAR_DATA_DIR``, else
 
 import os
 import pathlib
-import re
+
+import cas
+from cas import is_sha256
 
 __all__ = ["DataDir", "default_data_dir", "is_sha256"]
-
-_SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
-
-
-def is_sha256(value) -> bool:
-    """True for 64 lowercase hex digits, the only names allowed under blobs/."""
-    return isinstance(value, str) and _SHA256_RE.match(value) is not None
 
 
 def default_data_dir(env=os.environ) -> pathlib.Path:
     """The data directory when ``--data-dir`` is not given."""
-    # An empty variable counts as unset: `AAR_DATA_DIR= aar serve` should not
-    # put the registry's keys in the current directory.
-    for name in ("AAR_DATA_DIR", "SNAP_COMMON"):
-        if env.get(name):
-            return pathlib.Path(env[name])
-    if env.get("XDG_DATA_HOME"):
-        return pathlib.Path(env["XDG_DATA_HOME"]) / "aar"
-    home = env.get("HOME") or str(pathlib.Path.home())
-    return pathlib.Path(home) / ".local" / "share" / "aar"
+    return cas.default_data_dir(env, "AAR_DATA_DIR", "aar")
 
 
 class DataDir:
@@ -88,23 +75,11 @@ class DataDir:
         return self.root / "staging"
 
     def blob_path(self, sha256: str) -> pathlib.Path:
-        """Where the blob with this digest lives (whether or not it exists)."""
-        # The digest becomes a path: anything but 64 hex could climb out of
-        # blobs/ ("../"), so it is refused here, at the one place paths are made.
-        if not is_sha256(sha256):
-            raise ValueError(f"not a sha256 hex digest: {sha256!r}")
-        return self.blobs_dir / sha256[:2] / sha256
+        """Where the blob with this digest lives (ValueError for a bad digest)."""
+        return cas.blob_path(self.blobs_dir, sha256)
 
     def ensure(self) -> "DataDir":
         """Create the directories (mode 0700) that do not exist yet."""
-        # Parents of the root are ordinary directories (the user's
-        # ~/.local/share, say); only what the registry owns is made private.
-        self.root.parent.mkdir(parents=True, exist_ok=True)
-        for path in (self.root, self.certs_dir, self.root / "blobs",
-                     self.blobs_dir, self.staging_dir):
-            try:
-                path.mkdir(mode=0o700)
-            except FileExistsError:
-                if not path.is_dir():
-                    raise
+        cas.make_private_dirs(self.root, self.certs_dir, self.root / "blobs",
+                              self.blobs_dir, self.staging_dir)
         return self

@@ -30,7 +30,8 @@ import threading
 import time
 
 import names
-from registry.blobs import BlobFiles, unlink_quiet
+from cas import unlink_quiet
+from registry.blobs import BlobFiles
 from registry.errors import ApiError
 from registry.paths import DataDir, is_sha256
 

@@ -28,7 +28,7 @@ import pytest
 from certs import make_cert
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-PROGRAM = ("aar.py", "ams_sync.py", "launcher.py", "names.py", "version.py",
+PROGRAM = ("aar.py", "ams_sync.py", "launcher.py", "names.py", "version.py", "cas.py",
            "cli", "trust", "registry", "agent")
 PYTHONS = ("default", "3.10", "3.13")
 
@@ -104,6 +104,7 @@ def make_stub_tree(tree):
     (tree / "aar.py").write_text(STUB.format(name="aar", code=3))
     (tree / "ams_sync.py").write_text(STUB.format(name="ams_sync", code=0))
     (tree / "names.py").write_text("")
+    (tree / "cas.py").write_text("")
     for package in ("cli", "trust", "registry", "agent"):
         (tree / package).mkdir()
         (tree / package / "__init__.py").write_text("")
@@ -171,7 +172,8 @@ def test_holds_the_program_only(stub_zipapp):
         packed = sorted(name for name in archive.namelist() if name.startswith("site-packages/"))
         environment = json.loads(archive.read("environment.json"))
     assert packed == ["site-packages/" + name for name in (
-        "aar.py", "agent/__init__.py", "ams_sync.py", "cli/__init__.py", "extra/__init__.py",
+        "aar.py", "agent/__init__.py", "ams_sync.py", "cas.py", "cli/__init__.py",
+        "extra/__init__.py",
         "launcher.py",
         "names.py", "registry/__init__.py", "trust/__init__.py", "version.py")]
     assert environment["entry_point"] == "launcher:main"
