@@ -14,7 +14,7 @@ def test_blob_path_refuses_anything_but_a_digest(tmp_path, bad):
 
 
 def test_commit_is_a_move_and_a_second_copy_is_dropped(tmp_path):
-    cas.make_private_dirs(tmp_path / "d", tmp_path / "d" / "staging")
+    cas.make_private_dirs(tmp_path / "d", tmp_path / "d" / "staging", tmp_path / "d" / "blobs")
     digest = hashlib.sha256(b"x").hexdigest()
     blob = cas.blob_path(tmp_path / "d" / "blobs", digest)
     for expected in (True, False):
