@@ -15,6 +15,7 @@ This module is the only place that prints and turns errors into exit codes:
 0 success, 1 failure (AgentError, TrustError, OSError), 2 usage.
 """
 import argparse
+import os
 import sys
 
 import names
@@ -25,7 +26,7 @@ from agent.paths import DataDir, default_data_dir
 from cli.cobra import CobraParser
 from cli.formats import FORMATS, render
 from trust import certs
-from trust.errors import AlreadyExists, TrustError
+from trust.errors import AlreadyExists, CertificateError, TrustError
 from trust.store import TrustStore
 from version import VERSION
 
@@ -41,6 +42,9 @@ __all__ = [
 TRUST_ROLE = "client"
 
 TRUST_ADDED = "{fingerprint}"
+SNAP_HOME_HINT = ("under strict snap confinement ams-sync can only read files in the "
+                  "home directory (/root under sudo): copy the certificate there, or "
+                  "pipe it in: cat server.crt | ams-sync config trust add -")
 TRUST_EXPIRED = "Warning: certificate {fingerprint} expired at {not_after}"
 TRUST_REMOVED = "Removed certificate {fingerprint} ({name})"
 NO_CLIENT_CERT = "Warning: cannot create the registry client certificate: {error}"
@@ -110,7 +114,14 @@ def _trust_add(ctx):
     if ctx.args.path in (None, "-"):
         cert = certs.parse_pem(ctx.stdin.read(_MAX_PEM + 1))
     else:
-        cert = certs.load_certificate(ctx.args.path)
+        try:
+            cert = certs.load_certificate(ctx.args.path)
+        except CertificateError as error:
+            # AppArmor denies the snap what lies outside its plugs; say so
+            # rather than leave a bare "Permission denied".
+            if os.environ.get("SNAP") and "ermission denied" in str(error):
+                raise CertificateError(f"{error}; {SNAP_HOME_HINT}") from None
+            raise
     with TrustStore(ctx.dirs.trust_db) as store:
         try:
             store.add(cert, TRUST_ROLE)

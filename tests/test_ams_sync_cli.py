@@ -255,3 +255,22 @@ def test_python_m_ams_sync(tmp_path, certs):
     shown = json.loads(cli("config", "show", "--format", "json").stdout)
     assert shown["registry.url"] == "https://127.0.0.1:3000"
     assert (tmp_path / "d" / "registry" / "client.crt").exists()
+
+
+def test_snap_confinement_hint(run, certs, tmp_path, monkeypatch):
+    locked = tmp_path / "server.crt"
+    locked.write_bytes(certs.server.cert.read_bytes())
+    monkeypatch.setenv("SNAP", "/snap/ams/1")
+    real_open = open
+
+    def deny(path, *a, **k):               # what AppArmor does outside the plugs
+        if str(path) == str(locked):
+            raise PermissionError(13, "Permission denied")
+        return real_open(path, *a, **k)
+
+    monkeypatch.setattr("builtins.open", deny)
+    result = run("config", "trust", "add", str(locked))
+    assert result.code == 1 and ams_sync.SNAP_HOME_HINT in result.err
+    monkeypatch.delenv("SNAP")
+    result = run("config", "trust", "add", str(locked))
+    assert result.code == 1 and ams_sync.SNAP_HOME_HINT not in result.err
