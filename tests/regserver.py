@@ -2,11 +2,17 @@
 
 Both listen on 127.0.0.1 with a real server certificate made by openssl, and the
 clients below speak real mutual TLS with certificates from tests/certs.py.
+
+Fixtures (a test module imports the ones it uses): `registry`, a ThreadServer
+that trusts the session's publisher and client certificates, and `access`, the
+lines of the registry's access log.
 """
 import contextlib
 import hashlib
 import http.client
+import io
 import json
+import logging
 import os
 import pathlib
 import socket
@@ -16,9 +22,12 @@ import sys
 import threading
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
-__all__ = ["ThreadServer", "ProcessServer", "Client", "client_context", "free_port"]
+__all__ = ["ThreadServer", "ProcessServer", "Client", "client_context", "free_port",
+           "Pipe", "AccessLog", "registry", "access", "reaping"]
 
 
 def free_port():
@@ -109,6 +118,50 @@ class ThreadServer:
         self.trust.close()
 
 
+@pytest.fixture
+def registry(tmp_path, certs):
+    srv = ThreadServer(tmp_path / "registry")
+    srv.trust_cert(certs.publisher, "publisher")
+    srv.trust_cert(certs.client, "client")
+    yield srv
+    srv.stop()
+
+
+class AccessLog(logging.Handler):
+    """The registry's access log lines: one per request it answered."""
+
+    def __init__(self):
+        super().__init__(logging.DEBUG)
+        self.lines = []
+
+    def emit(self, record):
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def access():
+    handler = AccessLog()
+    logger = logging.getLogger("aar.access")
+    old = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.DEBUG)
+    yield handler.lines
+    logger.removeHandler(handler)
+    logger.setLevel(old)
+
+
+class Pipe(io.StringIO):
+    """Standard input as a pipe for aar.main: text plus the .buffer the CLI
+    reads bytes from (`aar trust add` reads a certificate there)."""
+
+    def __init__(self, data=b""):
+        super().__init__()
+        self.buffer = io.BytesIO(data)
+
+    def isatty(self):
+        return False
+
+
 def aar(*args, input=None, env=None, data_dir=None, check=False, timeout=60):
     """Run `python aar.py …` as a real subprocess."""
     cmd = [sys.executable, str(ROOT / "aar.py"), *args]
@@ -170,3 +223,17 @@ class ProcessServer:
                 self.proc.kill()
                 self.proc.wait()
         self.log.close()
+
+
+@contextlib.contextmanager
+def reaping(child):
+    """Leave the block with the child process gone and its pipes closed, even
+    when an assertion fails before the test kills it."""
+    try:
+        yield child
+    finally:
+        if child.poll() is None:
+            child.kill()
+            child.wait()
+        child.stdin.close()
+        child.stdout.close()

@@ -14,7 +14,7 @@ import pytest
 
 import aar
 from certs import make_cert
-from regserver import ROOT, Client, ProcessServer, aar as run_aar
+from regserver import ROOT, Client, Pipe, ProcessServer, aar as run_aar
 
 SEED_TRUST_HELP = """\
 Manage trusted clients
@@ -38,17 +38,6 @@ Use "aar trust [command] --help" for more information about a command.
 class Tty(io.StringIO):
     def isatty(self):
         return True
-
-
-class Pipe(io.StringIO):
-    """Standard input as a pipe: text plus the .buffer the CLI reads bytes from."""
-
-    def __init__(self, data=b""):
-        super().__init__()
-        self.buffer = io.BytesIO(data)
-
-    def isatty(self):
-        return False
 
 
 def run(argv, stdin=None):

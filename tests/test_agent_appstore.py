@@ -15,6 +15,7 @@ from agent import appstore
 from agent.appstore import AppStore
 from agent.errors import (Conflict, Immutable, IntegrityError, ManifestError, NotFound,
                           PackageError, StoreError)
+from regserver import reaping
 from test_agent_package import (MANIFEST, make_dir, make_tar, make_zip, tar_entry,
                                 tar_file, zip_link)
 
@@ -362,18 +363,12 @@ def test_sigkill_during_import_leaves_nothing_visible(tmp_path, point, source):
     child = subprocess.Popen([sys.executable, "-c", CHILD, point, str(data), str(src),
                               sha(src) if source == "import" else "-"],
                              cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
+    with reaping(child):
         assert child.stdout.readline() == b"ready\n"
         left = os.listdir(data / "staging") + files_under(data / "blobs")
         assert left, "the child should have written something by now"
         child.send_signal(signal.SIGKILL)
         assert child.wait() == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stdin.close()
-        child.stdout.close()
     # Nothing is visible, even before any cleanup ...
     db = sqlite3.connect(data / "apps.db")
     assert db.execute("SELECT count(*) FROM versions").fetchone()[0] == 0

@@ -2,7 +2,6 @@
 registries that misbehave (tests/fakeregistry.py)."""
 import hashlib
 import json
-import logging
 import os
 import socket
 import threading
@@ -17,41 +16,9 @@ from agent.errors import (BadResponse, Cancelled, Forbidden, IntegrityError, Not
                           PinError, RegistryConflict, RegistryUnavailable, StoreError,
                           TransferError, TransferTimeout)
 from fakeregistry import CuttingProxy, FakeRegistry
-from regserver import ThreadServer, free_port
+from regserver import access, free_port, registry  # noqa: F401 (fixtures)
 
 MiB = 1 << 20
-
-
-@pytest.fixture
-def registry(tmp_path, certs):
-    srv = ThreadServer(tmp_path / "reg")
-    srv.trust_cert(certs.publisher, "publisher")
-    srv.trust_cert(certs.client, "client")
-    yield srv
-    srv.stop()
-
-
-class AccessLog(logging.Handler):
-    """The registry's access log lines: one per request it answered."""
-
-    def __init__(self):
-        super().__init__(logging.DEBUG)
-        self.lines = []
-
-    def emit(self, record):
-        self.lines.append(record.getMessage())
-
-
-@pytest.fixture
-def access():
-    handler = AccessLog()
-    logger = logging.getLogger("aar.access")
-    old = logger.level
-    logger.addHandler(handler)
-    logger.setLevel(logging.DEBUG)
-    yield handler.lines
-    logger.removeHandler(handler)
-    logger.setLevel(old)
 
 
 def connect(srv, pair, url=None, **kw):

@@ -14,9 +14,9 @@ import pytest
 from agent import loop as loop_mod
 from agent.loop import Loop, TerminalProgress, backoff
 from agent.paths import DataDir
+from agentnodes import nodes, registry  # noqa: F401 (fixtures)
 from fakeregistry import CuttingProxy
-from regserver import ROOT, free_port
-from test_agent_sync import Node, access, registry  # noqa: F401 (fixtures)
+from regserver import ROOT, access, free_port  # noqa: F401 (fixture)
 
 MiB = 1 << 20
 WAIT = 60      # a hang guard, never a measurement
@@ -75,13 +75,6 @@ class Recorder:
         self.loop.stop()
         self.thread.join(WAIT)
         assert not self.thread.is_alive() and not self.errors
-
-
-@pytest.fixture
-def nodes(tmp_path, registry):  # noqa: F811
-    pub = Node(tmp_path / "ams-pub").register(registry, "push", "publisher")
-    cli = Node(tmp_path / "ams-cli").register(registry, "pull", "client")
-    return pub, cli
 
 
 def test_a_running_loop_follows_config_set(tmp_path, registry, nodes, access):  # noqa: F811

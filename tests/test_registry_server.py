@@ -8,16 +8,7 @@ import time
 import pytest
 
 from certs import make_cert
-from regserver import Client, ThreadServer, client_context
-
-
-@pytest.fixture
-def registry(tmp_path, certs):
-    srv = ThreadServer(tmp_path / "data")
-    srv.trust_cert(certs.publisher, "publisher")
-    srv.trust_cert(certs.client, "client")
-    yield srv
-    srv.stop()
+from regserver import Client, ThreadServer, client_context, registry  # noqa: F401
 
 
 def _handshake_fails(port, pair):

@@ -20,6 +20,7 @@ from registry.blobs import CHUNK_SIZE
 from registry.errors import ApiError
 from registry.paths import DataDir, default_data_dir
 from registry.storage import PackageStore
+from regserver import reaping
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PUBLISHER = "ab" * 32
@@ -477,19 +478,13 @@ def test_process_killed_mid_upload_leaves_nothing_listed(datadir):
     child = subprocess.Popen([sys.executable, "-c", _CHILD.format(root=str(ROOT)),
                               str(datadir.root)],
                              stdin=subprocess.PIPE, stdout=subprocess.PIPE)
-    try:
+    with reaping(child):
         child.stdin.write(b"x" * 65536)
         child.stdin.flush()
         assert child.stdout.readline() == b"ready\n"
         assert len(os.listdir(datadir.staging_dir)) == 1
         child.send_signal(signal.SIGKILL)
         assert child.wait() == -signal.SIGKILL
-    finally:
-        if child.poll() is None:
-            child.kill()
-            child.wait()
-        child.stdin.close()
-        child.stdout.close()
     with PackageStore(datadir) as store:
         assert names_and_versions(store.list()) == [("game", [(1, "amd64")])]
         assert staging(store) == []
