@@ -1,8 +1,9 @@
 """PackageStore: package metadata in sqlite3 over content-addressed blobs.
 
 A package's bytes live once under blobs/sha256/ (files: registry/blobs.py,
-layout: registry/paths.py); its metadata is one row of packages.db. The order of operations is what makes a
-crash harmless at any instant:
+layout: registry/paths.py); its metadata is one row of packages.db
+(registry/packagesdb.py). The order of operations is what makes a crash
+harmless at any instant:
 
   1. stream the body into staging/ (no lock held, no transaction open),
      hashing and counting as it goes; check size and sha256; fsync;
@@ -21,7 +22,6 @@ counter; the listing cache (and the server's ETag) is keyed on it.
 """
 
 import collections
-import contextlib
 import errno
 import json
 import logging
@@ -33,6 +33,7 @@ import names
 from cas import unlink_quiet
 from registry.blobs import BlobFiles
 from registry.errors import ApiError
+from registry.packagesdb import COLUMNS, SELECT_GENERATION, PackagesDB, package_of_row
 from registry.paths import DataDir, is_sha256
 
 __all__ = ["PackageStore"]
@@ -42,34 +43,6 @@ log = logging.getLogger("aar.storage")
 _LIST_CACHE_SIZE = 8
 _FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13
-
-_SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS packages (
-        name TEXT NOT NULL,
-        version INTEGER NOT NULL,
-        architecture TEXT NOT NULL,
-        size INTEGER NOT NULL,
-        sha256 TEXT NOT NULL,
-        created_at TEXT NOT NULL,
-        publisher TEXT NOT NULL,
-        tags TEXT NOT NULL,
-        manifest TEXT NOT NULL,
-        PRIMARY KEY (name, version, architecture)
-    ) WITHOUT ROWID""",
-    # Deleting asks "does any other row still use these bytes?".
-    "CREATE INDEX IF NOT EXISTS packages_by_sha256 ON packages (sha256)",
-    "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
-)
-_COLUMNS = "name, version, architecture, size, sha256, created_at, publisher, tags, manifest"
-_SELECT_GENERATION = "SELECT value FROM counters WHERE name = 'generation'"
-
-
-def _package(row) -> dict:
-    """A row as the API's package body (a fresh dict: callers may keep it)."""
-    name, version, arch, size, sha256, created_at, publisher, tags, manifest = row
-    return {"name": name, "version": version, "architecture": arch, "size": size,
-            "sha256": sha256, "created_at": created_at, "publisher": publisher,
-            "tags": json.loads(tags), "manifest": json.loads(manifest)}
 
 
 def _is_full(exc) -> bool:
@@ -110,81 +83,27 @@ class PackageStore:
     def __init__(self, datadir):
         self.datadir = datadir if isinstance(datadir, DataDir) else DataDir(datadir)
         self.datadir.ensure()
-        self._local = threading.local()
-        self._conns = []
-        self._conns_lock = threading.Lock()
+        self._db = PackagesDB(self.datadir.packages_db)
         # Serialises the commit step (rename + row) against deletes, so a
         # blob is never unlinked between "it exists" and "a row names it".
         self._write_lock = threading.Lock()
         self._cache = collections.OrderedDict()
         self._cache_lock = threading.Lock()
-        self._closed = False
         self._blobs = BlobFiles(self.datadir)
         try:
             self._blobs.lock()
-            self._create_schema()
+            with self._write_lock:
+                self._db.create_schema()
             self.recover()
         except BaseException:
             self.close()
             raise
 
-    # -- connections and transactions -------------------------------------
-
-    def _conn(self) -> sqlite3.Connection:
-        conn = getattr(self._local, "conn", None)
-        if conn is None:
-            if self._closed:
-                raise ApiError.of("internal", "package store is closed")
-            # Autocommit mode: transactions are explicit BEGIN/COMMIT below.
-            # check_same_thread=False only so close() can close every thread's
-            # connection; each one is still used by its own thread alone.
-            conn = sqlite3.connect(self.datadir.packages_db, timeout=30,
-                                   isolation_level=None, check_same_thread=False)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # FULL: a package acknowledged as published survives power loss.
-            conn.execute("PRAGMA synchronous=FULL")
-            with self._conns_lock:
-                self._conns.append(conn)
-            self._local.conn = conn
-        return conn
-
-    @contextlib.contextmanager
-    def _transaction(self):
-        """One write transaction; bumps the generation if it changed any row.
-
-        The caller holds _write_lock.
-        """
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            before = conn.total_changes
-            yield conn
-            if conn.total_changes != before:
-                conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'generation'")
-            conn.execute("COMMIT")
-        except BaseException:
-            # sqlite may already have rolled back by itself (disk full).
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
-
-    def _create_schema(self):
-        with self._write_lock, self._transaction() as conn:
-            for statement in _SCHEMA:
-                conn.execute(statement)
-            # Start the counter at the creation time in microseconds, not 0:
-            # if the data directory is wiped and recreated, generations (and
-            # so ETags that clients hold) still never repeat.
-            conn.execute("INSERT OR IGNORE INTO counters VALUES ('generation', ?)",
-                         (time.time_ns() // 1000,))
+    # -- lifetime ---------------------------------------------------------
 
     def close(self):
         """Close every thread's connection and release the data directory."""
-        self._closed = True
-        with self._conns_lock:
-            conns, self._conns = self._conns, []
-        for conn in conns:
-            conn.close()
+        self._db.close()
         self._blobs.unlock()
 
     def __enter__(self):
@@ -197,24 +116,24 @@ class PackageStore:
 
     def generation(self) -> int:
         """A number that changes with every committed write, never repeating."""
-        return self._conn().execute(_SELECT_GENERATION).fetchone()[0]
+        return self._db.conn().execute(SELECT_GENERATION).fetchone()[0]
 
     def get(self, app, version, arch) -> dict | None:
         """One package's body, or None."""
-        row = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM packages"
+        row = self._db.conn().execute(
+            f"SELECT {COLUMNS} FROM packages"
             " WHERE name = ? AND version = ? AND architecture = ?",
             (app, version, arch)).fetchone()
-        return None if row is None else _package(row)
+        return None if row is None else package_of_row(row)
 
     def application(self, app) -> dict | None:
         """``{"name", "versions": [package, ...]}`` sorted by (version, arch), or None."""
-        rows = self._conn().execute(
-            f"SELECT {_COLUMNS} FROM packages WHERE name = ?"
+        rows = self._db.conn().execute(
+            f"SELECT {COLUMNS} FROM packages WHERE name = ?"
             " ORDER BY version, architecture", (app,)).fetchall()
         if not rows:
             return None
-        return {"name": app, "versions": [_package(row) for row in rows]}
+        return {"name": app, "versions": [package_of_row(row) for row in rows]}
 
     def blob_path(self, sha256):
         """The path of the blob with this digest (it may have been deleted since)."""
@@ -251,8 +170,8 @@ class PackageStore:
         return apps
 
     def _query_list(self, architecture, wanted):
-        conn = self._conn()
-        sql = f"SELECT {_COLUMNS} FROM packages"
+        conn = self._db.conn()
+        sql = f"SELECT {COLUMNS} FROM packages"
         args = ()
         if architecture is not None:
             sql += " WHERE architecture = ?"
@@ -262,7 +181,7 @@ class PackageStore:
         # snapshot, so a result is never cached under a generation it lacks.
         conn.execute("BEGIN")
         try:
-            generation = conn.execute(_SELECT_GENERATION).fetchone()[0]
+            generation = conn.execute(SELECT_GENERATION).fetchone()[0]
             rows = conn.execute(sql, args).fetchall()
         finally:
             conn.execute("COMMIT")
@@ -325,8 +244,8 @@ class PackageStore:
                 row = (app, version, arch, length, sha256, created_at, publisher,
                        json.dumps(tags), json.dumps(manifest))
                 try:
-                    with self._transaction() as conn:
-                        conn.execute(f"INSERT INTO packages ({_COLUMNS})"
+                    with self._db.transaction() as conn:
+                        conn.execute(f"INSERT INTO packages ({COLUMNS})"
                                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
                 except BaseException:
                     self._drop_blob_if_unused(sha256)
@@ -336,7 +255,7 @@ class PackageStore:
                 unlink_quiet(staged)
         log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
                  app, version, arch, length, sha256, publisher or "-")
-        return True, _package(row)
+        return True, package_of_row(row)
 
     def _same_or_conflict(self, existing, sha256, length) -> dict:
         where = f"{existing['name']} {existing['version']} {existing['architecture']}"
@@ -351,15 +270,15 @@ class PackageStore:
 
     def _drop_blob_if_unused(self, sha256):
         # Caller holds _write_lock, so no put can start using the blob meanwhile.
-        used = self._conn().execute("SELECT 1 FROM packages WHERE sha256 = ? LIMIT 1",
-                                    (sha256,)).fetchone()
+        used = self._db.conn().execute("SELECT 1 FROM packages WHERE sha256 = ? LIMIT 1",
+                                       (sha256,)).fetchone()
         if used is None and self._blobs.remove(sha256):
             log.info("removed blob %s: no package uses it", sha256)
 
     def delete_package(self, app, version, arch) -> bool:
         """Delete one package; False when there was none."""
         with self._write_lock:
-            with self._transaction() as conn:
+            with self._db.transaction() as conn:
                 row = conn.execute(
                     "SELECT sha256 FROM packages"
                     " WHERE name = ? AND version = ? AND architecture = ?",
@@ -376,7 +295,7 @@ class PackageStore:
     def delete_application(self, app) -> int:
         """Delete every package of ``app``; return how many there were."""
         with self._write_lock:
-            with self._transaction() as conn:
+            with self._db.transaction() as conn:
                 digests = [r[0] for r in conn.execute(
                     "SELECT DISTINCT sha256 FROM packages WHERE name = ?", (app,))]
                 count = conn.execute("DELETE FROM packages WHERE name = ?",
@@ -402,11 +321,11 @@ class PackageStore:
                 counts["staging"] += 1
                 log.warning("recovery: removed interrupted upload %s", name)
             on_disk = self._blobs.scan()
-            rows = self._conn().execute(
+            rows = self._db.conn().execute(
                 "SELECT name, version, architecture, sha256, size FROM packages").fetchall()
             broken = [r for r in rows if on_disk.get(r[3]) != r[4]]
             if broken:
-                with self._transaction() as conn:
+                with self._db.transaction() as conn:
                     for app, version, arch, sha256, size in broken:
                         conn.execute("DELETE FROM packages WHERE name = ? AND version = ?"
                                      " AND architecture = ?", (app, version, arch))
