@@ -49,12 +49,25 @@ class Settings:
         self.backlog = backlog
 
 
-def _listen(host, port, backlog):
+def _listen(host, port, backlog, defer):
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=backlog,
                                 dualstack_ipv6=(family == socket.AF_INET6 and host in ("::", "")))
+    if hasattr(socket, "TCP_DEFER_ACCEPT"):
+        # Linux hands us a connection once its first bytes arrived, so a
+        # silent client costs the server nothing at all for `defer` seconds.
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_DEFER_ACCEPT, max(1, int(defer)))
     sock.setblocking(False)
     return sock
+
+
+def _has_data(sock):
+    try:
+        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
+    except (BlockingIOError, InterruptedError):
+        return False
+    except OSError:
+        return True          # reset or error: let the worker find out and log it
 
 
 class RegistryServer:
@@ -68,7 +81,8 @@ class RegistryServer:
         self.trust_store = trust_store
         self.trust = LiveTrust(trust_store, certfile, keyfile)
         self.server_fingerprint = server_fingerprint
-        self.socket = _listen(address[0], address[1], self.settings.backlog)
+        self.socket = _listen(address[0], address[1], self.settings.backlog,
+                              self.settings.handshake_timeout)
         self.server_address = self.socket.getsockname()[:2]
         self._work = queue.SimpleQueue()
         self._parked = collections.deque()
@@ -175,7 +189,13 @@ class RegistryServer:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             conn = Connection(sock, addr[:2])
             conn.deadline = deadline
-            self._register(sel, waiting, conn)
+            if _has_data(sock):
+                # The ClientHello is already here (it usually is, with
+                # TCP_DEFER_ACCEPT): straight to a worker, no trip through
+                # the selector.
+                self._work.put(conn)
+            else:
+                self._register(sel, waiting, conn)
 
     def _drain_wake(self):
         try:
