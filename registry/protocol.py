@@ -25,6 +25,7 @@ __all__ = ["Connection", "Headers", "RequestHandler", "ProtocolError"]
 
 MAX_HEAD = 64 * 1024          # request line + headers
 MAX_HEADERS = 100
+_JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
 _CHUNK = 64 * 1024            # below malloc's mmap threshold: no mmap/munmap per read
 
 
@@ -261,9 +262,19 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
         self.log_request(status, length if length is not None else "-")
 
     def finish_response(self, body=b""):
-        """Send the queued head and `body` in one write."""
+        """Send the queued head and `body`: in one write when the body is small.
+
+        A large body (a listing of a thousand applications is ~0.5 MB) goes in
+        a second write: joining it to the head would copy it for nothing, and
+        at that size one more TLS record costs less than the copy.
+        """
         if body and self.command != "HEAD":
-            self._headers_buffer.append(body)
+            if len(body) < _JOIN_BELOW:
+                self._headers_buffer.append(body)
+            else:
+                self.flush_headers()
+                self.conn.send(body)
+                return
         self.flush_headers()
 
     def send_bytes(self, status, body, content_type, headers=()):
