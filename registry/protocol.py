@@ -52,6 +52,10 @@ class Connection:
         self.tls = False
         self.consumed = 0                 # body bytes handed out by read()
 
+    def has_buffered(self):
+        """A request (or part of one) is already read, by us or by TLS."""
+        return bool(self.buf) or (self.tls and self.sock.pending() > 0)
+
     def wait_for_request(self, linger, timeout):
         """After a response: 'ready' when the next request has begun to arrive
         within `linger` seconds, 'idle' when it has not, 'eof' when the peer left.
@@ -214,6 +218,11 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
                 return False
             if self.close_connection:
                 return False
+            if self.server.others_waiting():
+                # Every worker is taken and a connection waits: give this
+                # worker up after each request, or a busy keep-alive client
+                # could hold it for as long as it keeps asking.
+                return True
             state = self.conn.wait_for_request(self.linger, self.request_timeout)
             if state != "ready":
                 return state == "idle"

@@ -204,6 +204,10 @@ class RegistryServer:
         except (BlockingIOError, OSError):
             pass
 
+    def others_waiting(self):
+        """True when connections with a request wait for a worker."""
+        return not self._work.empty()
+
     def _park(self, conn):
         self._parked.append(conn)
         self._wake()
@@ -219,6 +223,8 @@ class RegistryServer:
                 if self._serve(conn):
                     if self._stopping.is_set():
                         _close(conn)
+                    elif conn.has_buffered():
+                        self._work.put(conn)  # its next request is already here
                     else:
                         self._park(conn)
                 else:

@@ -276,3 +276,36 @@ def test_a_dripping_request_head_is_cut_off(tmp_path, certs):
         # Each read took far less than the timeout; their sum did not.
     finally:
         srv.stop()
+
+
+def test_a_busy_keepalive_client_does_not_starve_others(tmp_path, certs):
+    # One worker, and a client that never stops asking on its connection:
+    # a second client must still be served while the first goes on.
+    from registry.server import Settings
+    import threading
+    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=1, linger=30.0))
+    try:
+        srv.trust_cert(certs.client)
+        done = threading.Event()
+        served = []
+
+        def hog():
+            c = srv.client(certs.client)
+            deadline = time.monotonic() + 30     # longer than the other's timeout
+            while not done.is_set() and time.monotonic() < deadline:
+                served.append(c.json("GET", "/1.0/status")[0])
+            c.close()
+
+        t = threading.Thread(target=hog)
+        t.start()
+        while not served:
+            time.sleep(0.01)
+        other = Client(srv.port, certs.client, timeout=10)
+        assert other.json("GET", "/1.0/status")[0] == 200
+        before = len(served)
+        done.set()
+        t.join()
+        assert served.count(200) == len(served) and before > 0
+        other.close()
+    finally:
+        srv.stop()
