@@ -117,6 +117,7 @@ def _ensure_server_cert(data, host, port, out):
 
 
 def _serve(args, out):
+    from registry.errors import ApiError
     from registry.handlers import ApiHandler
     from registry.server import RegistryServer, Settings
     from registry.storage import PackageStore
@@ -127,8 +128,11 @@ def _serve(args, out):
     host, port = args.listen
     data = DataDir(args.data_dir).ensure()
     cert = _ensure_server_cert(data, host, port, out)
+    try:
+        packages = PackageStore(data)
+    except ApiError as exc:
+        raise CommandError(f"{exc.message}: is another `aar serve` running on it?")
     trust_store = TrustStore(data.trust_db)
-    packages = PackageStore(data)
     settings = Settings(workers=args.workers)
     try:
         server = RegistryServer((host, port), ApiHandler, trust_store=trust_store,
@@ -136,7 +140,10 @@ def _serve(args, out):
                                 keyfile=str(data.server_key),
                                 server_fingerprint=cert.fingerprint, settings=settings)
     except OSError as exc:
-        raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}")
+        packages.close()
+        trust_store.close()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(f"cannot listen on {host}:{port}: {reason}")
     bound = server.server_address
     logging.getLogger("aar").info(
         "serving https://%s:%d from %s (server fingerprint %s, %d trusted)",

@@ -272,3 +272,18 @@ def test_sigkill_mid_upload_leaves_nothing(tmp_path, certs):
         assert c.json("GET", "/1.0/applications/big/0/amd64")[0] == 404
     finally:
         server.stop()
+
+
+def test_serve_refuses_a_busy_data_dir_and_a_busy_port(tmp_path):
+    server = ProcessServer(tmp_path / "data")
+    try:
+        again = run_aar("serve", "--listen", "127.0.0.1:0", data_dir=tmp_path / "data")
+        assert again.returncode == 1
+        assert "in use" in again.stderr and "Traceback" not in again.stderr
+        other = run_aar("serve", "--listen", f"127.0.0.1:{server.port}",
+                        data_dir=tmp_path / "other")
+        assert other.returncode == 1
+        assert f"cannot listen on 127.0.0.1:{server.port}: Address already in use" in other.stderr
+        assert "Traceback" not in other.stderr
+    finally:
+        server.stop()
