@@ -27,7 +27,7 @@ import pytest
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 
 __all__ = ["ThreadServer", "ProcessServer", "Client", "client_context", "free_port",
-           "Pipe", "AccessLog", "registry", "access", "reaping"]
+           "stop_process", "Pipe", "AccessLog", "registry", "access", "reaping"]
 
 
 def free_port():
@@ -215,17 +215,22 @@ class ProcessServer:
         self.log.close()
 
     def stop(self):
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        stop_process(self.proc, timeout=10)
         self.log.close()
 
 
 @contextlib.contextmanager
+def stop_process(proc, timeout):
+    """SIGTERM, and SIGKILL if it has not ended within timeout seconds."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
 def reaping(child):
     """Leave the block with the child process gone and its pipes closed, even
     when an assertion fails before the test kills it."""

@@ -299,16 +299,16 @@ def test_a_stalled_download_times_out(registry, certs, tmp_path):
     assert not (tmp_path / "dest").exists()
 
 
-def test_stop_ends_a_blocked_download_at_once(registry, certs, tmp_path):
-    data, sha = publish(registry, certs, tmp_path)
-    proxy = CuttingProxy(registry.port, cut_after=MiB, stall=True)
+def _stop_stalled_download(downloader, aborter, proxy, tmp_path, sha, size):
+    """Start downloader.download through a stalling proxy, then, once the
+    proxy has cut it, set the stop event and aborter.abort(). Returns the
+    worker thread and what the download raised."""
     stop = threading.Event()
     outcome = []
-    c = connect(registry, certs.client, url=proxy.url, timeout=600)
 
     def download():
         try:
-            c.download("game", 0, "amd64", tmp_path / "dest", sha, len(data), stop=stop)
+            downloader.download("game", 0, "amd64", tmp_path / "dest", sha, size, stop=stop)
         except BaseException as error:
             outcome.append(error)
     worker = threading.Thread(target=download)
@@ -316,10 +316,18 @@ def test_stop_ends_a_blocked_download_at_once(registry, certs, tmp_path):
         worker.start()
         assert proxy.cut.wait(30)
         stop.set()
-        c.abort()
+        aborter.abort()
         worker.join(30)
     finally:
         proxy.stop()
+    return worker, outcome
+
+
+def test_stop_ends_a_blocked_download_at_once(registry, certs, tmp_path):
+    data, sha = publish(registry, certs, tmp_path)
+    proxy = CuttingProxy(registry.port, cut_after=MiB, stall=True)
+    c = connect(registry, certs.client, url=proxy.url, timeout=600)
+    worker, outcome = _stop_stalled_download(c, c, proxy, tmp_path, sha, len(data))
     assert not worker.is_alive()
     assert isinstance(outcome[0], Cancelled)
     assert not os.path.exists(tmp_path / "dest")
@@ -328,26 +336,14 @@ def test_stop_ends_a_blocked_download_at_once(registry, certs, tmp_path):
 def test_a_clone_has_its_own_connection_and_follows_abort(registry, certs, tmp_path, access):
     data, sha = publish(registry, certs, tmp_path)
     proxy = CuttingProxy(registry.port, cut_after=MiB, stall=True)
-    stop = threading.Event()
-    outcome = []
     parent = connect(registry, certs.client, url=proxy.url, timeout=600)
     twin = parent.clone()
     assert twin._context is parent._context            # the key is read once
-
-    def download():
-        try:
-            twin.download("game", 0, "amd64", tmp_path / "dest", sha, len(data), stop=stop)
-        except BaseException as error:
-            outcome.append(error)
-    worker = threading.Thread(target=download)
     try:
-        worker.start()
-        assert proxy.cut.wait(30)
-        stop.set()
-        parent.abort()                                 # what Loop.stop() reaches
-        worker.join(30)
+        # parent.abort() is what Loop.stop() reaches.
+        worker, outcome = _stop_stalled_download(twin, parent, proxy, tmp_path, sha,
+                                                 len(data))
     finally:
-        proxy.stop()
         twin.close()
         parent.close()
     assert not worker.is_alive()

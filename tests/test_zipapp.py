@@ -26,6 +26,7 @@ import zipfile
 import pytest
 
 from certs import make_cert
+from regserver import stop_process
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROGRAM = ("aar.py", "ams_sync.py", "launcher.py", "names.py", "version.py", "cas.py",
@@ -461,13 +462,7 @@ class Registry:
             connection.close()
 
     def stop(self):
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process, timeout=15)
         self.process.log.close()
 
 
