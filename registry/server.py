@@ -78,7 +78,6 @@ class RegistryServer:
         self.settings = settings or Settings()
         self.handler_class = handler_class
         self.packages = packages
-        self.trust_store = trust_store
         self.trust = LiveTrust(trust_store, certfile, keyfile)
         self.server_fingerprint = server_fingerprint
         self.socket = _listen(address[0], address[1], self.settings.backlog,
