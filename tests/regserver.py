@@ -219,7 +219,6 @@ class ProcessServer:
         self.log.close()
 
 
-@contextlib.contextmanager
 def stop_process(proc, timeout):
     """SIGTERM, and SIGKILL if it has not ended within timeout seconds."""
     if proc.poll() is None:
@@ -231,6 +230,7 @@ def stop_process(proc, timeout):
             proc.wait()
 
 
+@contextlib.contextmanager
 def reaping(child):
     """Leave the block with the child process gone and its pipes closed, even
     when an assertion fails before the test kills it."""
