@@ -36,7 +36,10 @@ HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, WAITING, WRITING, STREAMING, LINGER, 
     "handshake", "reading", "discard", "busy", "upload", "waiting", "writing",
     "streaming", "linger", "closed")
 
-_RECV = 256 * 1024            # one TLS record is at most 16 KiB; a read gets one
+# One TLS record holds at most 16 KiB and a read returns at most one record,
+# so a read this large always empties OpenSSL's buffer: nothing is ever left
+# pending() that epoll would not announce.
+_RECV = 64 * 1024
 _JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
 _FILE_CHUNK = 1 << 20
 _LINGER_SECONDS = 0.5
@@ -93,6 +96,8 @@ class Connection:
         self.lingered = 0
         self.dead = False                 # the peer vanished while a job ran
         self.body_unread = False          # an upload's body is still on the wire
+        self._read = sock.recv
+        self._write = sock.send
 
     # -- events ------------------------------------------------------------------
 
@@ -146,6 +151,12 @@ class Connection:
             log.warning("refused %s: no client certificate", self.peer)
             return self.close()
         self.fingerprint = der_fingerprint(der)
+        # SSLSocket.recv and send are three Python calls deep before they
+        # reach OpenSSL; the C object beneath does the same work directly.
+        # (Non-blocking, so its Want* errors are what the wrappers raise too.)
+        tls = getattr(self.sock, "_sslobj", None)
+        if tls is not None and hasattr(tls, "read") and hasattr(tls, "write"):
+            self._read, self._write = tls.read, tls.write
         self.server.handshake_done(self)
         self.state = READING
         self.deadline = self.loop.now + self.server.settings.idle_timeout
@@ -156,9 +167,11 @@ class Connection:
     def _recv(self):
         """Bytes read, b"" at the end of the stream, None when none are ready."""
         try:
-            return self.sock.recv(_RECV)
+            return self._read(_RECV)
         except (ssl.SSLWantReadError, BlockingIOError):
             return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""                    # close_notify, or a TCP close without it
         except ssl.SSLWantWriteError:
             self._watch(WRITE)
             return None
@@ -173,21 +186,20 @@ class Connection:
         if self.events != READ:
             self._watch(READ)
         data = self._recv()
-        while data:
-            if self.buf:
-                self.buf += data
-            else:
-                self.buf = data
-                if self.state == READING:
-                    # The whole head must arrive within request_timeout of
-                    # its first byte, however slowly it drips.
-                    self.deadline = self.loop.now + self.server.settings.request_timeout
-            # A TLS record may hold more than one read returned.
-            data = self.sock.pending() and self._recv()
-        if data == b"":
+        if not data:
+            if data is None:
+                return
             if self.buf and self.state == READING:
                 log.debug("closing %s: connection closed mid-request", self.peer)
             return self.close()
+        if self.buf:
+            self.buf += data
+        else:
+            self.buf = data
+            if self.state == READING:
+                # The whole head must arrive within request_timeout of its
+                # first byte, however slowly it drips.
+                self.deadline = self.loop.now + self.server.settings.request_timeout
         self._process()
 
     def _process(self):
@@ -278,11 +290,11 @@ class Connection:
 
     def _flush(self):
         out = self.out
-        sock = self.sock
+        write = self._write
         while out:
             data = out[0]
             try:
-                sent = sock.send(data)
+                sent = write(data)
             except (ssl.SSLWantWriteError, BlockingIOError):
                 sent = 0
             except ssl.SSLWantReadError:  # pragma: no cover - renegotiation
@@ -318,8 +330,6 @@ class Connection:
         self._watch(READ)
         if self.buf:
             self._process()
-        elif self.sock.pending():
-            self._readable()
 
     def _unread(self):
         return bool(self.buf) or self.body_unread

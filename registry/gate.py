@@ -2,9 +2,9 @@
 
 Asking sqlite for a generation on every request (`PRAGMA data_version`, a
 query) costs about 5 µs and a GIL hand-off. A commit in WAL mode always writes
-the -wal file, so when neither the database nor its -wal file changed inode,
-size or mtime, nothing was committed and the generation last read still holds.
-Two os.stat calls cost about 1 µs.
+the -wal file, so when that file kept its inode, size and mtime, nothing was
+committed and the generation last read still holds. One os.stat costs about
+1 µs. Without a -wal file (a database not in WAL mode) nothing is cached.
 
 The catch is the clock: file times move in kernel ticks (a few ms), and once
 the WAL restarts from its beginning a commit may leave the size unchanged. A
@@ -26,30 +26,23 @@ class StatGate:
     """`get()` returns read_generation()'s value, reading it only when needed."""
 
     def __init__(self, path, read_generation):
-        self._paths = (os.fspath(path), os.fspath(path) + "-wal")
+        self._wal = os.fspath(path) + "-wal"
         self._read = read_generation
         self._seen = None
         self._value = None
 
-    def _stat(self):
-        out = []
-        for path in self._paths:
-            try:
-                st = os.stat(path)
-            except OSError:
-                out.append(None)
-            else:
-                out.append((st.st_ino, st.st_size, st.st_mtime_ns))
-        return out
-
     def get(self):
-        seen = self._stat()
+        try:
+            st = os.stat(self._wal)
+        except OSError:
+            self._seen = None
+            return self._read()
+        seen = (st.st_ino, st.st_size, st.st_mtime_ns)
         if seen == self._seen:
             return self._value
         # Stat before reading, so what we remember is never newer than the
         # generation it stands for.
         value = self._read()
-        newest = max((s[2] for s in seen if s is not None), default=0)
         self._value = value
-        self._seen = seen if time.time_ns() - newest > SETTLED_NS else None
+        self._seen = seen if time.time_ns() - seen[2] > SETTLED_NS else None
         return value

@@ -120,7 +120,9 @@ class ApiHandler:
 
     def _route(self, conn, req, role):
         path, _, query = req.target.partition("?")
-        parts = [urllib.parse.unquote(p) for p in path.split("/")[1:]]
+        parts = path.split("/")[1:]
+        if "%" in path:
+            parts = [urllib.parse.unquote(p) for p in parts]
         if parts and parts[-1] == "" and len(parts) > 1:
             parts.pop()                   # tolerate a trailing slash
         if not parts or parts[0] != "1.0":

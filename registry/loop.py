@@ -142,6 +142,9 @@ class Loop:
         return list(self._handlers.values())
 
     def close(self):
+        """Release epoll and the wake-up descriptor; a second call does nothing."""
+        if self._epoll.closed:
+            return
         self._epoll.close()
         os.close(self._wake_r)
         if self._wake_w != self._wake_r:

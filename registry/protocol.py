@@ -21,6 +21,8 @@ import time
 
 __all__ = ["MAX_HEAD", "MAX_HEADERS", "MAX_DISCARD", "ProtocolError", "Request",
            "head_end", "parse_head", "response_head", "BARE_LF"]
+# Request headers are a dict by lower-case name, repeated fields joined
+# with ", ": callers look them up by lower-case name.
 
 MAX_HEAD = 64 * 1024          # request line + headers
 MAX_HEADERS = 100
@@ -41,13 +43,6 @@ class ProtocolError(Exception):
         super().__init__(message)
         self.status = status
         self.message = message
-
-
-class Headers(dict):
-    """Request headers by lower-case name; repeated fields joined with ', '."""
-
-    def get(self, name, default=None):
-        return dict.get(self, name.lower(), default)
 
 
 class Request:
@@ -106,7 +101,7 @@ def parse_head(head):
         raise ProtocolError(400, f"bad request line {lines[0][:80]!r}")
     if len(lines) - 1 > MAX_HEADERS:
         raise ProtocolError(431, "too many header fields")
-    headers = Headers()
+    headers = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep or not name or name != name.strip():
