@@ -1,10 +1,13 @@
 """aar: the application registry's command line and server wiring.
 
-    aar serve [--data-dir D] [--listen ADDR:PORT]
+    aar serve [--data-dir D] [--listen ADDR:PORT] [--metrics-listen ADDR:PORT]
     aar trust add [PATH] [-p|--publisher] [-q|--quiet]
     aar trust list|ls [--format table|csv|json|yaml] [--revoked]
     aar trust remove FINGERPRINT
     aar trust revoke FINGERPRINT [-y|--yes]
+    aar trust token add [--role client|publisher] [--ttl 1h] [--name NAME] [--address A]
+    aar trust token list|remove ID                              (cli/tokens.py)
+    aar audit [--since T] [--format table|csv|json|yaml]        (cli/auditcmd.py)
     aar --version
 
 `main(argv=None) -> int` is the only place that prints or chooses an exit code:
@@ -22,6 +25,7 @@ import sys
 import names
 from cli.cobra import CobraParser
 from cli.formats import FORMATS, render
+from registry.audit import AuditError
 from registry.paths import DataDir, default_data_dir
 from trust import certs
 from trust.errors import AlreadyExists, TrustError
@@ -84,6 +88,14 @@ def _listen_address(text):
     return host, port
 
 
+def _metrics_address(text):
+    from metrics.listener import parse_listen
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
 def _fingerprint(text):
     try:
         return names.check_fingerprint(text, allow_prefix=True)
@@ -117,7 +129,9 @@ def _ensure_server_cert(data, host, port, out):
 
 
 def _serve(args, out):
+    from registry.audit import AuditLog
     from registry.errors import ApiError
+    from registry.events import Events
     from registry.handlers import ApiHandler
     from registry.server import RegistryServer, Settings
     from registry.storage import PackageStore
@@ -134,16 +148,32 @@ def _serve(args, out):
         raise CommandError(f"{exc.message}: is another `aar serve` running on it?")
     trust_store = TrustStore(data.trust_db)
     settings = Settings(workers=args.workers)
+    audit_log = AuditLog(data.audit_log)
     try:
         server = RegistryServer((host, port), ApiHandler, trust_store=trust_store,
                                 packages=packages, certfile=str(data.server_cert),
                                 keyfile=str(data.server_key),
-                                server_fingerprint=cert.fingerprint, settings=settings)
+                                server_fingerprint=cert.fingerprint, settings=settings,
+                                events=Events(audit_log))
     except OSError as exc:
         packages.close()
         trust_store.close()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise CommandError(f"cannot listen on {host}:{port}: {reason}")
+    metrics_server = None
+    if args.metrics_listen:
+        from metrics.listener import MetricsServer
+        from registry import health
+        try:
+            metrics_server = MetricsServer(args.metrics_listen, server.events.metrics,
+                                           lambda: health.check(server, data)).start()
+        except OSError as exc:
+            server.server_close()
+            packages.close()
+            trust_store.close()
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise CommandError("cannot listen for metrics on {}:{}: {}".format(
+                *args.metrics_listen, reason))
     bound = server.server_address
     logging.getLogger("aar").info(
         "serving https://%s:%d from %s (server fingerprint %s, %d trusted)",
@@ -155,12 +185,18 @@ def _serve(args, out):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if metrics_server is not None:
+        logging.getLogger("aar").info("metrics on http://%s:%d/metrics and /healthz",
+                                      *metrics_server.server_address[:2])
     try:
         server.serve_forever()
     finally:
+        if metrics_server is not None:
+            metrics_server.stop()
         server.server_close()
         packages.close()
         trust_store.close()
+        audit_log.close()
     return 0
 
 
@@ -169,6 +205,16 @@ def _serve(args, out):
 def _open_store(args):
     from trust.store import TrustStore
     return TrustStore(DataDir(args.data_dir).trust_db)
+
+
+def audit(args, event, **fields):
+    """Record a trust change in the audit log before telling the operator."""
+    from registry.audit import record_command
+    record_command(DataDir(args.data_dir).audit_log, args.argv, event, **fields)
+
+
+def _record_fields(record):
+    return {"fingerprint": record.fingerprint, "name": record.name, "role": record.role}
 
 
 def _read_pem(path, stdin):
@@ -204,11 +250,12 @@ def _trust_add(args, out, stdin):
     role = "publisher" if args.publisher else "client"
     store = _open_store(args)
     try:
-        store.add(cert, role)
+        record = store.add(cert, role)
     except AlreadyExists as exc:
         raise CommandError(f"certificate already exists: {exc}")
     finally:
         store.close()
+    audit(args, "trust.add", **_record_fields(record))
     if not args.quiet:
         print(ADDED.format(role=role, fp=cert.fingerprint, name=cert.common_name or "-"),
               file=out)
@@ -242,6 +289,7 @@ def _trust_remove(args, out):
         record = store.remove(args.fingerprint)
     finally:
         store.close()
+    audit(args, "trust.remove", **_record_fields(record))
     print(REMOVED.format(fp=record.fingerprint, name=record.name or "-"), file=out)
     return 0
 
@@ -260,6 +308,7 @@ def _trust_revoke(args, out, stdin):
         record = store.revoke(record.fingerprint)
     finally:
         store.close()
+    audit(args, "trust.revoke", **_record_fields(record))
     print(REVOKED.format(fp=record.fingerprint, name=record.name or "-"), file=out)
     return 0
 
@@ -283,6 +332,9 @@ def _parser():
                             "start creates the data directory and the server certificate.")
     serve.add_argument("--listen", type=_listen_address, default=DEFAULT_LISTEN,
                        metavar="ADDR:PORT", help="address to listen on (default 0.0.0.0:3000)")
+    serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
+                       metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
+                       "there, e.g. 127.0.0.1:9300 (default: off)")
     serve.add_argument("--workers", type=int, default=32, metavar="N",
                        help="worker threads serving requests (default 32)")
     serve.add_argument("-v", "--verbose", action="store_true",
@@ -319,7 +371,11 @@ def _parser():
                           "certificate is refused at once and can never be added again")
     rv.add_argument("fingerprint", type=_fingerprint, metavar="FINGERPRINT")
     rv.add_argument("-y", "--yes", action="store_true", help="do not ask for confirmation")
-    return root, trust
+
+    from cli import auditcmd, tokens
+    token_parser = tokens.add_parser(tcmds, common)
+    auditcmd.add_parser(cmds, common)
+    return root, trust, token_parser
 
 
 def _hide_alias(subparsers, name):
@@ -330,10 +386,11 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None) -> int:
     stdin = stdin or sys.stdin
     out = stdout or sys.stdout
     err = stderr or sys.stderr
-    root, trust = _parser()
+    root, trust, token_parser = _parser()
     args = root.parse(argv, out, err)
     if isinstance(args, int):
         return args
+    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]
     if args.command is None:
         out.write(root.format_help())
         return 0
@@ -342,6 +399,16 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None) -> int:
     try:
         if args.command == "serve":
             return _serve(args, out)
+        if args.command == "audit":
+            return args.run(args, out)
+        if args.trust_command is None:
+            out.write(trust.format_help())
+            return 0
+        if args.trust_command == "token":
+            if args.token_command is None:
+                out.write(token_parser.format_help())
+                return 0
+            return args.run(args, out)
         if args.trust_command is None:
             out.write(trust.format_help())
             return 0
@@ -355,7 +422,7 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None) -> int:
     except CommandError as exc:
         print(f"Error: {exc}", file=err)
         return exc.status
-    except TrustError as exc:
+    except (TrustError, AuditError) as exc:
         print(f"Error: {exc}", file=err)
         return 1
     except KeyboardInterrupt:

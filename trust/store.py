@@ -131,8 +131,11 @@ class TrustStore:
 
     # Changing
 
-    def add(self, cert: Certificate, role) -> Record:
-        """Trust cert in role; AlreadyExists if trusted, Revoked if revoked."""
+    def add(self, cert: Certificate, role, name=None) -> Record:
+        """Trust cert in role; AlreadyExists if trusted, Revoked if revoked.
+
+        name: what lists show (a join token's --name); default the subject CN.
+        """
         if not isinstance(cert, Certificate):
             raise TypeError("add() takes a trust.certs.Certificate")
         check_role(role)
@@ -148,7 +151,7 @@ class TrustStore:
                 raise AlreadyExists(f"certificate {cert.fingerprint} is already "
                                     f"trusted as {existing.role}")
             record = Record(fingerprint=cert.fingerprint, pem=cert.pem, role=role,
-                            name=cert.common_name, added_at=_now(),
+                            name=name or cert.common_name, added_at=_now(),
                             not_after=_timestamp(cert.not_after), revoked_at=None)
             self._shelf[record.fingerprint] = record._stored()
         return record
@@ -175,6 +178,19 @@ class TrustStore:
             record = dataclasses.replace(record, revoked_at=_now())
             self._shelf[record.fingerprint] = record._stored()
         return record
+
+    # Join tokens (trust/tokens.py) keep their own table in this database, so
+    # that "use the token" and "trust the certificate" commit together.
+
+    def transaction(self):
+        """One write transaction over the whole database (nests)."""
+        self._check_open()
+        return self._map.transaction()
+
+    def execute(self, sql, params=(), write=False) -> list:
+        """Run one SQL statement on the store's database; its rows."""
+        self._check_open()
+        return self._map.execute(sql, params, write)
 
     def close(self):
         if not self._closed:
