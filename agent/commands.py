@@ -3,6 +3,7 @@
     ams-sync registry list [--format table|csv|json|yaml]
     ams-sync registry push APP        manual mode: push APP's published versions
     ams-sync registry pull APP        manual mode: pull APP's versions
+    ams-sync registry join TOKEN      enrol with a registry (agent/join.py)
     ams-sync sync                     one cycle now; exit status 1 if anything failed
     ams-sync run                      the loop, until SIGTERM or SIGINT
 
@@ -84,6 +85,12 @@ def _registry_pull(ctx):
         return _print_summary(ctx, make(store).pull(app=ctx.args.name))
 
 
+def _registry_join(ctx):
+    from .join import join
+    ctx.print(join(ctx.dirs, ctx.args.token))
+    return 0
+
+
 def _sync(ctx):
     # The listing and its ETag are kept beside config.json, so a `sync` from
     # cron against an unchanged registry costs one 304.
@@ -125,6 +132,13 @@ def add_commands(cmds, common, group, leaf, format_flag, app_name):
                 "Download every version of APP (this node's architecture) that the "
                 "node lacks, and remove pulled versions that left the registry")
     pull.add_argument("name", type=app_name, metavar="APP")
+    join = leaf(registry, "join", "Enrol this node with a registry", _registry_join,
+                common, "Enrol this node with the registry a join token names (`aar "
+                "trust token add` prints one): trusts the registry's certificate, has "
+                "the registry trust this node's, and sets registry.url, "
+                "registry.fingerprint and registry.mode (pull for a client token, push "
+                "for a publisher one)")
+    join.add_argument("token", metavar="TOKEN")
     leaf(cmds, "sync", "Run one sync cycle now", _sync, common,
          "Push or pull once, as registry.mode says; exit status 1 if anything failed")
     leaf(cmds, "run", "Sync every registry.update_interval until stopped", _run, common,
