@@ -5,12 +5,13 @@
     ams-sync registry pull APP        manual mode: pull APP's versions
     ams-sync registry join TOKEN      enrol with a registry (agent/join.py)
     ams-sync sync                     one cycle now; exit status 1 if anything failed
-    ams-sync run                      the loop, until SIGTERM or SIGINT
+    ams-sync run [--metrics-listen ADDR:PORT]   the loop, until SIGTERM or SIGINT
 
 ams_sync.py builds the parser and calls add_commands() with its helpers;
 each handler takes its _Context (args, out, err, dirs) and returns the exit
 status. Errors are raised for ams_sync.main to print.
 """
+import argparse
 import logging
 
 from cli.formats import render
@@ -18,6 +19,7 @@ from cli.formats import render
 from . import config as config_mod
 from . import loop
 from .appstore import AppStore
+from .errors import AgentError
 from .sync import Listing, Sync, connect
 
 __all__ = ["add_commands", "MANUAL_SYNC", "FAILED_LINE", "DONE_LINE", "LOG_FORMAT"]
@@ -109,11 +111,34 @@ def _run(ctx):
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(logging.INFO)
+    observer = listener = None
     try:
-        return loop.run(ctx.dirs, ctx.err)
+        if ctx.args.metrics_listen:
+            from metrics.listener import MetricsServer
+            from .cyclemetrics import CycleMetrics
+            observer = CycleMetrics()
+            try:
+                listener = MetricsServer(ctx.args.metrics_listen, observer.metrics,
+                                         observer.health).start()
+            except OSError as error:
+                raise AgentError("cannot listen for metrics on {}:{}: {}".format(
+                    *ctx.args.metrics_listen, error.strerror or error)) from None
+            logger.info("metrics on http://%s:%d/metrics and /healthz",
+                        *listener.server_address[:2])
+        return loop.run(ctx.dirs, ctx.err, observer=observer)
     finally:
+        if listener is not None:
+            listener.stop()
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+def _metrics_address(text):
+    from metrics.listener import parse_listen
+    try:
+        return parse_listen(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_commands(cmds, common, group, leaf, format_flag, app_name):
@@ -141,6 +166,9 @@ def add_commands(cmds, common, group, leaf, format_flag, app_name):
     join.add_argument("token", metavar="TOKEN")
     leaf(cmds, "sync", "Run one sync cycle now", _sync, common,
          "Push or pull once, as registry.mode says; exit status 1 if anything failed")
-    leaf(cmds, "run", "Sync every registry.update_interval until stopped", _run, common,
-         "Run a sync cycle every registry.update_interval (re-reading the settings "
-         "each time) until SIGTERM or SIGINT")
+    run = leaf(cmds, "run", "Sync every registry.update_interval until stopped", _run,
+               common, "Run a sync cycle every registry.update_interval (re-reading the "
+               "settings each time) until SIGTERM or SIGINT")
+    run.add_argument("--metrics-listen", type=_metrics_address, default=None,
+                     metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
+                     "there, e.g. 127.0.0.1:9301 (default: off)")
