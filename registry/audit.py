@@ -5,8 +5,8 @@ One JSON object per line in <data-dir>/logs/audit.log:
     {"time": "2026-11-30T18:40:02Z", "event": "trust.add", "user": "root",
      "uid": 0, "command": "aar trust add --publisher", "fingerprint": "…", …}
 
-Events: trust.add, trust.remove, trust.revoke, token.add, token.remove,
-token.use (CLI or server), package.write, package.delete (server) and refusal
+Events: trust.add, trust.remove, trust.revoke, trust.set-role, token.add,
+token.remove (the `aar` commands), token.use, package.write, package.delete (server) and refusal
 (address, fingerprint and name where TLS told us, reason).
 
 Both the `aar` commands and the running server append to the same file. Each
@@ -30,7 +30,8 @@ import threading
 __all__ = ["AuditLog", "AuditError", "actor", "record_command", "read", "parse_since",
            "EVENTS"]
 
-EVENTS = ("trust.add", "trust.remove", "trust.revoke", "token.add", "token.remove",
+EVENTS = ("trust.add", "trust.remove", "trust.revoke", "trust.set-role", "token.add",
+          "token.remove",
           "token.use", "package.write", "package.delete", "refusal")
 _TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 

@@ -8,7 +8,8 @@ import argparse
 
 from cli.formats import FORMATS, render
 from registry.audit import parse_since, read
-from registry.paths import DataDir
+
+from .common import served_data_dir
 
 __all__ = ["add_parser"]
 
@@ -47,12 +48,12 @@ def _row(record):
             "who": who, "subject": subject, "detail": detail}
 
 
-def _audit(args, out):
-    records = read(DataDir(args.data_dir).audit_log, args.since)
+def _audit(args, ctx):
+    records = read(served_data_dir(args.data_dir).audit_log, args.since)
     if args.format in ("json", "yaml"):
-        out.write(render(records, [], args.format))
+        ctx.out.write(render(records, [], args.format))
     else:
-        out.write(render([_row(r) for r in records], _COLUMNS, args.format))
+        ctx.out.write(render([_row(r) for r in records], _COLUMNS, args.format))
     return 0
 
 
@@ -65,5 +66,5 @@ def add_parser(cmds, common):
                             "2026-11-30T18:00:00Z, or back from now: 1h, 30m, 2d")
     audit.add_argument("--format", choices=FORMATS, default="table",
                        help="output format: table, csv, json or yaml (default table)")
-    audit.set_defaults(run=_audit)
+    audit.set_defaults(handler=_audit, help_parser=audit)
     return audit

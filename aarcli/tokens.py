@@ -17,11 +17,12 @@ from agent.duration import parse_duration
 from cli.cobra import CobraParser
 from cli.formats import FORMATS, render
 from registry.audit import record_command
-from registry.paths import DataDir
 from trust import certs
 from trust.errors import TokenError
 from trust.store import ROLES, TrustStore
 from trust.tokens import Token, Tokens
+
+from .common import served_data_dir
 
 __all__ = ["add_parser", "NO_SERVER_CERT", "REMOVED", "DEFAULT_PORT"]
 
@@ -71,8 +72,8 @@ def _own_urls():
         [_address(name)]
 
 
-def _add(args, out):
-    data = DataDir(args.data_dir)
+def _add(args, ctx):
+    data = served_data_dir(args.data_dir)
     if not data.server_cert.exists():
         raise TokenError(NO_SERVER_CERT.format(path=data.server_cert))
     fingerprint = certs.load_certificate(data.server_cert).fingerprint
@@ -83,25 +84,25 @@ def _add(args, out):
                    role=row["role"], name=row["name"], expires_at=row["expires_at"],
                    urls=list(urls))
     print(Token(urls=tuple(urls), fingerprint=fingerprint, id=row["id"],
-                secret=secret).encode(), file=out)
+                secret=secret).encode(), file=ctx.out)
     return 0
 
 
-def _list(args, out):
-    with TrustStore(DataDir(args.data_dir).trust_db) as store:
+def _list(args, ctx):
+    with TrustStore(served_data_dir(args.data_dir).trust_db) as store:
         rows = Tokens(store).list()
-    out.write(render(rows, _COLUMNS, args.format,
+    ctx.out.write(render(rows, _COLUMNS, args.format,
                      short={"used_by": lambda fp: (fp or "")[:12]}))
     return 0
 
 
-def _remove(args, out):
-    data = DataDir(args.data_dir)
+def _remove(args, ctx):
+    data = served_data_dir(args.data_dir)
     with TrustStore(data.trust_db) as store:
         row = Tokens(store).remove(args.id)
     record_command(data.audit_log, args.argv, "token.remove", token=row["id"],
                    role=row["role"], name=row["name"], state=row["state"])
-    print(REMOVED.format(id=row["id"]), file=out)
+    print(REMOVED.format(id=row["id"]), file=ctx.out)
     return 0
 
 
@@ -110,9 +111,13 @@ def add_parser(tcmds, common):
     token = tcmds.add_parser("token", help="Manage join tokens",
                              description="Manage join tokens: one line that lets one AMS "
                              "node enrol itself with `ams-sync registry join TOKEN`")
+    token.set_defaults(handler=None, help_parser=token)
     cmds = token.add_subparsers(dest="token_command", metavar="command",
                                 parser_class=CobraParser)
     add = cmds.add_parser("add", help="Create a join token", parents=[common],
+                          epilog="Examples:\n  sudo aar trust token add --role publisher "
+                                 "--address 10.0.0.5:3000\n  sudo aar trust token add --ttl "
+                                 "24h --name rack-3 --address aar.example.net:3000",
                           description="Create a one-time join token and print it. It "
                           "carries the registry's addresses, its server fingerprint and "
                           "a secret; the registry keeps only the secret's hash.")
@@ -128,15 +133,15 @@ def add_parser(tcmds, common):
                      metavar="HOST[:PORT]",
                      help="how nodes reach this registry; repeat for several "
                           "(default: this host's addresses, port 3000)")
-    add.set_defaults(run=_add)
+    add.set_defaults(handler=_add, help_parser=add)
     ls = cmds.add_parser("list", help="List join tokens", parents=[common],
                          description="List join tokens and whether each is valid, "
                          "used or expired")
     ls.add_argument("--format", choices=FORMATS, default="table",
                     help="output format: table, csv, json or yaml (default table)")
-    ls.set_defaults(run=_list)
+    ls.set_defaults(handler=_list, help_parser=ls)
     rm = cmds.add_parser("remove", help="Remove a join token", parents=[common],
                          description="Remove a join token: it can no longer be used")
     rm.add_argument("id", metavar="ID")
-    rm.set_defaults(run=_remove)
+    rm.set_defaults(handler=_remove, help_parser=rm)
     return token
