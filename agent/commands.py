@@ -184,4 +184,6 @@ def add_commands(cmds, common, group, leaf, format_flag, app_name):
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info", metavar="LEVEL",
                      help="least severe messages logged: debug, info, warning or error "
                           "(default info)")
->>>>>>> main
+    run.add_argument("--metrics-listen", type=_metrics_address, default=None,
+                     metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
+                     "there, e.g. 127.0.0.1:9301 (default: off)")
