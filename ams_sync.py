@@ -16,6 +16,7 @@ This module is the only place that prints and turns errors into exit codes:
 0 success, 1 failure (AgentError, TrustError, OSError), 2 usage.
 """
 import argparse
+import os
 import sys
 
 import names
@@ -53,7 +54,8 @@ class _Context:
 
     def __init__(self, args, stdin, out, err):
         self.args, self.stdin, self.out, self.err = args, stdin, out, err
-        self.dirs = DataDir(args.data_dir or default_data_dir())
+        # Absolute, so that logs and messages name the directory unambiguously.
+        self.dirs = DataDir(os.path.abspath(args.data_dir or default_data_dir()))
 
     def print(self, text):
         print(text, file=self.out)

@@ -269,7 +269,8 @@ class PackageStore:
         finally:
             if staged is not None:
                 unlink_quiet(staged)
-        log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
+        # Debug: the handler logs the upload once, with who sent it.
+        log.debug("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
                  app, version, arch, length, sha256, publisher or "-")
         return True, package_of_row(row)
 
@@ -309,7 +310,7 @@ class PackageStore:
                 conn.execute("DELETE FROM packages"
                              " WHERE name = ? AND version = ? AND architecture = ?",
                              (app, version, arch))
-            log.info("deleted %s %s %s", app, version, arch)
+            log.debug("deleted %s %s %s", app, version, arch)
             self._drop_blob_if_unused(row[0])
         return True
 
@@ -323,7 +324,7 @@ class PackageStore:
                 count = conn.execute("DELETE FROM packages WHERE name = ?",
                                      (app,)).rowcount
             if count:
-                log.info("deleted application %s: %d package(s)", app, count)
+                log.debug("deleted application %s: %d package(s)", app, count)
             for sha256 in digests:
                 self._drop_blob_if_unused(sha256)
         return count
