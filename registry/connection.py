@@ -22,6 +22,7 @@ its first byte, and each write that makes no progress.
 import logging
 import socket
 import ssl
+import time
 
 from registry.loop import ERRORS, READ, WRITE
 from registry.protocol import (MAX_DISCARD, ProtocolError, head_end, parse_head,
@@ -32,9 +33,9 @@ __all__ = ["Connection", "Reply", "FileBody"]
 
 log = logging.getLogger("aar.server")
 
-HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, WAITING, WRITING, STREAMING, LINGER, CLOSED = (
-    "handshake", "reading", "discard", "busy", "upload", "waiting", "writing",
-    "streaming", "linger", "closed")
+HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, UPLOAD_DONE, WAITING, WRITING, STREAMING, \
+    LINGER, CLOSED = ("handshake", "reading", "discard", "busy", "upload", "upload-done",
+                      "waiting", "writing", "streaming", "linger", "closed")
 
 # One TLS record holds at most 16 KiB and a read returns at most one record,
 # so a read this large always empties OpenSSL's buffer: nothing is ever left
@@ -87,6 +88,7 @@ class Connection:
         self.scanned = 0                  # how much of buf head_end has seen
         self.fingerprint = None
         self.deadline = self.loop.now + server.settings.handshake_timeout
+        self.opened = time.monotonic()
         self.events = READ
         self.request = None
         self.discarding = 0
@@ -96,6 +98,8 @@ class Connection:
         self.lingered = 0
         self.dead = False                 # the peer vanished while a job ran
         self.body_unread = False          # an upload's body is still on the wire
+        self.route = "other"              # the route template, for the metrics
+        self.started = 0.0                # when the current request was dispatched
         self._read = sock.recv
         self._write = sock.send
 
@@ -138,19 +142,22 @@ class Connection:
         except ssl.SSLWantWriteError:
             return self._watch(WRITE)
         except ssl.SSLCertVerificationError as exc:
-            log.warning("refused %s at TLS handshake: %s", self.peer, _verify_reason(exc))
+            self.server.events.refused(self.peer, "untrusted",
+                                       "at TLS handshake: " + _verify_reason(exc))
             return self.linger()
         except ssl.SSLError as exc:
-            log.warning("refused %s at TLS handshake: %s", self.peer, _tls_reason(exc))
+            self.server.events.refused(self.peer, "tls",
+                                       "at TLS handshake: " + _tls_reason(exc))
             return self.linger()
         except OSError as exc:
             log.debug("closing %s during TLS handshake: %s", self.peer, exc)
             return self.close()
+        self.server.events.handshake(time.monotonic() - self.opened)
         der = self.sock.getpeercert(binary_form=True)
-        if not der:                       # CERT_REQUIRED makes this unreachable
-            log.warning("refused %s: no client certificate", self.peer)
-            return self.close()
-        self.fingerprint = der_fingerprint(der)
+        # No certificate (the context is CERT_OPTIONAL for joining nodes):
+        # fingerprint None, and the handler admits it to the join endpoint
+        # only. It gets the handshake's time, not the idle time, to ask.
+        self.fingerprint = der_fingerprint(der) if der else None
         # SSLSocket.recv and send are three Python calls deep before they
         # reach OpenSSL; the C object beneath does the same work directly.
         # (Non-blocking, so its Want* errors are what the wrappers raise too.)
@@ -159,7 +166,9 @@ class Connection:
             self._read, self._write = tls.read, tls.write
         self.server.handshake_done(self)
         self.state = READING
-        self.deadline = self.loop.now + self.server.settings.idle_timeout
+        settings = self.server.settings
+        self.deadline = self.loop.now + (settings.idle_timeout if der
+                                         else settings.handshake_timeout)
         self._watch(READ)
 
     # -- reading requests ----------------------------------------------------------
@@ -207,6 +216,7 @@ class Connection:
         while self.buf and self.state in (READING, DISCARD):
             if self.state == DISCARD:
                 n = min(self.discarding, len(self.buf))
+                self.request.body += self.buf[:n]
                 self.buf = self.buf[n:]
                 self.discarding -= n
                 if self.discarding:
@@ -229,8 +239,9 @@ class Connection:
             self.request = request
             self.body_unread = request.method == "PUT" and request.body_length != 0
             if request.body_length != 0 and request.method != "PUT":
-                # Only uploads take a body. Any other is read and dropped,
-                # never taken for the next request; one too large to drop,
+                # Only an upload's body streams to a worker. Any other is
+                # read into request.body (a join's is used, the rest are
+                # dropped), never taken for the next request; one too large,
                 # or chunked, ends the connection.
                 if request.body_length is None or request.body_length > MAX_DISCARD:
                     what = "a chunked body" if request.body_length is None else \
@@ -245,7 +256,16 @@ class Connection:
             self.deadline = self.loop.now + self.server.settings.idle_timeout
 
     def _dispatch(self, request):
+        self.started = time.monotonic()
         self.server.handler.handle(self, request)
+
+    def unanswered(self):
+        """Close without an answer (a certificate-less caller off the join path)."""
+        request = self.request
+        self.server.events.request(self.route, request.method, "none",
+                                   time.monotonic() - self.started,
+                                   len(request.body), 0)
+        self.linger() if self._unread() else self.close()
 
     def send_error(self, status, message):
         """A protocol-level error: a text answer, then the connection closes."""
@@ -267,6 +287,13 @@ class Connection:
         head = response_head(reply.status, reply.content_type, length, reply.headers,
                              close, self.server.server_version)
         self.server.access_log(self, request, reply.status, length)
+        if request is not None:
+            received = request.body_length if self.state == UPLOAD_DONE else \
+                len(request.body)
+            self.server.events.request(
+                self.route, request.method, str(reply.status),
+                time.monotonic() - self.started, received,
+                0 if request.method == "HEAD" else length)
         self.close_after = close
         head_only = request is not None and request.method == "HEAD"
         if file is not None:
@@ -398,6 +425,7 @@ class Connection:
             reply, body = result
             if body.complete():
                 self.body_unread = False
+                self.state = UPLOAD_DONE
         else:
             reply = self.server.handler.error_reply(self, self.request, error)
         self.reply(reply)
@@ -473,6 +501,11 @@ class Connection:
         elif state in (WRITING, STREAMING):
             log.info("closing %s: the client stopped reading", self.peer)
         self.close()
+
+    @property
+    def address(self):
+        host, port = self.addr[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
     @property
     def peer(self):

@@ -6,6 +6,16 @@ store before anything else: a certificate removed or revoked while its
 connection stays open is refused at its next request, and the connection is
 closed. Routing is the one table in `_route`.
 
+A caller without a certificate (the TLS context is CERT_OPTIONAL for the sake
+of joining nodes) may POST /1.0/join and nothing else: any other request of
+such a caller is refused by closing the connection without an answer, the way
+a refused handshake looks, so that nothing of the API shows to it.
+
+Each request reports to `server.events` (registry/events.py): its route
+template, status and duration for the metrics (sent by the connection with
+the answer); refusals, writes, deletes and downloads for the audit and
+service logs.
+
 What runs where: answers that need no disk (status, info, a listing already
 in the cache, 304s, errors) are built on the loop thread and sent at once.
 Everything that may block (package metadata from the database, opening a
@@ -20,6 +30,7 @@ import urllib.parse
 
 import names
 from version import VERSION
+from registry import join
 from registry.connection import Reply, FileBody
 from registry.errors import ApiError, envelope_error, envelope_sync
 from registry.gate import StatGate
@@ -55,7 +66,9 @@ class ApiHandler:
         self.server = server
         self.packages = server.packages
         self.trust = server.trust
+        self.events = server.events
         self.listing_cache = ListingCache()
+        server.join_gate = join.Gate()
         self.generation = StatGate(self.packages.datadir.packages_db,
                                    self.packages.generation)
         self.waiters = Waiters(self)
@@ -63,6 +76,9 @@ class ApiHandler:
     # -- entry points (loop thread) ------------------------------------------
 
     def handle(self, conn, req):
+        conn.route = "other"
+        if conn.fingerprint is None:
+            return self._certificate_less(conn, req)
         try:
             role = self.authorise(conn, req)
         except ApiError as err:
@@ -85,6 +101,7 @@ class ApiHandler:
         what = f"{req.method} {req.target}" if req is not None else "request"
         if isinstance(error, OSError):
             log.error("%s from %s failed: %s", what, conn.peer, error)
+            self.events.storage_error()
             return self._error(ApiError.of("internal", "server storage error"))
         log.error("%s from %s failed", what, conn.peer, exc_info=error)
         return self._error(ApiError.of("internal"))
@@ -101,20 +118,37 @@ class ApiHandler:
 
     def authorise(self, conn, req):
         """The caller's role, or ApiError forbidden (closing the connection)."""
+        fp = conn.fingerprint
         try:
-            return self.trust.authorise(conn.fingerprint)
+            return self.trust.authorise(fp)
         except Refusal as refusal:
-            log.warning("refused %s %s from %s (%s): %s", req.method, req.target,
-                        conn.addr[0], conn.fingerprint, refusal.reason)
+            self.events.refused(conn.address, refusal.code,
+                                f"{req.method} {req.target[:200]}: {refusal.reason}",
+                                fingerprint=fp, name=refusal.name)
             raise ApiError.of("forbidden", f"forbidden: {refusal.reason}") from None
 
-    @staticmethod
-    def _require_publisher(conn, req, role):
+    def _require_publisher(self, conn, req, role):
         if role != "publisher":
-            log.warning("refused %s %s from %s (%s): role %s cannot write",
-                        req.method, req.target, conn.addr[0], conn.fingerprint, role)
+            fp = conn.fingerprint
+            self.events.refused(conn.address, "read_only",
+                                f"{req.method} {req.target[:200]}: role {role} cannot "
+                                "write", fingerprint=fp, name=self.trust.name_of(fp))
             raise ApiError.of("forbidden", f"forbidden: the {role} role is "
                               "read-only; writes need a publisher certificate")
+
+    def _certificate_less(self, conn, req):
+        if req.method == "POST" and req.target.partition("?")[0] == join.PATH:
+            conn.route = join.PATH
+            try:
+                return self._join(conn, req)
+            except ApiError as err:
+                reply = self._error(err)
+                reply.close = True
+                return conn.reply(reply)
+        self.events.refused(conn.address, "no_certificate",
+                            f"{req.method} {req.target[:200]} without a client "
+                            "certificate (only the join endpoint takes none)")
+        conn.unanswered()                 # closed unanswered, like a refused handshake
 
     # -- routing ------------------------------------------------------------------
 
@@ -130,18 +164,26 @@ class ApiHandler:
         method = req.method
         n = len(parts)
         if n == 1:
+            conn.route = "/1.0"
             _only(method, ("GET", "HEAD"))
             return self._info(conn, role)
         if parts[1] == "status" and n == 2:
+            conn.route = "/1.0/status"
             _only(method, ("GET", "HEAD"))
             return Reply(200, _STATUS_OK, _JSON)
+        if parts[1] == "join" and n == 2:
+            conn.route = join.PATH
+            _only(method, ("POST",))
+            return self._join(conn, req)
         if parts[1] != "applications":
             raise ApiError.of("not_found", f"no such endpoint: {path}")
         if n == 2:
+            conn.route = "/1.0/applications"
             _only(method, ("GET", "HEAD"))
             return self._listing(conn, req, query)
         app = _check(names.check_app_name, parts[2])
         if n == 3:
+            conn.route = "/1.0/applications/{app}"
             if method == "DELETE":
                 self._require_publisher(conn, req, role)
                 return conn.run(lambda: self._delete_application(conn, app))
@@ -152,6 +194,7 @@ class ApiHandler:
         version = _check(names.check_version, parts[3])
         arch = _check(names.check_arch, parts[4])
         if n == 5:
+            conn.route = "/1.0/applications/{app}/{version}/{arch}"
             if method == "DELETE":
                 self._require_publisher(conn, req, role)
                 return conn.run(lambda: self._delete_package(conn, app, version, arch))
@@ -159,11 +202,12 @@ class ApiHandler:
             return conn.run(lambda: _json(self._package(app, version, arch)))
         if parts[5] != "package":
             raise ApiError.of("not_found", f"no such endpoint: {path}")
+        conn.route = "/1.0/applications/{app}/{version}/{arch}/package"
         if method == "PUT":
             self._require_publisher(conn, req, role)
             return self._upload(conn, req, app, version, arch)
         _only(method, ("GET", "HEAD"))
-        return conn.run(lambda: self._download(req, app, version, arch))
+        return conn.run(lambda: self._download(conn, req, app, version, arch))
 
     # -- reads ---------------------------------------------------------------------
 
@@ -220,7 +264,7 @@ class ApiHandler:
             raise ApiError.of("not_found", f"package {app}/{version}/{arch} not found")
         return found
 
-    def _download(self, req, app, version, arch):
+    def _download(self, conn, req, app, version, arch):
         """A job: the package's head, and its open file for the loop to send."""
         pkg = self._package(app, version, arch)
         etag = '"%s"' % pkg["sha256"]
@@ -239,6 +283,8 @@ class ApiHandler:
         if req.headers.get("range"):
             status = 206
             headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+        if req.method != "HEAD":
+            self.events.downloaded(conn.address, conn.fingerprint, pkg, start, end)
         return Reply(status, content_type="application/octet-stream", headers=headers,
                      file=FileBody(f, start, end - start))
 
@@ -262,34 +308,60 @@ class ApiHandler:
         fingerprint = conn.fingerprint
         loop = self.server.loop
 
+        events = self.events
+
         def job(body):
             if expect:
                 body.send_continue()
-            created, pkg = self.packages.put(app, version, arch, body, length, digest,
-                                             manifest, fingerprint)
-            log.info("%s %s/%s/%s by %s: %d bytes, sha256 %s",
-                     "stored" if created else "unchanged", app, version, arch,
-                     fingerprint, length, digest)
+            events.uploads.inc()
+            try:
+                created, pkg = self.packages.put(app, version, arch, body, length,
+                                                 digest, manifest, fingerprint)
+            finally:
+                events.uploads.dec()
+            events.stored(fingerprint, self.trust.name_of(fingerprint), pkg, created)
             if created:
                 loop.call_soon_threadsafe(self.changed)
             return _json(pkg, status=201 if created else 200)
         return conn.run_upload(job)
 
     def _delete_package(self, conn, app, version, arch):
-        if not self.packages.delete_package(app, version, arch):
+        # Read first: the audit record names the bytes that went.
+        pkg = self.packages.get(app, version, arch)
+        if pkg is None or not self.packages.delete_package(app, version, arch):
             raise ApiError.of("not_found", f"package {app}/{version}/{arch} not found")
-        log.info("deleted %s/%s/%s by %s", app, version, arch, conn.fingerprint)
-        self.server.loop.call_soon_threadsafe(self.changed)
+        self._deleted(conn, [pkg])
         return _json({})
 
     def _delete_application(self, conn, app):
+        found = self.packages.application(app)
         count = self.packages.delete_application(app)
         if not count:
             raise ApiError.of("not_found", f"application {app!r} not found")
-        log.info("deleted application %s (%d packages) by %s", app, count,
-                 conn.fingerprint)
-        self.server.loop.call_soon_threadsafe(self.changed)
+        self._deleted(conn, (found or {}).get("versions", []))
         return _json({"deleted": count})
+
+    def _deleted(self, conn, packages):
+        fp = conn.fingerprint
+        self.events.deleted(fp, self.trust.name_of(fp), packages)
+        self.server.loop.call_soon_threadsafe(self.changed)
+
+    # -- joining ---------------------------------------------------------------------
+
+    def _join(self, conn, req):
+        """POST /1.0/join; its body was read by the connection (at most
+        MAX_DISCARD bytes, which is join.MAX_BODY)."""
+        if req.body_length is None or "content-length" not in req.headers:
+            raise ApiError.of("length_required", "a join needs Content-Length")
+        if req.body_length > join.MAX_BODY:
+            raise ApiError.of("too_large", f"a join body is at most {join.MAX_BODY} bytes")
+        address, body = conn.address, req.body
+
+        def job():
+            reply = _json(join.join(self.server, address, body))
+            reply.close = True            # one join per connection, refused or not
+            return reply
+        return conn.run(job)
 
     # -- errors --------------------------------------------------------------------
 

@@ -48,7 +48,7 @@ class ProtocolError(Exception):
 class Request:
     """One parsed request head."""
 
-    __slots__ = ("method", "target", "version", "headers", "body_length", "close")
+    __slots__ = ("method", "target", "version", "headers", "body_length", "close", "body")
 
     def __init__(self, method, target, version, headers, body_length):
         self.method = method
@@ -56,6 +56,7 @@ class Request:
         self.version = version
         self.headers = headers
         self.body_length = body_length          # None: chunked (refused)
+        self.body = b""                         # a small body read with the head
         connection = headers.get("connection", "").lower()
         if version == "HTTP/1.0":
             self.close = "keep-alive" not in connection

@@ -20,6 +20,8 @@
   unfinished handshake (or else the oldest idle connection) makes room,
   so a flood of silent sockets cannot lock a real client out.
 
+Everything the server reports (refusals, requests, writes) goes through
+`self.events` (registry/events.py): the audit log, the metrics, the service log.
 State lives on the server object: the trust view, the package store, the
 settings. Nothing is module-global.
 """
@@ -29,6 +31,7 @@ import resource
 import socket
 
 from registry.connection import Connection, HANDSHAKE, READING
+from registry.events import Events
 from registry.livetrust import LiveTrust
 from registry.loop import READ, Loop, Pool
 from version import VERSION
@@ -95,11 +98,17 @@ class RegistryServer:
     server_version = "aar/" + VERSION
 
     def __init__(self, address, handler_class, *, trust_store, packages, certfile,
-                 keyfile, server_fingerprint, settings=None):
+                 keyfile, server_fingerprint, settings=None, events=None):
         self.settings = settings or Settings()
         self.packages = packages
         self.trust = LiveTrust(trust_store, certfile, keyfile)
+        self.trust_store = trust_store           # join tokens live in its database
         self.server_fingerprint = server_fingerprint
+        with open(certfile, encoding="ascii") as f:
+            self.server_pem = f.read()           # what a joining node imports
+        self.events = events or Events()
+        self.events.attach(self)
+        self._stopping = False
         self.socket = _listen(address[0], address[1], self.settings.backlog,
                               self.settings.handshake_timeout)
         self.server_address = self.socket.getsockname()[:2]
@@ -127,7 +136,12 @@ class RegistryServer:
 
     def shutdown(self):
         """Ask serve_forever to return; safe from a signal handler or another thread."""
+        self._stopping = True
         self.loop.stop()
+
+    def stopping(self):
+        """True once shutdown() was asked for."""
+        return self._stopping
 
     def server_close(self):
         self.socket.close()
@@ -175,6 +189,7 @@ class RegistryServer:
             sock.close()
             return
         conn = Connection(self, tls, addr)
+        self.events.connection_opened()
         self.connections.add(conn)
         self.handshaking[conn] = None
         self.per_address[host] += 1
@@ -205,6 +220,7 @@ class RegistryServer:
     def forget(self, conn, state):
         """A connection closed: drop it from every count."""
         self.connections.discard(conn)
+        self.events.connection_closed()
         if state == HANDSHAKE:
             self.handshaking.pop(conn, None)
         host = conn.addr[0]
