@@ -6,6 +6,7 @@
     aar trust remove|revoke FINGERPRINT [-y|--yes]
     aar trust set-role FINGERPRINT client|publisher
     aar application list|show APP|delete APP [VERSION [ARCH]]
+    aar config get KEY | set KEY=VALUE…   listen, metrics in conf/main.yaml
     aar help [COMMAND…]  aar completion bash|zsh|fish  aar --version
 
 The commands live in aarcli/, one module per group; this module builds the
@@ -16,7 +17,7 @@ import argparse
 import pathlib
 import sys
 
-from aarcli import apps, serve, trust
+from aarcli import apps, conf, serve, trust
 from aarcli.common import CommandError, Context
 from aarcli.trust import NEED_YES, NOT_CONFIRMED  # noqa: F401  (tests assert on them)
 from cli.cobra import CobraParser, add_completion_command, add_help_command
@@ -47,6 +48,7 @@ def _parser():
     serve.add_parser(cmds, common)
     trust.add_parser(cmds, common, _hide)
     apps.add_parser(cmds, common)
+    conf.add_parser(cmds, common)
     add_help_command(cmds, root)
     add_completion_command(cmds, root)
     return root
