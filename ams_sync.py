@@ -10,7 +10,7 @@ guide's steps map one to one:
     ams-sync config client-cert show|renew    (agent/configcmds.py)
     ams-sync application create PATH [--architecture A]
     ams-sync application list|show|publish|revoke|delete
-    ams-sync registry list|push APP|pull APP, sync, run   (agent/commands.py)
+    ams-sync registry list|push APP|pull APP|join TOKEN, sync, run   (agent/commands.py)
 
 This module is the only place that prints and turns errors into exit codes:
 0 success, 1 failure (AgentError, TrustError, OSError), 2 usage.

@@ -127,6 +127,12 @@ class PackageStore:
         """A number that changes with every committed write, never repeating."""
         return self._db.conn().execute(SELECT_GENERATION).fetchone()[0]
 
+    def totals(self) -> tuple:
+        """(packages, bytes) stored, bytes counted per package (for the metrics)."""
+        count, size = self._db.conn().execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM packages").fetchone()
+        return count, size
+
     def get(self, app, version, arch) -> dict | None:
         """One package's body, or None."""
         row = self._db.conn().execute(
