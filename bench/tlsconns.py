@@ -71,9 +71,13 @@ def connect_many(port, count, deadline):
     return done, failed
 
 
-def handshake_many(ctx, socks, deadline):
+def handshake_many(ctx, socks, deadline, first=None):
     """TLS handshakes on connected non-blocking sockets, all at once;
-    (SSLSockets whose handshake completed, failures). Still non-blocking."""
+    (SSLSockets whose handshake completed, failures). Still non-blocking.
+
+    first: bytes (a request) each connection sends as soon as its handshake
+    is over, as a client does; else it stays silent.
+    """
     sel = selectors.DefaultSelector()
     done, failed = [], 0
 
@@ -90,6 +94,15 @@ def handshake_many(ctx, socks, deadline):
             ssock.close()
             failed += 1
             return None
+        if first:
+            try:
+                ssock.settimeout(max(0.1, deadline - time.monotonic()))
+                ssock.sendall(first)
+                ssock.setblocking(False)
+            except (OSError, ssl.SSLError):
+                ssock.close()
+                failed += 1
+                return None
         done.append(ssock)
         return None
 
