@@ -34,12 +34,13 @@ from trust.errors import TrustError
 
 from .errors import AgentError, Cancelled, RegistryUnavailable
 
-__all__ = ["Watcher", "MAX_WAIT", "NO_WAIT", "WAIT_FAILED", "WAIT_REFUSED"]
+__all__ = ["Watcher", "MAX_WAIT", "NO_WAIT", "WAIT_FAILED", "WAIT_REFUSED", "HOLDING"]
 
 NO_WAIT = ("the registry {url} does not hold listing requests (it answered wait={asked} "
            "in {took:.1f}s): syncing every registry.update_interval")
 WAIT_FAILED = ("waiting for changes failed: {error}; trying again in {delay:.0f}s "
                "(cycles still run every registry.update_interval)")
+HOLDING = "waiting up to {seconds}s for the registry's listing to change"
 WAIT_REFUSED = ("the registry {url} refused to wait for changes: {error}; "
                 "syncing every registry.update_interval")
 
@@ -89,6 +90,7 @@ class Watcher:
                     return
                 continue
             seconds = int(min(MAX_WAIT, left))
+            log.debug(HOLDING.format(seconds=seconds))
             self._last = started = self.clock()
             changed = threading.Event()
             try:

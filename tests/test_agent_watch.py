@@ -47,10 +47,10 @@ def fake(registry, mode, node):  # noqa: F811
 class Running:
     """`python -m ams_sync run` on a node's data directory, output in a file."""
 
-    def __init__(self, node, tmp_path):
+    def __init__(self, node, tmp_path, *args):
         self.log = open(tmp_path / f"run-{time.monotonic_ns()}.log", "w+")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "ams_sync", "--data-dir", str(node.root), "run"],
+            [sys.executable, "-m", "ams_sync", "--data-dir", str(node.root), "run", *args],
             cwd=ROOT, stdout=self.log, stderr=subprocess.STDOUT)
 
     def output(self):
@@ -72,8 +72,8 @@ class Running:
 def running(tmp_path):
     started = []
 
-    def start(node):
-        started.append(Running(node, tmp_path))
+    def start(node, *args):
+        started.append(Running(node, tmp_path, *args))
         return started[-1]
 
     yield start
@@ -208,8 +208,10 @@ def test_a_published_version_reaches_a_pull_node_without_waiting_the_interval(
             pytest.skip("this registry answers wait= at once (its server core lacks "
                         "held requests): nothing to propagate early")
         cli.ok("config", "set", "registry.update_interval", "1h")
-        run = running(cli)
-        poll(lambda: "pull: " in run.output(), "the first, empty, cycle")
+        run = running(cli, "--log-level", "debug")
+        # the first cycle is over when the request is held
+        holding = watch_mod.HOLDING.split("{")[0]
+        poll(lambda: holding in run.output(), "a held request")
         pub.add_app(tmp_path, "game")
         pub.ok("sync")
         # The interval is an hour: only the held request brings it.

@@ -29,10 +29,10 @@ def _has_workers_option():
                    "each idle trusted connection a worker; the one-loop core (issue 8) does not")
 def test_a_trusted_client_is_answered_while_slow_peers_hold_connections(tmp_path, certs):
     data = tmp_path / "aar"
-    added = aar("trust", "add", str(certs.client.cert), data_dir=data)
-    assert added.returncode == 0, added.stderr
     extra = ("--workers", str(WORKERS)) if _has_workers_option() else ()
     server = ProcessServer(data, extra=extra)
+    added = aar("trust", "add", str(certs.client.cert), data_dir=data)
+    assert added.returncode == 0, added.stderr
     peers = slowpeers.Peers(server.port, idle=20, drippers=60, silent=WORKERS,
                             cert=certs.client.cert, key=certs.client.key, drip=0.5,
                             timeout=ANSWER_WITHIN)
