@@ -31,7 +31,8 @@ from .sync import Listing, Sync, connect
 from .watch import Watcher
 
 __all__ = ["Loop", "TerminalProgress", "backoff", "run", "STOP_GRACE", "BACKOFF_BASE",
-           "STARTED", "STOPPING", "STOPPED", "STOP_LATE", "CYCLE_FAILED", "MANUAL"]
+           "STARTED", "STOPPING", "STOPPED", "STOP_LATE", "CYCLE_FAILED", "MANUAL",
+           "UNCONFIGURED"]
 
 STARTED = "ams-sync {version} running: data directory {root}"
 STOPPING = "stopping (signal {signal})"
@@ -39,6 +40,8 @@ STOPPED = "stopped"
 STOP_LATE = "stopped while a store operation was still running"
 CYCLE_FAILED = "cycle failed: {error}"
 MANUAL = "registry.mode is manual: nothing to do until `registry push|pull APP`"
+UNCONFIGURED = ("waiting for {keys} to be set (ams-sync config set …); nothing to do "
+                "until then")
 
 BACKOFF_BASE = 5.0      # seconds before the first retry after a failure
 STOP_GRACE = 1.5        # how long the main thread waits for the worker to end
@@ -99,6 +102,7 @@ class Loop:
         self.watcher = Watcher(self.config, self.stop_event, self._sleep, backoff)
         self._client = self._client_key = self._own = self._store = None
         self._last_failure = None       # what the previous cycle failed with
+        self.idle_reason = self._logged_idle = None   # why cycles do nothing
 
     def stop(self):
         """Ask the loop to end; safe from a signal handler or another thread."""
@@ -122,11 +126,20 @@ class Loop:
                     stop=self.stop_event, progress=self.progress)
 
     def cycle(self, store):
-        """One cycle with the current settings; the summary, or None in manual mode."""
+        """One cycle with the current settings; the summary, or None in manual
+        mode or before the node is configured (self.idle_reason says which)."""
         self.config.reload()
         mode = self.config.mode
-        if mode == "manual":
+        missing = [key for key, value in (("registry.url", self.config.url),
+                                          ("registry.fingerprint", self.config.fingerprint))
+                   if not value]
+        if mode == "manual" or missing:
+            # A node installed but not yet configured waits quietly: the
+            # loop wakes when config.json changes.
+            self.idle_reason = MANUAL if mode == "manual" else UNCONFIGURED.format(
+                keys=" and ".join(missing))
             return None
+        self.idle_reason = None
         return self._sync(store).cycle(mode, self.config.filter)
 
     def _interval(self):
@@ -181,9 +194,11 @@ class Loop:
 
     def _report(self, summary, failures=0):
         if summary is None:
-            if self.cycles == 0:
-                log.info(MANUAL)
+            if self.idle_reason != self._logged_idle:
+                log.info(self.idle_reason)      # once, not every interval
+            self._logged_idle = self.idle_reason
             return
+        self._logged_idle = None
         # A cycle that changed nothing is the common case: debug, not a line
         # in the journal every interval.
         level = (self._failure_level(repr(summary.failed), failures, logging.WARNING)
@@ -225,15 +240,19 @@ class Loop:
         return True
 
 
-def run(dirs, err=None, **kwargs) -> int:
+def run(dirs, err=None, observer=None, **kwargs) -> int:
     """Run the loop on a worker thread until SIGTERM or SIGINT; 0 when stopped.
 
-    Must be called from the main thread (signal handlers live there).
+    observer.watch(loop), if given, is called before the first cycle
+    (agent/cyclemetrics.py). Must be called from the main thread (signal
+    handlers live there).
     """
     err = err if err is not None else sys.stderr
     if "progress" not in kwargs and hasattr(err, "isatty") and err.isatty():
         kwargs["progress"] = TerminalProgress(err)
     loop = Loop(dirs, **kwargs)
+    if observer is not None:
+        observer.watch(loop)
     errors = []
 
     def body():
