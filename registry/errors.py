@@ -23,6 +23,7 @@ ERRORS = {
     "digest_mismatch": (422, "sha256 of the body does not match"),
     "size_mismatch": (422, "body size does not match Content-Length"),
     "internal": (500, "internal server error"),
+    "unavailable": (503, "the registry's storage is unavailable; try again later"),
     "insufficient_storage": (507, "insufficient storage on the registry"),
 }
 

@@ -18,6 +18,7 @@ EXPECTED_STATUS = {
     "digest_mismatch": 422,
     "size_mismatch": 422,
     "internal": 500,
+    "unavailable": 503,
     "insufficient_storage": 507,
 }
 
