@@ -16,6 +16,7 @@ the reason: a replica never serves a listing that silently lost packages.
 """
 import concurrent.futures
 import hashlib
+import http.client
 import json
 import logging
 import threading
@@ -53,10 +54,18 @@ class _Blob:
         self._resp = resp
 
     def readinto(self, buf):
-        return self._resp.readinto(buf)
+        try:
+            return self._resp.readinto(buf)
+        except (OSError, http.client.HTTPException) as exc:
+            # Headers are out: all that is left is ending the connection,
+            # which the client sees as a short body (its sha256 check fails).
+            log.error("object store stopped mid-download: %s", exc)
+            raise ConnectionAbortedError(f"object store: {exc}") from None
 
-    def read(self, n=-1):
-        return self._resp.read(n)
+    def read(self, n):
+        buf = bytearray(n)
+        got = self.readinto(buf)
+        return bytes(buf[:got])
 
     def close(self):
         self._resp.close()
@@ -73,12 +82,13 @@ class S3PackageStore:
     """Packages in one bucket under one prefix. Thread-safe."""
 
     def __init__(self, client, prefix="", redirect=True, presign_expiry=300,
-                 stale_uploads=86400.0, poll=POLL):
+                 stale_uploads=86400.0, stale_claims=claims.STALE, poll=POLL):
         self.client = client
         self.prefix = prefix
         self.redirect = redirect
         self.presign_expiry = presign_expiry
         self.stale_uploads = stale_uploads
+        self.stale_claims = stale_claims
         self._records = {}            # key -> (etag, record); records never change
         self._index = {}
         self._generation = 0
@@ -296,7 +306,7 @@ class S3PackageStore:
             raise ApiError.of("conflict", f"{where} is already published with "
                               f"sha256 {winner}")
         self.client.put(claims.record_key(self.prefix, app, version, arch, sha256),
-                        claims.record_bytes(record))
+                        json.dumps(record, sort_keys=True).encode())
         log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s", app, version,
                  arch, record["size"], sha256, record["publisher"] or "-")
         return True, record
@@ -304,7 +314,7 @@ class S3PackageStore:
     def _stale_claim(self, item, app, version, arch, sha256, date):
         """Remove a first claim that never got its record and never will."""
         age = claims.date_time(date) - claims.store_time(item["modified"])
-        if age < claims.STALE:
+        if age < self.stale_claims:
             return False
         if self.client.head(claims.record_key(self.prefix, app, version, arch, sha256)):
             return False
@@ -344,7 +354,7 @@ class S3PackageStore:
     def recover(self) -> dict:
         """Remove what dead pushes left, only what is provably garbage by age:
         multipart uploads older than stale_uploads, claims without a record and
-        blobs nothing names, both older than s3claims.STALE."""
+        blobs nothing names, both older than stale_claims."""
         counts = {"uploads": 0, "claims": 0, "blobs": 0}
         now = time.time()
         for key, upload_id, initiated in self.client.list_multipart(
@@ -367,7 +377,7 @@ class S3PackageStore:
             key = (parts[0], int(parts[1]), parts[2], parts[3])
             if key in named:
                 continue
-            if now - claims.store_time(item["modified"]) > claims.STALE:
+            if now - claims.store_time(item["modified"]) > self.stale_claims:
                 self.client.delete(item["key"])
                 counts["claims"] += 1
                 log.warning("recovery: removed claim %s without a record", item["key"])
@@ -377,7 +387,7 @@ class S3PackageStore:
         for item in self.client.list(self.prefix + "blobs/sha256/")[0]:
             sha256 = item["key"].rsplit("/", 1)[1]
             if sha256 not in used and \
-                    now - claims.store_time(item["modified"]) > claims.STALE:
+                    now - claims.store_time(item["modified"]) > self.stale_claims:
                 self.client.delete(item["key"])
                 counts["blobs"] += 1
                 log.warning("recovery: removed blob %s: no package uses it", sha256)
