@@ -27,7 +27,7 @@ __all__ = ["Config", "ConfigError", "S3Settings", "load", "parse"]
 
 _KEY_RE = re.compile(r"[A-Za-z0-9_.-]+\Z")
 _S3_KEYS = {"endpoint", "region", "bucket", "prefix", "access-key", "secret-access-key",
-            "ca-file", "redirect", "addressing"}
+            "ca-file", "redirect", "addressing", "stale-uploads"}
 
 
 class ConfigError(Exception):
@@ -153,6 +153,12 @@ class S3Settings:
         if not isinstance(redirect, bool):
             raise ConfigError(f"{where}: storage.s3.redirect must be true or false")
         self.redirect = redirect
+        # Multipart uploads older than this (seconds) are a dead replica's and
+        # are aborted at start; a live one's large upload must never be older.
+        self.stale_uploads = values.get("stale-uploads", 86400)
+        if isinstance(self.stale_uploads, bool) or not isinstance(self.stale_uploads, int) \
+                or self.stale_uploads < 0:
+            raise ConfigError(f"{where}: storage.s3.stale-uploads must be seconds (>= 0)")
         self.addressing = values.get("addressing") or None
         if self.addressing not in (None, "path", "virtual"):
             raise ConfigError(f"{where}: storage.s3.addressing must be path or virtual")

@@ -185,7 +185,7 @@ class ApiHandler(RequestHandler):
         url = packages.redirect_url(pkg) if self.command == "GET" else None
         if url is not None:
             # The object store serves the bytes; the client checks the sha256.
-            self.start_response(307, headers=(("Location", url), ("ETag", etag)))
+            self.start_response(307, None, 0, (("Location", url), ("ETag", etag)))
             return self.finish_response()
         size = pkg["size"]
         start, end = self._range(size)

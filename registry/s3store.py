@@ -82,7 +82,8 @@ class S3PackageStore:
     """Packages in one bucket under one prefix. Thread-safe."""
 
     def __init__(self, client, prefix="", redirect=True, presign_expiry=300,
-                 stale_uploads=86400.0, stale_claims=claims.STALE, poll=POLL):
+                 stale_uploads=86400.0, stale_claims=claims.STALE, poll=POLL,
+                 read_only=False):
         self.client = client
         self.prefix = prefix
         self.redirect = redirect
@@ -100,13 +101,14 @@ class S3PackageStore:
         where = f"bucket {client.endpoint.bucket!r} at {client.endpoint.url}"
         try:
             client.head_bucket()
-            self.recover()
+            if not read_only:
+                self.recover()
             self.refresh()
         except _STORE_ERRORS as exc:
             raise StorageError(f"S3 storage unusable ({where}): {exc}") from None
-        self._poller = threading.Thread(target=self._poll, args=(poll,),
-                                        name="aar-s3-index", daemon=True)
-        self._poller.start()
+        if not read_only:
+            threading.Thread(target=self._poll, args=(poll,), name="aar-s3-index",
+                             daemon=True).start()
 
     def close(self):
         self._stop.set()
