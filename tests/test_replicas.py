@@ -101,7 +101,8 @@ def test_trust_push_pull_and_revoke_across_replicas(replicas, certs):
     for pair, flag in ((certs.publisher, ["--publisher"]), (certs.client, [])):
         done = aar("trust", "add", str(pair.cert), *flag, data_dir=replicas.first)
         assert done.returncode == 0, done.stderr
-    eventually(lambda: status_of(b, certs.publisher) == 200 and
+    eventually(lambda: status_of(a, certs.publisher) == 200 and
+               status_of(b, certs.publisher) == 200 and
                status_of(c, certs.client) == 200)
     # push through a; pull through b by redirect and through c by proxy.
     payload = os.urandom(300_000)
@@ -196,21 +197,26 @@ def test_concurrent_pushes_of_different_bytes_one_wins_everywhere(replicas, cert
     b = replicas.start("b")
     assert aar("trust", "add", str(certs.publisher.cert), "--publisher",
                data_dir=replicas.first).returncode == 0
-    eventually(lambda: status_of(b, certs.publisher) == 200)
+    eventually(lambda: status_of(a, certs.publisher) == 200 and
+               status_of(b, certs.publisher) == 200)
     bodies = {a: os.urandom(50_000), b: os.urandom(50_000)}
     results = {}
 
     def push(server):
         client = server.client(certs.publisher, timeout=60)
-        results[server] = client.upload("race", 7, "amd64", bodies[server])[0]
-        client.close()
+        try:
+            results[server] = client.upload("race", 7, "amd64", bodies[server])[:2]
+        except Exception as exc:          # shown by the assertion below
+            results[server] = repr(exc)
+        finally:
+            client.close()
     threads = [threading.Thread(target=push, args=(s,)) for s in (a, b)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert sorted(results.values()) == [201, 409]
-    winner = next(s for s, st in results.items() if st == 201)
+    assert sorted(r[0] for r in results.values()) == [201, 409], results
+    winner = next(s for s, r in results.items() if r[0] == 201)
     digest = hashlib.sha256(bodies[winner]).hexdigest()
 
     def both_list_the_winner():
