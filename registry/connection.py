@@ -49,29 +49,29 @@ _NEVER = float("inf")
 
 
 class FileBody:
-    """An open package file to send from `offset`, `length` bytes."""
+    """An open package file, positioned where sending starts: `length` bytes."""
 
-    __slots__ = ("file", "offset", "length")
+    __slots__ = ("file", "length")
 
-    def __init__(self, file, offset, length):
+    def __init__(self, file, length):
         self.file = file
-        self.offset = offset
         self.length = length
 
 
 class Reply:
     """A response: status, headers, and a body as bytes or as a FileBody."""
 
-    __slots__ = ("status", "body", "content_type", "headers", "close", "file")
+    __slots__ = ("status", "body", "content_type", "headers", "close", "file", "length")
 
     def __init__(self, status, body=b"", content_type=None, headers=(), close=False,
-                 file=None):
+                 file=None, length=None):
         self.status = status
         self.body = body
         self.content_type = content_type
         self.headers = headers
         self.close = close
         self.file = file
+        self.length = length              # Content-Length of a HEAD answer
 
 
 class Connection:
@@ -283,7 +283,8 @@ class Connection:
         if self.dead:
             return self.close()
         file = reply.file
-        length = file.length if file is not None else len(reply.body)
+        length = file.length if file is not None else \
+            reply.length if reply.length is not None else len(reply.body)
         head = response_head(reply.status, reply.content_type, length, reply.headers,
                              close, self.server.server_version)
         self.server.access_log(self, request, reply.status, length)
@@ -567,7 +568,6 @@ class _FileStream:
         self.conn = conn
         self.file = body.file
         self.left = body.length           # bytes not yet asked of the pool
-        self.file.seek(body.offset)
         self.spare = [bytearray(_FILE_CHUNK), bytearray(_FILE_CHUNK)]
         self.ready = None                 # (buffer, n) read and not yet sent
         self.reading = False
@@ -594,8 +594,9 @@ class _FileStream:
             return
         conn = self.conn
         if error is not None or result[1] != result[2]:
-            log.error("reading %s for %s failed: %s", self.file.name, conn.peer,
-                      error or "the blob ended early")
+            log.error("reading %s for %s failed: %s",
+                      getattr(self.file, "name", "a blob in the object store"),
+                      conn.peer, error or "the blob ended early")
             return conn.close()
         buf, n, _ = result
         self.ready = (buf, n)

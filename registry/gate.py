@@ -26,7 +26,9 @@ class StatGate:
     """`get()` returns read_generation()'s value, reading it only when needed."""
 
     def __init__(self, path, read_generation):
-        self._wal = os.fspath(path) + "-wal"
+        # No path, or not a local one (an object store's "s3://..."): no WAL
+        # to stat, so every get() reads the generation.
+        self._wal = os.fspath(path) + "-wal" if path is not None else None
         self._read = read_generation
         self._seen = None
         self._value = None
@@ -34,7 +36,7 @@ class StatGate:
     def get(self):
         try:
             st = os.stat(self._wal)
-        except OSError:
+        except (OSError, TypeError):
             self._seen = None
             return self._read()
         seen = (st.st_ino, st.st_size, st.st_mtime_ns)

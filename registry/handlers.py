@@ -69,7 +69,10 @@ class ApiHandler:
         self.events = server.events
         self.listing_cache = ListingCache()
         server.join_gate = join.Gate()
-        self.generation = StatGate(self.packages.datadir.packages_db,
+        # A local store's generation is a query: gate it on its WAL file. An
+        # object store keeps its own in memory (no path: read every time).
+        datadir = getattr(self.packages, "datadir", None)
+        self.generation = StatGate(getattr(datadir, "packages_db", None),
                                    self.packages.generation)
         self.waiters = Waiters(self)
 
@@ -270,23 +273,26 @@ class ApiHandler:
         etag = '"%s"' % pkg["sha256"]
         if etag in _etags(req.headers.get("if-none-match")):
             return Reply(304, headers=(("ETag", etag),))
+        packages = self.packages
+        url = packages.redirect_url(pkg) if req.method == "GET" else None
+        if url is not None:
+            # The object store serves the bytes; the client checks the sha256.
+            self.events.downloaded(conn.address, conn.fingerprint, pkg, 0, pkg["size"])
+            return Reply(307, headers=(("Location", url), ("ETag", etag)))
         size = pkg["size"]
         start, end = _range(req.headers.get("range"), size)
-        path = self.packages.blob_path(pkg["sha256"])
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            log.error("blob of %s/%s/%s missing at %s", app, version, arch, path)
-            raise ApiError.of("internal", "package data missing on the server")
         headers = [("ETag", etag), ("Accept-Ranges", "bytes")]
         status = 200
         if req.headers.get("range"):
             status = 206
             headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
-        if req.method != "HEAD":
-            self.events.downloaded(conn.address, conn.fingerprint, pkg, start, end)
+        if req.method == "HEAD":
+            return Reply(status, content_type="application/octet-stream", headers=headers,
+                         length=end - start)
+        f = packages.open_blob(pkg, start, end)      # positioned at start
+        self.events.downloaded(conn.address, conn.fingerprint, pkg, start, end)
         return Reply(status, content_type="application/octet-stream", headers=headers,
-                     file=FileBody(f, start, end - start))
+                     file=FileBody(f, end - start))
 
     # -- writes ----------------------------------------------------------------------
 
