@@ -585,7 +585,14 @@ class _FileStream:
         f = self.file
 
         def job():
-            return buf, f.readinto(memoryview(buf)[:n]), n
+            view = memoryview(buf)[:n]
+            got = 0
+            while got < n:                # an object store's body reads short
+                k = f.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+            return buf, got, n
         self.conn.server.pool.submit(job, self._read_done)
 
     def _read_done(self, result, error):
