@@ -297,14 +297,18 @@ def test_agent_metrics_after_a_push_cycle(tmp_path):
 
 
 def test_agent_health_is_503_while_cycles_fail(tmp_path):
+    node = Node(tmp_path / "node")
+    dead = free_port()                        # nothing listens there
+    node.ok("config", "set", "registry.url", f"https://127.0.0.1:{dead}")
+    node.ok("config", "set", "registry.fingerprint", "ab" * 32)
     mport = free_port()
-    proc = _agent(tmp_path / "unconfigured", mport)
+    proc = _agent(node.root, mport)
     try:
         samples = _scrape_when(mport, proc, "ams_sync_cycles_total", outcome="failed")
         assert value(samples, "ams_sync_consecutive_failures") >= 1
         assert value(samples, "ams_sync_last_cycle_success") == 0
         status, body, _ = _get(mport, "/healthz")
-        assert status == 503 and "registry.url" in body
+        assert status == 503 and f"127.0.0.1:{dead}" in body
     finally:
         stop_process(proc, 20)
         proc.stderr.close()
