@@ -22,6 +22,7 @@ logger = logging.getLogger(__name__)
 SERVICE = workload.Service(program="ams-sync", snap="ams", snap_app="ams-sync",
                            snap_service="sync", data_env="AMS_SYNC_DATA_DIR",
                            description="AMS registry agent")
+DEFAULT_INTERVAL = "1h"  # the agent's own default, so an empty option compares equal
 ENDPOINTS = {"registry-client": ("client", "pull"), "registry-publisher": ("publisher", "push")}
 
 NO_RESOURCE = ("attach the agent: juju attach-resource ams ams-sync=./ams.snap "
@@ -91,8 +92,10 @@ class AmsSyncCharm(ops.CharmBase):
             self.unit.status = ops.BlockedStatus(str(error))
 
     def _apply(self, event):
-        self.agent.set("registry.update_interval", self.config["update_interval"])
-        self.agent.set("registry.filter", self.config["filter"])
+        current = self.agent.settings()  # also makes the client certificate on first use
+        interval = self.config["update_interval"].strip() or DEFAULT_INTERVAL
+        tags = ",".join(t.strip() for t in self.config["filter"].split(",") if t.strip())
+        self._set(current, {"registry.update_interval": interval, "registry.filter": tags})
         live = self._live(event)
         if live["registry-client"] and live["registry-publisher"]:
             return ops.BlockedStatus(BOTH)
@@ -114,17 +117,27 @@ class AmsSyncCharm(ops.CharmBase):
                            registry.published_fingerprint, registry.fingerprint)
         self.agent.trust_registry(registry.certificate)
         url = aar_interface.registry_url(registry.ip, registry.port)
-        before = self.agent.settings()
-        self.agent.set("registry.url", url)
-        self.agent.set("registry.fingerprint", registry.fingerprint)
-        self.agent.set("registry.mode", registry_mode)
-        after = self.agent.settings()
-        if after != before or not self._stored.configured:
+        changed = self._set(current, {"registry.url": url,
+                                      "registry.fingerprint": registry.fingerprint,
+                                      "registry.mode": registry_mode})
+        # The loop re-reads its settings before each cycle, but may sleep for
+        # an hour first: a new registry is worth syncing with now.
+        if changed or not self._stored.configured:
             self._restart()
         self._stored.configured = True
         return ops.ActiveStatus(SYNCING.format(
             verb="pulling from" if registry_mode == "pull" else "pushing to", url=url,
-            interval=after["registry.update_interval"], role=role))
+            interval=interval, role=role))
+
+    def _set(self, current, wanted):
+        """Set what differs from current (the agent's normalised values);
+        True when anything was set."""
+        changed = False
+        for key, value in wanted.items():
+            if current.get(key) != value:
+                self.agent.set(key, value)
+                changed = True
+        return changed
 
     def _registry(self, relation, departing):
         """(RegistryData of the first aar unit with complete data, problem status)."""
