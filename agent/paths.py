@@ -8,7 +8,8 @@
     |                                 (trust.store.TrustStore; role "client")
     |-- registry/
     |   |-- client.crt                this node's registry client certificate,
-    |   `-- client.key                made on first use (CN "ams-<hostname>"), key 0600
+    |   |-- client.key                made on first use (CN "ams-<hostname>"), key 0600
+    |   `-- client.{crt,key}.<UTC>.old  pairs replaced by `config client-cert renew`
     |-- apps.db                       the node's applications (appstore.py, sqlite3 WAL)
     |-- apps.lock                     writers hold it shared, blob cleanup exclusive
     |-- blobs/
@@ -25,11 +26,13 @@ checked; only then is its version inserted into apps.db.
 The data directory is ``--data-dir``, else ``$AMS_SYNC_DATA_DIR``, else
 ``$SNAP_COMMON`` (so the client certificate is
 /var/snap/ams/common/registry/client.crt in the snap), else
+``/var/lib/ams-sync`` for root (sudo drops the variable), else
 ``$XDG_DATA_HOME/ams-sync``, else ``~/.local/share/ams-sync``.
 """
 import os
 import pathlib
 import socket
+import time
 
 import cas
 from cas import is_sha256
@@ -39,10 +42,10 @@ __all__ = ["DataDir", "default_data_dir", "is_sha256", "CLIENT_CN_PREFIX"]
 CLIENT_CN_PREFIX = "ams-"
 
 
-def default_data_dir(env=None) -> pathlib.Path:
-    """The data directory when ``--data-dir`` is not given."""
+def default_data_dir(env=None, euid=None) -> pathlib.Path:
+    """The data directory when ``--data-dir`` is not given (/var/lib/ams-sync for root)."""
     return cas.default_data_dir(os.environ if env is None else env,
-                                "AMS_SYNC_DATA_DIR", "ams-sync")
+                                "AMS_SYNC_DATA_DIR", "ams-sync", euid)
 
 
 class DataDir:
@@ -88,3 +91,24 @@ class DataDir:
             name = name[:64]
             openssl.create_key_and_cert(self.client_cert, self.client_key, name)
         return self.client_cert, self.client_key
+
+    def renew_client_certificate(self, hostname=None) -> pathlib.Path:
+        """Replace the client key and certificate with a new pair; return
+        where the old certificate was kept (its key beside it, same suffix).
+
+        The new pair is made first, so a failure leaves the old one in use.
+        """
+        from trust import openssl
+        self.client_certificate(hostname)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        new_cert = self.registry_dir / "client.crt.new"
+        new_key = self.registry_dir / "client.key.new"
+        name = (CLIENT_CN_PREFIX + (hostname or socket.gethostname() or "node"))[:64]
+        openssl.create_key_and_cert(new_cert, new_key, name)
+        old_cert = self.registry_dir / f"client.crt.{stamp}.old"
+        os.replace(self.client_cert, old_cert)
+        os.replace(self.client_key, self.registry_dir / f"client.key.{stamp}.old")
+        os.replace(new_key, self.client_key)
+        os.replace(new_cert, self.client_cert)
+        cas.fsync_dir(self.registry_dir)
+        return old_cert

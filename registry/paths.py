@@ -19,7 +19,8 @@ once its size and digest are checked. Blobs are content-addressed, so one file
 may back several packages; the two-hex fan-out keeps directories small.
 
 The data directory is ``--data-dir``, else ``$AAR_DATA_DIR``, else
-``$SNAP_COMMON`` (the snap's writable area), else the user's XDG data home.
+``$SNAP_COMMON`` (the snap's writable area), else ``/var/lib/aar`` for root
+(sudo drops ``$AAR_DATA_DIR``), else the user's XDG data home.
 """
 
 import os
@@ -31,9 +32,9 @@ from cas import is_sha256
 __all__ = ["DataDir", "default_data_dir", "is_sha256"]
 
 
-def default_data_dir(env=os.environ) -> pathlib.Path:
-    """The data directory when ``--data-dir`` is not given."""
-    return cas.default_data_dir(env, "AAR_DATA_DIR", "aar")
+def default_data_dir(env=os.environ, euid=None) -> pathlib.Path:
+    """The data directory when ``--data-dir`` is not given (/var/lib/aar for root)."""
+    return cas.default_data_dir(env, "AAR_DATA_DIR", "aar", euid)
 
 
 class DataDir:

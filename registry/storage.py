@@ -80,8 +80,16 @@ def _check_upload(app, version, arch, length, sha256, manifest):
 class PackageStore:
     """Packages of one data directory. Thread-safe; one per process and directory."""
 
-    def __init__(self, datadir):
+    def __init__(self, datadir, *, read_only=False):
+        """read_only: only read, beside the server that owns the directory
+        (`aar application list`): no lock, no schema, no recovery, no writes."""
         self.datadir = datadir if isinstance(datadir, DataDir) else DataDir(datadir)
+        self.read_only = read_only
+        if read_only:
+            self._db = PackagesDB(self.datadir.packages_db)
+            self._cache, self._cache_lock = collections.OrderedDict(), threading.Lock()
+            self._blobs = None
+            return
         self.datadir.ensure()
         self._db = PackagesDB(self.datadir.packages_db)
         # Serialises the commit step (rename + row) against deletes, so a
@@ -104,7 +112,8 @@ class PackageStore:
     def close(self):
         """Close every thread's connection and release the data directory."""
         self._db.close()
-        self._blobs.unlock()
+        if self._blobs is not None:
+            self._blobs.unlock()
 
     def __enter__(self):
         return self
@@ -216,6 +225,7 @@ class PackageStore:
         itself (a client's socket) propagate unchanged. Nothing of a failed
         upload remains.
         """
+        self._check_writable()
         version, sha256, tags, manifest = _check_upload(
             app, version, arch, length, sha256, manifest)
         existing = self.get(app, version, arch)
@@ -268,6 +278,10 @@ class PackageStore:
         log.debug("%s is already stored with the same bytes", where)
         return existing
 
+    def _check_writable(self):
+        if self.read_only:
+            raise ApiError.of("internal", "package store opened read-only")
+
     def _drop_blob_if_unused(self, sha256):
         # Caller holds _write_lock, so no put can start using the blob meanwhile.
         used = self._db.conn().execute("SELECT 1 FROM packages WHERE sha256 = ? LIMIT 1",
@@ -277,6 +291,7 @@ class PackageStore:
 
     def delete_package(self, app, version, arch) -> bool:
         """Delete one package; False when there was none."""
+        self._check_writable()
         with self._write_lock:
             with self._db.transaction() as conn:
                 row = conn.execute(
@@ -294,6 +309,7 @@ class PackageStore:
 
     def delete_application(self, app) -> int:
         """Delete every package of ``app``; return how many there were."""
+        self._check_writable()
         with self._write_lock:
             with self._db.transaction() as conn:
                 digests = [r[0] for r in conn.execute(
@@ -315,6 +331,7 @@ class PackageStore:
         size, then removes blobs no row names. Run at open; it must not run
         while uploads are in flight (it would remove their staging files).
         """
+        self._check_writable()
         counts = {"staging": 0, "rows": 0, "blobs": 0}
         with self._write_lock:
             for name in self._blobs.clear_staging():
