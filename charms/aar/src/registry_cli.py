@@ -57,21 +57,31 @@ class Registry:
             raise RegistryError(f"aar {argv[0]} {argv[1]} failed: {message}")
         return result.stdout
 
+    def _never_used(self):
+        # What `aar trust` itself checks before it touches a data directory.
+        return not (self.server_certificate_path.exists() or (self.data_dir / "trust.db").exists())
+
     def trusted(self):
         """{fingerprint: role} of every certificate the registry trusts now."""
+        if self._never_used():
+            return {}
         listed = json.loads(self._aar("trust", "list", "--format", "json"))
         return {record["fingerprint"]: record["role"] for record in listed}
 
     def revoked(self):
+        if self._never_used():
+            return set()
         listed = json.loads(self._aar("trust", "list", "--revoked", "--format", "json"))
         return {record["fingerprint"] for record in listed}
 
     def trust(self, pem, role):
         flags = ["--publisher"] if role == "publisher" else []
-        self._aar("trust", "add", "--quiet", *flags, stdin=pem)
+        # --init: the charm may trust nodes before the service's first start;
+        # the data directory is the one the service is given.
+        self._aar("trust", "add", "--quiet", "--init", *flags, stdin=pem)
 
     def remove(self, fingerprint):
-        self._aar("trust", "remove", fingerprint)
+        self._aar("trust", "remove", "--yes", fingerprint)
 
     def set_listen(self, address):
         """Set `listen:` in conf/main.yaml, keeping every other line the
