@@ -113,8 +113,34 @@ def _data_dir(path):
         raise CommandError(BAD_DATA_DIR.format(path=where, reason=exc.strerror or exc))
 
 
+def _metrics_address(text):
+    from metrics.listener import parse_listen
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def _metrics(args, server, data, close):
+    """Start the --metrics-listen listener, or None; a taken port is one line."""
+    if not args.metrics_listen:
+        return None
+    from metrics.listener import MetricsServer
+    from registry import health
+    try:
+        return MetricsServer(args.metrics_listen, server.events.metrics,
+                             lambda: health.check(server, data)).start()
+    except OSError as exc:
+        close()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(f"cannot listen for metrics on "
+                           f"{show_address(*args.metrics_listen)}: {reason}")
+
+
 def _serve(args, out):
+    from registry.audit import AuditLog
     from registry.errors import ApiError
+    from registry.events import Events
     from registry.handlers import ApiHandler
     from registry.server import RegistryServer, Settings
     from registry.storage import PackageStore
@@ -139,16 +165,26 @@ def _serve(args, out):
                                                reason=exc.strerror or exc))
     trust_store = TrustStore(data.trust_db)
     settings = Settings(workers=args.workers)
+    audit_log = AuditLog(data.audit_log)
     try:
         server = RegistryServer((host, port), ApiHandler, trust_store=trust_store,
                                 packages=packages, certfile=str(data.server_cert),
                                 keyfile=str(data.server_key),
-                                server_fingerprint=cert.fingerprint, settings=settings)
+                                server_fingerprint=cert.fingerprint, settings=settings,
+                                events=Events(audit_log))
     except OSError as exc:
         packages.close()
         trust_store.close()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise CommandError(f"cannot listen on {show_address(host, port)}: {reason}")
+
+    def close():
+        server.server_close()
+        packages.close()
+        trust_store.close()
+        audit_log.close()
+
+    metrics = _metrics(args, server, data, close)
     bound = server.server_address
     log.info("serving https://%s from %s (server fingerprint %s, %d trusted)",
              show_address(bound[0], bound[1]), data.root, cert.fingerprint,
@@ -163,12 +199,15 @@ def _serve(args, out):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if metrics is not None:
+        log.info("metrics on http://%s/metrics and /healthz",
+                 show_address(*metrics.server_address[:2]))
     try:
         server.serve_forever()
     finally:
-        server.server_close()
-        packages.close()
-        trust_store.close()
+        if metrics is not None:
+            metrics.stop()
+        close()
     return 0
 
 
@@ -181,6 +220,9 @@ def add_parser(cmds, common):
                        "every interface; [::]:3000 for IPv6)")
     serve.add_argument("--workers", type=workers, default=32, metavar="N",
                        help=f"worker threads serving requests, 1 to {MAX_WORKERS} (default 32)")
+    serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
+                       metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
+                       "there, e.g. 127.0.0.1:9300 (default: off)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="log every request (debug level)")
     serve.set_defaults(handler=lambda args, ctx: _serve(args, ctx.out))

@@ -4,7 +4,10 @@
     |-- certs/
     |   |-- server.crt                the registry's TLS certificate (made on first start)
     |   `-- server.key                its private key, mode 0600
-    |-- trust.db                      the trust store (shelve over sqlite3)
+    |-- trust.db                      the trust store (shelve over sqlite3), and the
+    |                                 join tokens' table (hashes of their secrets)
+    |-- logs/
+    |   `-- audit.log                 one JSON line per trust change, write, refusal
     |-- packages.db                   package metadata (sqlite3, WAL)
     |-- blobs/
     |   `-- sha256/
@@ -61,6 +64,10 @@ class DataDir:
     @property
     def trust_db(self) -> pathlib.Path:
         return self.root / "trust.db"
+
+    @property
+    def audit_log(self) -> pathlib.Path:
+        return self.root / "logs" / "audit.log"
 
     @property
     def packages_db(self) -> pathlib.Path:

@@ -127,6 +127,12 @@ class PackageStore:
         """A number that changes with every committed write, never repeating."""
         return self._db.conn().execute(SELECT_GENERATION).fetchone()[0]
 
+    def totals(self) -> tuple:
+        """(packages, bytes) stored, bytes counted per package (for the metrics)."""
+        count, size = self._db.conn().execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM packages").fetchone()
+        return count, size
+
     def get(self, app, version, arch) -> dict | None:
         """One package's body, or None."""
         row = self._db.conn().execute(
@@ -263,7 +269,8 @@ class PackageStore:
         finally:
             if staged is not None:
                 unlink_quiet(staged)
-        log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
+        # Debug: the handler logs the upload once, with who sent it.
+        log.debug("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
                  app, version, arch, length, sha256, publisher or "-")
         return True, package_of_row(row)
 
@@ -303,7 +310,7 @@ class PackageStore:
                 conn.execute("DELETE FROM packages"
                              " WHERE name = ? AND version = ? AND architecture = ?",
                              (app, version, arch))
-            log.info("deleted %s %s %s", app, version, arch)
+            log.debug("deleted %s %s %s", app, version, arch)
             self._drop_blob_if_unused(row[0])
         return True
 
@@ -317,7 +324,7 @@ class PackageStore:
                 count = conn.execute("DELETE FROM packages WHERE name = ?",
                                      (app,)).rowcount
             if count:
-                log.info("deleted application %s: %d package(s)", app, count)
+                log.debug("deleted application %s: %d package(s)", app, count)
             for sha256 in digests:
                 self._drop_blob_if_unused(sha256)
         return count

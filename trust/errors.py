@@ -7,7 +7,7 @@ show to an operator as is.
 
 __all__ = [
     "TrustError", "CertificateError", "PinMismatch", "StoreError",
-    "NotFound", "Ambiguous", "AlreadyExists", "Revoked",
+    "NotFound", "Ambiguous", "AlreadyExists", "Revoked", "TokenError",
 ]
 
 
@@ -41,3 +41,7 @@ class AlreadyExists(StoreError):
 
 class Revoked(StoreError):
     """The certificate was revoked; revoked records stay forever."""
+
+
+class TokenError(TrustError):
+    """A join token that is not one, or a token command that cannot be done."""
