@@ -28,7 +28,8 @@ from .errors import AgentError, Cancelled
 from .sync import Listing, Sync, connect
 
 __all__ = ["Loop", "TerminalProgress", "backoff", "run", "STOP_GRACE", "BACKOFF_BASE",
-           "STARTED", "STOPPING", "STOPPED", "STOP_LATE", "CYCLE_FAILED", "MANUAL"]
+           "STARTED", "STOPPING", "STOPPED", "STOP_LATE", "CYCLE_FAILED", "MANUAL",
+           "UNCONFIGURED"]
 
 STARTED = "ams-sync {version} running: data directory {root}"
 STOPPING = "stopping (signal {signal})"
@@ -36,6 +37,8 @@ STOPPED = "stopped"
 STOP_LATE = "stopped while a store operation was still running"
 CYCLE_FAILED = "cycle failed: {error}"
 MANUAL = "registry.mode is manual: nothing to do until `registry push|pull APP`"
+UNCONFIGURED = ("waiting for {keys} to be set (ams-sync config set …); nothing to do "
+                "until then")
 
 BACKOFF_BASE = 5.0      # seconds before the first retry after a failure
 STOP_GRACE = 1.5        # how long the main thread waits for the worker to end
@@ -94,6 +97,7 @@ class Loop:
         self.cycles = 0
         self._client = self._client_key = self._own = None
         self._last_failure = None       # what the previous cycle failed with
+        self.idle_reason = self._logged_idle = None   # why cycles do nothing
 
     def stop(self):
         """Ask the loop to end; safe from a signal handler or another thread."""
@@ -112,11 +116,20 @@ class Loop:
         return self._client
 
     def cycle(self, store):
-        """One cycle with the current settings; the summary, or None in manual mode."""
+        """One cycle with the current settings; the summary, or None in manual
+        mode or before the node is configured (self.idle_reason says which)."""
         self.config.reload()
         mode = self.config.mode
-        if mode == "manual":
+        missing = [key for key, value in (("registry.url", self.config.url),
+                                          ("registry.fingerprint", self.config.fingerprint))
+                   if not value]
+        if mode == "manual" or missing:
+            # A node installed but not yet configured waits quietly: the
+            # loop wakes when config.json changes.
+            self.idle_reason = MANUAL if mode == "manual" else UNCONFIGURED.format(
+                keys=" and ".join(missing))
             return None
+        self.idle_reason = None
         client = self._client_for()
         sync = Sync(client, store, own_fingerprint=self._own, architecture=self.architecture,
                     listing=self.listing, stop=self.stop_event, progress=self.progress)
@@ -178,9 +191,11 @@ class Loop:
 
     def _report(self, summary, failures=0):
         if summary is None:
-            if self.cycles == 0:
-                log.info(MANUAL)
+            if self.idle_reason != self._logged_idle:
+                log.info(self.idle_reason)      # once, not every interval
+            self._logged_idle = self.idle_reason
             return
+        self._logged_idle = None
         # A cycle that changed nothing is the common case: debug, not a line
         # in the journal every interval.
         level = (self._failure_level(repr(summary.failed), failures, logging.WARNING)
