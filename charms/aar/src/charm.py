@@ -43,7 +43,7 @@ class AarCharm(ops.CharmBase):
     def __init__(self, framework):
         super().__init__(framework)
         # added: {fingerprint: {"unit", "relation", "role"}} of what this charm trusted
-        self._stored.set_default(kind="", added={})
+        self._stored.set_default(kind="", started=False, metrics=False, added={})
         self.registry = Registry(os.environ)
         self.workload = workload.Workload(SERVICE, os.environ)
         observe = self.framework.observe
@@ -90,12 +90,20 @@ class AarCharm(ops.CharmBase):
             self.unit.status = ops.BlockedStatus(f"port {port} is not a port number (1-65535)")
             return
         try:
-            changed = self.registry.set_listen(self._listen())
+            wanted = {"listen": self._listen()}
+            metrics = self.config["metrics"].strip()
+            # An operator's own metrics line stays until the charm is told one.
+            if metrics or self._stored.metrics:
+                wanted["metrics"] = metrics
+            changed = self.registry.configure(**wanted)
+            self._stored.metrics = bool(metrics)
+            # `aar serve` reads conf/main.yaml at start, in the snap as from the unit.
             if self._stored.kind and (changed or isinstance(event, ops.UpgradeCharmEvent)
-                                      or not self.workload.unit_path.exists()):
-                self.workload.start(self._stored.kind, ["serve", "--listen", self._listen()])
-        except (OSError, workload.WorkloadError) as error:
-            self.unit.status = ops.BlockedStatus(f"cannot start the registry: {error}")
+                                      or not self._stored.started):
+                self.workload.start(self._stored.kind, ["serve"])
+                self._stored.started = True
+        except (RegistryError, workload.WorkloadError) as error:
+            self.unit.status = ops.BlockedStatus(f"cannot configure or start the registry: {error}")
             return
         self.unit.set_ports(port)
         self._refresh(event)
