@@ -99,10 +99,8 @@ def test_install_from_the_snap_resource(machine, ctx, tmp_path):
     snap.write_bytes(b"hsqs" + bytes(60))  # a squashfs header: what snaps are
     state = testing.State(resources={testing.Resource(name="aar", path=snap)})
     ctx.run(ctx.on.install(), state)
-    stored = machine.calls()
-    assert stored[0].startswith("snap install --dangerous ") and stored[0].endswith("aar-resource") \
-        or stored[0] == f"snap install --dangerous {snap}"
-    assert stored[1:] == ["snap start --enable aar.daemon", "snap restart aar.daemon"]
+    assert machine.calls() == [f"snap install --dangerous {snap}",
+                               "snap start --enable aar.daemon", "snap restart aar.daemon"]
     assert not (machine.prefix / "etc/systemd/system/aar.service").exists()
 
 
@@ -165,6 +163,15 @@ def test_a_bad_metrics_address_blocks_with_aars_message(ready, ctx):
     out = ctx.run(ctx.on.config_changed(), testing.State(config={"metrics": "everywhere"}))
     assert out.unit_status.name == "blocked"
     assert out.unit_status.message.startswith("cannot configure or start the registry: aar config set failed")
+
+
+def test_remove_stops_the_service_and_keeps_the_data(ready, ctx, nodes):
+    relation = testing.Relation("client", remote_app_name="ams", remote_units_data={0: node(nodes[0], "client")})
+    state = ctx.run(ctx.on.relation_changed(relation, remote_unit=0),
+                    testing.State(relations={relation}, stored_states={stored("zipapp")}))
+    ctx.run(ctx.on.remove(), state)
+    assert ready.calls()[-1] == "systemctl disable --now aar.service"
+    assert trust_list() == {der_fp(nodes[0]): "client"}
 
 
 def test_a_bad_port_blocks(ready, ctx):
