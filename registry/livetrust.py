@@ -105,6 +105,10 @@ class LiveTrust:
                          "TLS context rebuilt", len(self._records))
             self._generation = generation
 
+    def close(self):
+        """Release the descriptor the generation check keeps open."""
+        self._gate.close()
+
     @property
     def context(self):
         self.refresh()

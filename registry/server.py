@@ -154,6 +154,8 @@ class RegistryServer:
     def server_close(self):
         self.socket.close()
         self.loop.close()
+        self.trust.close()
+        self.handler.generation.close()
 
     # -- admission ------------------------------------------------------------
 
