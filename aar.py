@@ -1,6 +1,6 @@
 """aar: the application registry's command line and server wiring.
 
-    aar serve [--data-dir D] [--listen ADDR:PORT]
+    aar serve [--data-dir D] [--listen ADDR:PORT] [--recover] [--new-identity]
     aar trust add [PATH] [-p|--publisher] [-q|--quiet]
     aar trust list|ls [--format table|csv|json|yaml] [--revoked]
     aar trust remove FINGERPRINT
@@ -103,36 +103,44 @@ def _server_sans(host):
     return sorted(sans)
 
 
-def _ensure_server_cert(data, host, port, out):
-    if data.server_cert.exists() and data.server_key.exists():
-        return certs.load_certificate(data.server_cert)
-    from trust import openssl
-    openssl.create_key_and_cert(data.server_cert, data.server_key,
-                                common_name=f"aar@{socket.gethostname()}",
-                                sans=_server_sans(host))
-    cert = certs.load_certificate(data.server_cert)
-    print(FIRST_START.format(cert=data.server_cert, fp=cert.fingerprint, port=port),
-          file=out, flush=True)
-    return cert
+def _open_stores(args, data, host, out):
+    """(packages, trust store, server certificate), each checked: a data
+    directory that lost something refuses to start (registry/startup.py)."""
+    from registry.errors import ApiError
+    from registry.startup import open_trust_store, server_identity
+    from registry.storage import PackageStore
+
+    try:
+        trust_store = open_trust_store(data, recover=args.recover)
+    except ApiError as exc:
+        raise CommandError(exc.message)
+    packages = None
+    try:
+        packages = PackageStore(data, recover=args.recover)
+        cert, created = server_identity(data, _server_sans(host),
+                                        len(trust_store.records(revoked=True)),
+                                        new_identity=args.new_identity)
+    except (ApiError, TrustError) as exc:
+        if packages is not None:
+            packages.close()
+        trust_store.close()
+        raise CommandError(exc.message if isinstance(exc, ApiError) else str(exc))
+    if created:
+        print(FIRST_START.format(cert=data.server_cert, fp=cert.fingerprint,
+                                 port=args.listen[1]), file=out, flush=True)
+    return packages, trust_store, cert
 
 
 def _serve(args, out):
-    from registry.errors import ApiError
     from registry.handlers import ApiHandler
+    from registry.served import record_serving
     from registry.server import RegistryServer, Settings
-    from registry.storage import PackageStore
-    from trust.store import TrustStore
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     host, port = args.listen
-    data = DataDir(args.data_dir).ensure()
-    cert = _ensure_server_cert(data, host, port, out)
-    try:
-        packages = PackageStore(data)
-    except ApiError as exc:
-        raise CommandError(f"{exc.message}: is another `aar serve` running on it?")
-    trust_store = TrustStore(data.trust_db)
+    data = DataDir(args.data_dir)
+    packages, trust_store, cert = _open_stores(args, data, host, out)
     settings = Settings(workers=args.workers)
     try:
         server = RegistryServer((host, port), ApiHandler, trust_store=trust_store,
@@ -144,6 +152,8 @@ def _serve(args, out):
         trust_store.close()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise CommandError(f"cannot listen on {host}:{port}: {reason}")
+    # From here on a lost trust store, index or key is refused, not recreated.
+    record_serving(data, cert.fingerprint)
     bound = server.server_address
     logging.getLogger("aar").info(
         "serving https://%s:%d from %s (server fingerprint %s, %d trusted)",
@@ -167,8 +177,12 @@ def _serve(args, out):
 # -- trust ---------------------------------------------------------------------------
 
 def _open_store(args):
-    from trust.store import TrustStore
-    return TrustStore(DataDir(args.data_dir).trust_db)
+    from registry.errors import ApiError
+    from registry.startup import open_trust_store
+    try:
+        return open_trust_store(DataDir(args.data_dir))
+    except ApiError as exc:
+        raise CommandError(exc.message)
 
 
 def _read_pem(path, stdin):
@@ -287,6 +301,15 @@ def _parser():
                        help="worker threads serving requests (default 32)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="log every request (debug level)")
+    serve.add_argument("--recover", action="store_true",
+                       help="start even though files were lost or damaged: set aside "
+                       "under DIR/quarantine/ every blob no package names, every "
+                       "package whose blob is gone, a lost or damaged packages.db or "
+                       "trust.db, and start without them (nothing is deleted)")
+    serve.add_argument("--new-identity", action="store_true",
+                       help="make a new server key and certificate even though nodes "
+                       "pin the old one (the old files go to DIR/quarantine/); every "
+                       "node must then be given the new certificate and fingerprint")
 
     trust = cmds.add_parser("trust", help="Manage trusted clients",
                             description="Manage trusted clients")

@@ -91,7 +91,7 @@ class ThreadServer:
         if not self.data.server_cert.exists():
             openssl.create_key_and_cert(self.data.server_cert, self.data.server_key,
                                         common_name="test-registry",
-                                        sans=["IP:127.0.0.1"])
+                                        sans=["IP:127.0.0.1"], server=True)
         self.fingerprint = certs.load_certificate(self.data.server_cert).fingerprint
         self.trust = TrustStore(self.data.trust_db)
         self.packages = PackageStore(self.data)

@@ -131,7 +131,11 @@ def load_certificate(path) -> Certificate:
     except OSError as error:
         reason = error.strerror or str(error)
         raise CertificateError(UNREADABLE.format(path=os.fspath(path), reason=reason)) from None
-    return parse_pem(data)
+    try:
+        return parse_pem(data)
+    except CertificateError as error:
+        # Name the file: "not a PEM certificate" alone leaves the operator guessing.
+        raise CertificateError(f"{os.fspath(path)}: {error}") from None
 
 
 def _decode(data: bytes) -> str:
