@@ -21,7 +21,7 @@ from registry.errors import StartRefused
 from registry.recovery import Quarantine
 from registry.served import has_served, read_state
 from trust import certs
-from trust.errors import Damaged
+from trust.errors import CertificateError, Damaged
 from trust.store import TrustStore
 
 __all__ = ["open_trust_store", "server_identity", "TRUST_LOST", "IDENTITY_LOST"]
@@ -85,7 +85,13 @@ def server_identity(datadir, sans, trusted_count, new_identity=False):
     under quarantine/, never deleted. ``trusted_count`` goes in the message."""
     cert, key = datadir.server_cert, datadir.server_key
     if cert.exists() and key.exists() and not new_identity:
-        return certs.load_certificate(cert), False
+        try:
+            return certs.load_certificate(cert), False
+        except CertificateError as exc:
+            # "not a PEM certificate" alone would leave the operator guessing which.
+            message = str(exc)
+            raise CertificateError(message if str(cert) in message
+                                   else f"{cert}: {message}") from None
     missing = [p for p in (key, cert) if not p.exists()]
     fingerprint = read_state(datadir).get("server_fingerprint")
     # Trusted nodes alone prove nothing (`aar trust add` may run before the

@@ -131,11 +131,7 @@ def load_certificate(path) -> Certificate:
     except OSError as error:
         reason = error.strerror or str(error)
         raise CertificateError(UNREADABLE.format(path=os.fspath(path), reason=reason)) from None
-    try:
-        return parse_pem(data)
-    except CertificateError as error:
-        # Name the file: "not a PEM certificate" alone leaves the operator guessing.
-        raise CertificateError(f"{os.fspath(path)}: {error}") from None
+    return parse_pem(data)
 
 
 def _decode(data: bytes) -> str:
