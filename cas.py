@@ -35,13 +35,17 @@ def blob_path(blobs_dir, sha256) -> pathlib.Path:
     return pathlib.Path(blobs_dir) / sha256[:2] / sha256
 
 
-def default_data_dir(env, variable, name) -> pathlib.Path:
-    """$variable, else $SNAP_COMMON, else $XDG_DATA_HOME/name, else
-    ~/.local/share/name. An empty variable counts as unset, so that
-    `AAR_DATA_DIR= aar serve` never puts keys in the current directory."""
+def default_data_dir(env, variable, name, euid=None) -> pathlib.Path:
+    """$variable, else $SNAP_COMMON, else /var/lib/name for root, else
+    $XDG_DATA_HOME/name, else ~/.local/share/name. An empty variable counts
+    as unset, so that `AAR_DATA_DIR= aar serve` never puts keys in the
+    current directory. Root gets the system path because `sudo aar …` drops
+    the caller's variables: a store under /root would be one no service reads."""
     for key in (variable, "SNAP_COMMON"):
         if env.get(key):
             return pathlib.Path(env[key])
+    if (os.geteuid() if euid is None else euid) == 0:
+        return pathlib.Path("/var/lib") / name
     if env.get("XDG_DATA_HOME"):
         return pathlib.Path(env["XDG_DATA_HOME"]) / name
     home = env.get("HOME") or str(pathlib.Path.home())

@@ -25,6 +25,7 @@ checked; only then is its version inserted into apps.db.
 The data directory is ``--data-dir``, else ``$AMS_SYNC_DATA_DIR``, else
 ``$SNAP_COMMON`` (so the client certificate is
 /var/snap/ams/common/registry/client.crt in the snap), else
+``/var/lib/ams-sync`` for root (sudo drops the variable), else
 ``$XDG_DATA_HOME/ams-sync``, else ``~/.local/share/ams-sync``.
 """
 import os
@@ -39,10 +40,10 @@ __all__ = ["DataDir", "default_data_dir", "is_sha256", "CLIENT_CN_PREFIX"]
 CLIENT_CN_PREFIX = "ams-"
 
 
-def default_data_dir(env=None) -> pathlib.Path:
-    """The data directory when ``--data-dir`` is not given."""
+def default_data_dir(env=None, euid=None) -> pathlib.Path:
+    """The data directory when ``--data-dir`` is not given (/var/lib/ams-sync for root)."""
     return cas.default_data_dir(os.environ if env is None else env,
-                                "AMS_SYNC_DATA_DIR", "ams-sync")
+                                "AMS_SYNC_DATA_DIR", "ams-sync", euid)
 
 
 class DataDir:

@@ -17,13 +17,24 @@ in every section, so the help text is composed here from the parser's actions:
 
     Use "<command> [command] --help" for more information about a command.
 
-Usage errors keep argparse's exit status 2 and say what to run for help.
+    Examples:                        (the parser's epilog, when it has one)
+      <command lines>
+
+Usage errors keep argparse's exit status 2, say what to run for help, and a
+mistyped command gets "Did you mean …?". `help COMMAND…` and `completion
+bash|zsh|fish` are the cobra commands every cobra tool has.
 """
 import argparse
 import contextlib
+import difflib
+import re
 import sys
 
-__all__ = ["CobraParser"]
+from cli.completion import SHELLS, script
+
+__all__ = ["CobraParser", "add_help_command", "add_completion_command"]
+
+_INVALID_CHOICE = re.compile(r"invalid choice: '?([^'\s]+)'?")
 
 
 class CobraParser(argparse.ArgumentParser):
@@ -60,6 +71,8 @@ class CobraParser(argparse.ArgumentParser):
         if self.description:
             out += [self.description, ""]
         out.append(self.format_usage())
+        if self.epilog:
+            out += [self.epilog, ""]
         sub = self._subcommands()
         if sub:
             rows = [(a.dest, a.help or "") for a in sub._choices_actions]
@@ -88,7 +101,14 @@ class CobraParser(argparse.ArgumentParser):
             return exc.code if isinstance(exc.code, int) else 2
 
     def error(self, message):
-        self.exit(2, f"Error: {message}\nRun '{self.prog} --help' for usage.\n")
+        hint = ""
+        match = _INVALID_CHOICE.search(message)
+        if match:
+            choices = [c for a in self._actions if a.choices for c in a.choices]
+            close = difflib.get_close_matches(match.group(1), choices, n=3, cutoff=0.6)
+            if close:
+                hint = "\nDid you mean " + " or ".join(f"'{c}'" for c in close) + "?"
+        self.exit(2, f"Error: {message}{hint}\nRun '{self.prog} --help' for usage.\n")
 
     def print_help(self, file=None):
         (file or sys.stdout).write(self.format_help())
@@ -103,3 +123,45 @@ def _flag_words(action):
     if action.nargs != 0:
         words += " " + (action.metavar or action.dest.split(".")[-1].lower())
     return "  " + words
+
+
+def _walk(parser, words):
+    """The parser of the command words name (['trust', 'add']), or None."""
+    for word in words:
+        sub = parser._subcommands() if isinstance(parser, CobraParser) else None
+        if sub is None or word not in sub.choices:
+            return None
+        parser = sub.choices[word]
+    return parser
+
+
+def add_help_command(cmds, root):
+    """`PROG help [COMMAND…]`: the same text as `PROG COMMAND… --help`."""
+    helper = cmds.add_parser("help", help="Help about any command",
+                             description="Help about any command")
+    helper.add_argument("topic", nargs="*", metavar="COMMAND")
+
+    def run(args, out):
+        parser = _walk(root, args.topic)
+        if parser is None:
+            root.error(f"unknown help topic {' '.join(args.topic)!r}")
+        out.write(parser.format_help())
+        return 0
+    helper.set_defaults(cobra=run, handler=None, help_parser=helper)
+
+
+def add_completion_command(cmds, root):
+    """`PROG completion bash|zsh|fish`: print a completion script."""
+    prog = root.prog
+    comp = cmds.add_parser(
+        "completion", help="Generate the autocompletion script for the specified shell",
+        description="Generate the autocompletion script for the specified shell",
+        epilog=f"Examples:\n  source <({prog} completion bash)\n"
+               f"  {prog} completion bash | sudo tee /etc/bash_completion.d/{prog}\n"
+               f"  {prog} completion fish | source")
+    comp.add_argument("shell", choices=SHELLS, metavar="SHELL", help="bash, zsh or fish")
+
+    def run(args, out):
+        out.write(script(args.shell, prog, root))
+        return 0
+    comp.set_defaults(cobra=run, handler=None, help_parser=comp)

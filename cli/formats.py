@@ -7,7 +7,7 @@ import csv
 import io
 import json
 
-__all__ = ["FORMATS", "render", "to_yaml"]
+__all__ = ["FORMATS", "render", "to_yaml", "human_size"]
 
 FORMATS = ("table", "csv", "json", "yaml")
 
@@ -39,6 +39,16 @@ def render(rows, columns, fmt="table", short=None):
             lines.append(rule)
     lines.append(rule)
     return "\n".join(lines) + "\n"
+
+
+def human_size(size) -> str:
+    """1536 -> '1.5 KB', 210641114 -> '210.6 MB' (SI units, as `ls -h --si` and amc)."""
+    size = float(size)
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if size < 1000 or unit == "TB":
+            break
+        size /= 1000
+    return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
 
 
 def _text(value):

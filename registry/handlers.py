@@ -25,7 +25,7 @@ log = logging.getLogger("aar.api")
 
 _JSON = "application/json"
 _SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
-_RANGE_RE = re.compile(r"bytes=(\d*)-(\d*)\Z")
+_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)\Z")
 _MAX_MANIFEST = 32 * 1024
 _READ_CHUNK = 1 << 20
 _LISTING_CACHE = 64
@@ -82,7 +82,7 @@ class ApiHandler(RequestHandler):
     def _body_unread(self):
         # An error answered before the request body is read leaves that body
         # on the wire; the connection cannot carry another request after it.
-        if self.headers.get("content-length", "0") != "0":
+        if self.body_pending:
             self.close_connection = True
 
     # -- routing ---------------------------------------------------------------
@@ -192,7 +192,7 @@ class ApiHandler(RequestHandler):
         with f:
             headers = [("ETag", etag), ("Accept-Ranges", "bytes")]
             status = 200
-            if (start, end) != (0, size):
+            if self.headers.get("range"):
                 status = 206
                 headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
             self.start_response(status, "application/octet-stream", end - start, headers)
@@ -223,30 +223,27 @@ class ApiHandler(RequestHandler):
         if not m or m.group(1) == m.group(2) == "":
             raise ApiError.of("range_not_satisfiable", f"unsupported Range {value!r}; "
                               "use one range such as 'bytes=1024-'")
-        first, last = m.group(1), m.group(2)
-        if first == "":                   # suffix: the last N bytes
-            start, end = max(0, size - int(last)), size
+        first, last = _offset(m.group(1)), _offset(m.group(2))
+        if first is None:                 # suffix: the last N bytes
+            start, end = max(0, size - last), size
         else:
-            start = int(first)
-            end = min(size, int(last) + 1) if last else size
+            # An end past the size is clamped to it (RFC 9110 14.1.2).
+            start = first
+            end = min(size, last + 1) if last is not None else size
         if start >= size or start >= end:
             raise ApiError.of("range_not_satisfiable",
-                              f"Range {value!r} outside the package's {size} bytes")
+                              f"Range {value[:60]!r} outside the package's {size} bytes")
         return start, end
 
     # -- writes --------------------------------------------------------------------
 
     def _upload(self, app, version, arch):
         self._require_publisher()
-        length = self.headers.get("content-length")
-        if length is None or self.headers.get("transfer-encoding"):
+        length = self.body_length
+        if length is None or "content-length" not in self.headers:
             self.close_connection = True
             raise ApiError.of("length_required", "an upload needs Content-Length "
                               "(chunked transfer encoding is not accepted)")
-        if not length.isdigit():
-            self.close_connection = True
-            raise ApiError.of("bad_request", f"bad Content-Length {length!r}")
-        length = int(length)
         if length > self.server.settings.max_package_size:
             self.close_connection = True
             raise ApiError.of("too_large", f"package of {length} bytes exceeds the "
@@ -283,6 +280,9 @@ class ApiHandler(RequestHandler):
             raise ApiError.of("bad_request", "X-Aar-Manifest too large")
         try:
             manifest = json.loads(raw)
+        except RecursionError:
+            self._body_unread()
+            raise ApiError.of("bad_request", "X-Aar-Manifest is nested too deeply")
         except ValueError as exc:
             self._body_unread()
             raise ApiError.of("bad_request", f"X-Aar-Manifest is not JSON: {exc}")
@@ -316,6 +316,17 @@ class ApiHandler(RequestHandler):
         if err.status >= 500:
             self.close_connection = True
         self.send_bytes(err.status, _dumps(envelope_error(err)), _JSON)
+
+
+def _offset(digits):
+    """A Range offset as an int, None when empty. An offset longer than an
+    int64 is refused rather than handed to int(), which raises past 4,300
+    digits."""
+    if not digits:
+        return None
+    if len(digits) > 18:
+        raise ApiError.of("bad_request", f"Range offset of {len(digits)} digits")
+    return int(digits)
 
 
 def _etags(header):

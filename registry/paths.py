@@ -29,7 +29,8 @@ Start-up recovery (registry/recovery.py) deletes only what it can prove is its
 own garbage; anything else goes to quarantine/ or stops the start.
 
 The data directory is ``--data-dir``, else ``$AAR_DATA_DIR``, else
-``$SNAP_COMMON`` (the snap's writable area), else the user's XDG data home.
+``$SNAP_COMMON`` (the snap's writable area), else ``/var/lib/aar`` for root
+(sudo drops ``$AAR_DATA_DIR``), else the user's XDG data home.
 """
 
 import os
@@ -41,9 +42,9 @@ from cas import is_sha256
 __all__ = ["DataDir", "default_data_dir", "is_sha256"]
 
 
-def default_data_dir(env=os.environ) -> pathlib.Path:
-    """The data directory when ``--data-dir`` is not given."""
-    return cas.default_data_dir(env, "AAR_DATA_DIR", "aar")
+def default_data_dir(env=os.environ, euid=None) -> pathlib.Path:
+    """The data directory when ``--data-dir`` is not given (/var/lib/aar for root)."""
+    return cas.default_data_dir(env, "AAR_DATA_DIR", "aar", euid)
 
 
 class DataDir:

@@ -18,13 +18,15 @@ the most per request or that a production server cannot use as they are:
 """
 import email.utils
 import http.server
+import re
 import socket
 import time
 
-__all__ = ["Connection", "Headers", "RequestHandler", "ProtocolError"]
+__all__ = ["Connection", "Headers", "RequestHandler", "ProtocolError", "parse_head"]
 
 MAX_HEAD = 64 * 1024          # request line + headers
 MAX_HEADERS = 100
+MAX_DISCARD = 64 * 1024       # a body on a request that takes none is read and dropped
 _JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
 _CHUNK = 64 * 1024            # below malloc's mmap threshold: no mmap/munmap per read
 
@@ -97,6 +99,8 @@ class Connection:
                 return head
             if len(self.buf) > MAX_HEAD:
                 raise ProtocolError(431, "request head too large")
+            if bare_lf(self.buf, start):
+                raise ProtocolError(400, BARE_LF)
             start = max(0, len(self.buf) - 3)
             if deadline is None:
                 deadline = time.monotonic() + limit
@@ -106,6 +110,15 @@ class Connection:
                 if self.buf:
                     raise ProtocolError(None, "connection closed mid-request")
                 return None
+
+    def discard(self, n):
+        """Read and drop n bytes of body; False if the peer left first."""
+        while n > 0:
+            got = len(self.read(min(n, _CHUNK)))
+            if not got:
+                return False
+            n -= got
+        return True
 
     def read(self, n):
         """Up to n bytes of body, blocking until n arrive or the peer closes."""
@@ -143,11 +156,33 @@ class Headers(dict):
         return dict.get(self, name.lower(), default)
 
 
-def _parse_head(head):
-    try:
-        text = head.decode("latin-1")
-    except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes anything
-        raise ProtocolError(400, "request head is not text")
+BARE_LF = "lines must end with CR LF"
+# After CR LF pairs are replaced, any control character left (a bare CR or LF,
+# NUL, ...) is a protocol error; horizontal tab is allowed in field values.
+_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+_LENGTH = re.compile(r"[0-9]{1,18}\Z")
+
+
+def bare_lf(buf, start):
+    """True if buf holds a LF not preceded by CR at or after `start`.
+
+    Only the bytes from `start` on are counted, so a head that arrives a byte
+    at a time costs linear time in all. A CR LF that straddles `start` is
+    counted by the second count because it starts one byte earlier.
+    """
+    return buf.count(b"\n", start) != buf.count(b"\r\n", max(0, start - 1))
+
+
+def parse_head(head):
+    """(method, target, version, headers, body length) of a request head.
+
+    The head is the bytes before the blank line. Raises ProtocolError for
+    anything a server cannot answer safely: control characters, a bad request
+    line or header line, an unreadable or ambiguous Content-Length.
+    """
+    if _CONTROL.search(head.replace(b"\r\n", b"\t")):
+        raise ProtocolError(400, "control character or bare CR/LF in the request head")
+    text = head.decode("latin-1")
     lines = text.split("\r\n")
     parts = lines[0].split(" ")
     if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
@@ -165,7 +200,24 @@ def _parse_head(head):
             headers[name] = headers[name] + ", " + value
         else:
             headers[name] = value
-    return parts[0], parts[1], parts[2], headers
+    return parts[0], parts[1], parts[2], headers, _body_length(headers)
+
+
+def _body_length(headers):
+    """The body's length in bytes: 0 without one, None for a chunked body."""
+    if "transfer-encoding" in headers:
+        if "content-length" in headers:
+            # Two framings at once is how requests are smuggled past proxies.
+            raise ProtocolError(400, "both Content-Length and Transfer-Encoding")
+        return None
+    value = headers.get("content-length")
+    if value is None:
+        return 0
+    values = {v.strip() for v in value.split(",")}
+    length = values.pop()
+    if values or not _LENGTH.match(length):
+        raise ProtocolError(400, f"bad Content-Length {value[:40]!r}")
+    return int(length)
 
 
 class _DateCache:
@@ -234,7 +286,13 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             head = self.conn.read_head(self.request_timeout)
             if head is None:
                 return False
-            self.command, self.path, self.request_version, self.headers = _parse_head(head)
+            (self.command, self.path, self.request_version, self.headers,
+             self.body_length) = parse_head(head)
+            # Only an upload's handler reads its body; any other is dropped now.
+            self.body_pending = self.body_length != 0
+            if self.command != "PUT":
+                self._drop_body()
+                self.body_pending = False
         except ProtocolError as exc:
             if exc.status:
                 self.command = self.command or "-"
@@ -248,6 +306,18 @@ class RequestHandler(http.server.BaseHTTPRequestHandler):
             self.close_connection = True
         self.dispatch()
         return True
+
+    def _drop_body(self):
+        # Only uploads carry a body. Any other request's body is read and
+        # dropped, so it is never taken for the next request; one too large
+        # to drop, or chunked, ends the connection.
+        if self.body_length is None:
+            raise ProtocolError(400, f"{self.command} takes no chunked body")
+        if self.body_length > MAX_DISCARD:
+            raise ProtocolError(400, f"{self.command} takes no body "
+                                f"({self.body_length} bytes sent)")
+        if self.body_length and not self.conn.discard(self.body_length):
+            raise ProtocolError(None, "connection closed mid-body")
 
     def dispatch(self):  # pragma: no cover - subclasses implement it
         raise NotImplementedError

@@ -86,11 +86,19 @@ def _check_upload(app, version, arch, length, sha256, manifest):
 class PackageStore:
     """Packages of one data directory. Thread-safe; one per process and directory."""
 
-    def __init__(self, datadir, recover=False):
+    def __init__(self, datadir, recover=False, *, read_only=False):
         """Open (creating on a fresh directory) and recover; ``recover=True``
         sets aside whatever recovery would otherwise refuse to start with.
-        Raises StartRefused (nothing changed) or ApiError (directory in use)."""
+        Raises StartRefused (nothing changed) or ApiError (directory in use).
+        read_only: only read, beside the server that owns the directory
+        (`aar application list`): no lock, no schema, no recovery, no writes."""
         self.datadir = datadir if isinstance(datadir, DataDir) else DataDir(datadir)
+        self.read_only = read_only
+        if read_only:
+            self._db = PackagesDB(self.datadir.packages_db)
+            self._cache, self._cache_lock = collections.OrderedDict(), threading.Lock()
+            self._blobs = None
+            return
         # Before ensure(): it would recreate a vanished blobs/ directory.
         # One quarantine directory per start, made only if something goes there.
         self._quarantine = recovery.Quarantine(self.datadir)
@@ -117,7 +125,8 @@ class PackageStore:
     def close(self):
         """Close every thread's connection and release the data directory."""
         self._db.close()
-        self._blobs.unlock()
+        if self._blobs is not None:
+            self._blobs.unlock()
 
     def __enter__(self):
         return self
@@ -229,6 +238,7 @@ class PackageStore:
         itself (a client's socket) propagate unchanged. Nothing of a failed
         upload remains.
         """
+        self._check_writable()
         version, sha256, tags, manifest = _check_upload(
             app, version, arch, length, sha256, manifest)
         existing = self.get(app, version, arch)
@@ -279,6 +289,10 @@ class PackageStore:
         log.debug("%s is already stored with the same bytes", where)
         return existing
 
+    def _check_writable(self):
+        if self.read_only:
+            raise ApiError.of("internal", "package store opened read-only")
+
     def _drop_blob_if_unused(self, sha256):
         # Caller holds _write_lock, so no put can start using the blob meanwhile.
         used = self._db.conn().execute("SELECT 1 FROM packages WHERE sha256 = ? LIMIT 1",
@@ -324,6 +338,7 @@ class PackageStore:
     def delete_package(self, app, version, arch) -> bool:
         """Delete one package; False when there was none.
         Raises ApiError insufficient_storage when the disk is full."""
+        self._check_writable()
         with self._write_lock, self._full_is_507(f"deleting {app} {version} {arch}"):
             with self._db.transaction() as conn:
                 row = conn.execute(
@@ -343,6 +358,7 @@ class PackageStore:
     def delete_application(self, app) -> int:
         """Delete every package of ``app``; return how many there were.
         Raises ApiError insufficient_storage when the disk is full."""
+        self._check_writable()
         with self._write_lock, self._full_is_507(f"deleting application {app}"):
             with self._db.transaction() as conn:
                 digests = [r[0] for r in conn.execute(
@@ -363,6 +379,7 @@ class PackageStore:
         StartRefused, changing nothing, when that is more than a handful and
         not ``force``. Must not run while uploads are in flight (it would
         remove their staging files)."""
+        self._check_writable()
         with self._write_lock:
             return recovery.recover(self._db, self._blobs, self.datadir,
                                     self._quarantine, force=force)

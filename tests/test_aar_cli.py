@@ -75,7 +75,8 @@ def test_version():
 
 def test_add_from_stdin_and_file_list_remove(tmp_path, certs):
     d = str(tmp_path / "data")
-    code, out, err = run(["trust", "add", "--data-dir", d], stdin=Pipe(certs.client.cert.read_bytes()))
+    code, out, err = run(["trust", "add", "--init", "--data-dir", d],
+                         stdin=Pipe(certs.client.cert.read_bytes()))
     assert code == 0, err
     assert fp_of(certs.client) in out and "client" in out
     code, out, err = run(["trust", "add", "-p", str(certs.publisher.cert), "--data-dir", d])
@@ -91,17 +92,22 @@ def test_add_from_stdin_and_file_list_remove(tmp_path, certs):
     assert csv_out.splitlines()[0] == "FINGERPRINT,NAME,ROLE,ADDED,EXPIRES"
     code, yaml_out, _ = run(["trust", "list", "--format", "yaml", "--data-dir", d])
     assert f'fingerprint: "{fp_of(certs.client)}"' in yaml_out
-    # Again: refused, and the message says why.
-    code, _, err = run(["trust", "add", str(certs.client.cert), "--data-dir", d])
-    assert code == 1 and "certificate already exists" in err
-    code, out, err = run(["trust", "remove", fp_of(certs.client)[:12].upper(), "--data-dir", d])
+    # Again in the same role: nothing changes, and that is success (as in ams-sync).
+    code, out, err = run(["trust", "add", str(certs.client.cert), "--data-dir", d])
+    assert code == 0 and "already trusted as client" in out, err
+    # In another role: refused, and the message says how to change the role.
+    code, _, err = run(["trust", "add", "-p", str(certs.client.cert), "--data-dir", d])
+    assert code == 1 and f"aar trust set-role {fp_of(certs.client)[:12]} publisher" in err
+    code, out, err = run(["trust", "remove", fp_of(certs.client)[:12].upper(), "-y",
+                          "--data-dir", d])
     assert code == 0, err
+    assert fp_of(certs.client) in out         # the full fingerprint the prefix matched
     assert fp_of(certs.client) not in run(["trust", "list", "--format", "json", "--data-dir", d])[1]
 
 
 def test_revoke_is_final_and_needs_confirmation(tmp_path, certs):
     d = str(tmp_path / "data")
-    run(["trust", "add", str(certs.client.cert), "--data-dir", d])
+    run(["trust", "add", "--init", str(certs.client.cert), "--data-dir", d])
     fp = fp_of(certs.client)
     code, _, err = run(["trust", "revoke", fp, "--data-dir", d], stdin=Pipe())
     assert code == 2 and aar.NEED_YES in err
@@ -133,7 +139,7 @@ BAD_PEMS = {
 @pytest.mark.parametrize("kind", sorted(BAD_PEMS))
 def test_malformed_certificates_change_nothing(tmp_path, certs, kind):
     d = str(tmp_path / "data")
-    run(["trust", "add", str(certs.publisher.cert), "-p", "--data-dir", d])
+    run(["trust", "add", "--init", str(certs.publisher.cert), "-p", "--data-dir", d])
     before = store_bytes(d)
     data = BAD_PEMS[kind]
     if kind == "truncated":
@@ -158,7 +164,7 @@ def test_malformed_certificates_change_nothing(tmp_path, certs, kind):
 ])
 def test_bad_command_lines(tmp_path, certs, argv, code, needle):
     d = str(tmp_path / "data")
-    run(["trust", "add", str(certs.publisher.cert), "-p", "--data-dir", d])
+    run(["trust", "add", "--init", str(certs.publisher.cert), "-p", "--data-dir", d])
     before = store_bytes(d)
     got, out, err = run(argv + (["--data-dir", d] if argv[0] != "bogus" else []))
     assert got == code, err
@@ -246,7 +252,7 @@ def test_serve_first_start_prints_fingerprint_and_next_step(tmp_path):
 
 def test_sigkill_mid_upload_leaves_nothing(tmp_path, certs):
     data = tmp_path / "data"
-    run(["trust", "add", "-p", str(certs.publisher.cert), "--data-dir", str(data)])
+    run(["trust", "add", "--init", "-p", str(certs.publisher.cert), "--data-dir", str(data)])
     server = ProcessServer(data)
     size = 8 << 20
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)

@@ -16,7 +16,13 @@ from trust import certs
     ({"HOME": "/h"}, "/h/.local/share/ams-sync"),
 ])
 def test_default_data_dir(env, expected):
-    assert default_data_dir(env) == pathlib.Path(expected)
+    assert default_data_dir(env, euid=1000) == pathlib.Path(expected)
+
+
+def test_root_defaults_to_a_system_path():
+    # sudo drops the caller's variables: root's default is where a service looks.
+    assert default_data_dir({"HOME": "/root"}, euid=0) == pathlib.Path("/var/lib/ams-sync")
+    assert default_data_dir({"SNAP_COMMON": "/s", "HOME": "/root"}, euid=0) == pathlib.Path("/s")
 
 
 def test_layout(tmp_path):

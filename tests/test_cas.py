@@ -27,12 +27,12 @@ def test_commit_is_a_move_and_a_second_copy_is_dropped(tmp_path):
 
 def test_default_data_dir_order(tmp_path):
     env = {"HOME": str(tmp_path)}
-    assert cas.default_data_dir(env, "X_DIR", "x") == tmp_path / ".local/share/x"
+    assert cas.default_data_dir(env, "X_DIR", "x", 1000) == tmp_path / ".local/share/x"
     env["XDG_DATA_HOME"] = "/xdg"
-    assert str(cas.default_data_dir(env, "X_DIR", "x")) == "/xdg/x"
+    assert str(cas.default_data_dir(env, "X_DIR", "x", 1000)) == "/xdg/x"
     env["SNAP_COMMON"] = "/var/snap/x/common"
-    assert str(cas.default_data_dir(env, "X_DIR", "x")) == "/var/snap/x/common"
+    assert str(cas.default_data_dir(env, "X_DIR", "x", 1000)) == "/var/snap/x/common"
     env["X_DIR"] = ""                      # empty counts as unset
-    assert str(cas.default_data_dir(env, "X_DIR", "x")) == "/var/snap/x/common"
+    assert str(cas.default_data_dir(env, "X_DIR", "x", 1000)) == "/var/snap/x/common"
     env["X_DIR"] = "/data"
-    assert str(cas.default_data_dir(env, "X_DIR", "x")) == "/data"
+    assert str(cas.default_data_dir(env, "X_DIR", "x", 1000)) == "/data"

@@ -119,7 +119,13 @@ def test_blob_path_refuses_anything_but_a_digest(tmp_path, bad):
     ({"HOME": "/h"}, "/h/.local/share/aar"),
 ])
 def test_default_data_dir(env, expected):
-    assert default_data_dir(env) == pathlib.Path(expected)
+    assert default_data_dir(env, euid=1000) == pathlib.Path(expected)
+
+
+def test_root_defaults_to_a_system_path():
+    # sudo drops the caller's variables: root's default is where a service looks.
+    assert default_data_dir({"HOME": "/root"}, euid=0) == pathlib.Path("/var/lib/aar")
+    assert default_data_dir({"SNAP_COMMON": "/s", "HOME": "/root"}, euid=0) == pathlib.Path("/s")
 
 
 def test_snap_puts_the_server_certificate_where_the_guide_says():

@@ -404,7 +404,7 @@ def test_version(aar):
 def test_trust_add_from_stdin(aar, tmp_path):
     cert = make_cert(tmp_path / "c", "node-1")
     data = tmp_path / "data"
-    aar("trust", "add", "--data-dir", data, input=cert.pem)
+    aar("trust", "add", "--init", "--data-dir", data, input=cert.pem)
     listed = aar("trust", "list", "--format", "json", "--data-dir", data).stdout
     assert fingerprint_of(cert.cert) in listed
     assert (data / "trust.db").stat().st_mode & 0o777 == 0o600

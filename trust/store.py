@@ -139,8 +139,11 @@ class TrustStore:
 
     # Changing
 
-    def add(self, cert: Certificate, role) -> Record:
-        """Trust cert in role; AlreadyExists if trusted, Revoked if revoked."""
+    def add(self, cert: Certificate, role, name=None) -> Record:
+        """Trust cert in role; AlreadyExists if trusted, Revoked if revoked.
+
+        name: what lists show for it; default the certificate's common name.
+        """
         if not isinstance(cert, Certificate):
             raise TypeError("add() takes a trust.certs.Certificate")
         check_role(role)
@@ -156,7 +159,8 @@ class TrustStore:
                 raise AlreadyExists(f"certificate {cert.fingerprint} is already "
                                     f"trusted as {existing.role}")
             record = Record(fingerprint=cert.fingerprint, pem=cert.pem, role=role,
-                            name=cert.common_name, added_at=_now(),
+                            name=cert.common_name if name is None else name,
+                            added_at=_now(),
                             not_after=_timestamp(cert.not_after), revoked_at=None)
             self._shelf[record.fingerprint] = record._stored()
         return record
@@ -170,6 +174,19 @@ class TrustStore:
                 raise Revoked(f"certificate {record.fingerprint} is revoked; revoked "
                               "certificates stay in the trust store for good")
             del self._shelf[record.fingerprint]
+        return record
+
+    def set_role(self, prefix, role) -> Record:
+        """Change a trusted certificate's role, keeping the rest of its record."""
+        check_role(role)
+        self._check_open()
+        with self._map.transaction():
+            record = self._existing(prefix)
+            if record.revoked:
+                raise Revoked(f"certificate {record.fingerprint} is revoked; its role "
+                              "no longer matters")
+            record = dataclasses.replace(record, role=role)
+            self._shelf[record.fingerprint] = record._stored()
         return record
 
     def revoke(self, prefix) -> Record:

@@ -1,0 +1,211 @@
+"""`aar serve`: check the arguments and the data directory, then run the server.
+
+Every way the start can fail that an operator can fix (a data directory that
+is a file or not writable, a port taken, another server on the same data) is
+one line naming the path or address and what to do, never a traceback.
+"""
+import argparse
+import ipaddress
+import logging
+import os
+import signal
+import socket
+
+from registry.paths import DataDir
+
+from .common import CommandError
+
+__all__ = ["DEFAULT_LISTEN", "FIRST_START", "EVERY_INTERFACE", "add_parser",
+           "listen_address", "workers", "show_address"]
+
+DEFAULT_LISTEN = ("0.0.0.0", 3000)
+MAX_WORKERS = 1024
+
+FIRST_START = """\
+Created the registry's server certificate:
+  {cert}
+  fingerprint {fp}
+Next: copy that certificate to every AMS node and run there
+  ams-sync config trust add server.crt
+  ams-sync config set registry.url https://<this host>:{port}
+  ams-sync config set registry.fingerprint {fp}
+then trust each node's registry/client.crt here with
+  cat client.crt | sudo aar trust add [--publisher]"""
+EVERY_INTERFACE = ("listening on every interface ({address}): give --listen "
+                   "127.0.0.1:{port} or one address to bind less")
+BAD_DATA_DIR = "cannot use data directory {path}: {reason}"
+
+
+# -- argument types: a bad value is a usage error (exit 2) ---------------------------
+
+def listen_address(text):
+    """'ADDR:PORT', '[v6]:PORT', ':PORT' or 'PORT' -> (host, port)."""
+    bad = argparse.ArgumentTypeError(
+        f"bad listen address {text!r}: use ADDR:PORT, e.g. 0.0.0.0:3000, [::]:3000 or :3000")
+    if text.startswith(("http://", "https://")):
+        raise argparse.ArgumentTypeError(
+            f"bad listen address {text!r}: give ADDR:PORT without a scheme "
+            "(the registry speaks HTTPS on it)")
+    host, sep, port = text.rpartition(":")
+    if not sep:
+        host, port = "", text
+    if host.startswith("["):
+        if not host.endswith("]"):
+            raise bad
+        host = host[1:-1]
+    elif ":" in host:
+        raise argparse.ArgumentTypeError(
+            f"bad listen address {text!r}: put an IPv6 address in brackets, e.g. [::1]:3000")
+    if not port.isascii() or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise bad
+    return host or DEFAULT_LISTEN[0], int(port)
+
+
+def workers(text):
+    """A worker count: 1 to MAX_WORKERS."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = None
+    if count is None or not 1 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"invalid worker count {text!r}: give a number from 1 to {MAX_WORKERS}")
+    return count
+
+
+def show_address(host, port):
+    """host:port as a URL would write it: IPv6 in brackets."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+# -- the server ----------------------------------------------------------------------
+
+def _server_sans(host):
+    sans = {"DNS:localhost", "IP:127.0.0.1", "IP:::1", f"DNS:{socket.gethostname()}"}
+    try:
+        if not ipaddress.ip_address(host).is_unspecified:
+            sans.add(f"IP:{host}")
+    except ValueError:
+        sans.add(f"DNS:{host}")
+    return sorted(sans)
+
+
+def _open_stores(args, data, host, out):
+    """(packages, trust store, server certificate), each checked: a data
+    directory that lost something refuses to start (registry/startup.py)."""
+    from registry.errors import ApiError
+    from registry.startup import open_trust_store, server_identity
+    from registry.storage import PackageStore
+    from trust.errors import TrustError
+
+    try:
+        trust_store = open_trust_store(data, recover=args.recover)
+    except ApiError as exc:
+        raise CommandError(exc.message)
+    packages = None
+    try:
+        packages = PackageStore(data, recover=args.recover)
+        cert, created = server_identity(data, _server_sans(host),
+                                        len(trust_store.records(revoked=True)),
+                                        new_identity=args.new_identity)
+    except (ApiError, TrustError, OSError) as exc:
+        if packages is not None:
+            packages.close()
+        trust_store.close()
+        if isinstance(exc, ApiError):
+            raise CommandError(exc.message)
+        if isinstance(exc, OSError):
+            raise CommandError(BAD_DATA_DIR.format(path=exc.filename or data.root,
+                                                   reason=exc.strerror or exc))
+        raise
+    if created:
+        print(FIRST_START.format(cert=data.server_cert, fp=cert.fingerprint,
+                                 port=args.listen[1]), file=out, flush=True)
+    return packages, trust_store, cert
+
+
+def _data_dir(path):
+    # Only the directory itself: the package store checks blobs/ is still
+    # there before it makes anything (registry/recovery.py).
+    data = DataDir(os.path.abspath(path))
+    try:
+        data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not data.root.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(data.root))
+        if not os.access(data.root, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(data.root))
+    except OSError as exc:
+        where = exc.filename or data.root
+        raise CommandError(BAD_DATA_DIR.format(path=where, reason=exc.strerror or exc))
+    return data
+
+
+def _serve(args, out):
+    from registry.handlers import ApiHandler
+    from registry.served import record_serving
+    from registry.server import RegistryServer, Settings
+
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    log = logging.getLogger("aar")
+    host, port = args.listen
+    data = _data_dir(args.data_dir)
+    packages, trust_store, cert = _open_stores(args, data, host, out)
+    settings = Settings(workers=args.workers)
+    try:
+        server = RegistryServer((host, port), ApiHandler, trust_store=trust_store,
+                                packages=packages, certfile=str(data.server_cert),
+                                keyfile=str(data.server_key),
+                                server_fingerprint=cert.fingerprint, settings=settings)
+    except OSError as exc:
+        packages.close()
+        trust_store.close()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(f"cannot listen on {show_address(host, port)}: {reason}")
+    # From here on a lost trust store, index or key is refused, not recreated.
+    record_serving(data, cert.fingerprint)
+    bound = server.server_address
+    log.info("serving https://%s from %s (server fingerprint %s, %d trusted)",
+             show_address(bound[0], bound[1]), data.root, cert.fingerprint,
+             len(trust_store.trusted()))
+    if ipaddress.ip_address(bound[0]).is_unspecified:
+        log.info(EVERY_INTERFACE.format(address=show_address(bound[0], bound[1]),
+                                        port=bound[1]))
+
+    def stop(signum, frame):
+        log.info("signal %d: shutting down", signum)
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve_forever()
+    finally:
+        server.server_close()
+        packages.close()
+        trust_store.close()
+    return 0
+
+
+def add_parser(cmds, common):
+    serve = cmds.add_parser("serve", help="Run the registry server", parents=[common],
+                            description="Run the registry server over mutual TLS. The first "
+                            "start creates the data directory and the server certificate.")
+    serve.add_argument("--listen", type=listen_address, default=DEFAULT_LISTEN,
+                       metavar="ADDR:PORT", help="address to listen on (default 0.0.0.0:3000, "
+                       "every interface; [::]:3000 for IPv6)")
+    serve.add_argument("--workers", type=workers, default=32, metavar="N",
+                       help=f"worker threads serving requests, 1 to {MAX_WORKERS} (default 32)")
+    serve.add_argument("-v", "--verbose", action="store_true",
+                       help="log every request (debug level)")
+    serve.add_argument("--recover", action="store_true",
+                       help="start even though files were lost or damaged: set aside "
+                       "under DIR/quarantine/ every blob no package names, every "
+                       "package whose blob is gone, a lost or damaged packages.db or "
+                       "trust.db, and start without them (nothing is deleted)")
+    serve.add_argument("--new-identity", action="store_true",
+                       help="make a new server key and certificate even though nodes "
+                       "pin the old one (the old files go to DIR/quarantine/); every "
+                       "node must then be given the new certificate and fingerprint")
+    serve.set_defaults(handler=lambda args, ctx: _serve(args, ctx.out))
+    return serve
