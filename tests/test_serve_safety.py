@@ -38,7 +38,7 @@ def refused(data, *extra, needle):
 
 
 def add_publisher(data, certs):
-    code = aar.main(["trust", "add", "-p", str(certs.publisher.cert), "--data-dir",
+    code = aar.main(["trust", "add", "--init", "-p", str(certs.publisher.cert), "--data-dir",
                      str(data)], stdin=Pipe(), stdout=open(os.devnull, "w"))
     assert code == 0
 
