@@ -6,7 +6,8 @@ guide's steps map one to one:
     ams-sync config trust add PATH|-          trust the registry's certificate
     ams-sync config trust list|remove
     ams-sync config set KEY VALUE             registry.url, .fingerprint, .mode, …
-    ams-sync config show
+    ams-sync config get KEY | show
+    ams-sync config client-cert show|renew    (agent/configcmds.py)
     ams-sync application create PATH [--architecture A]
     ams-sync application list|show|publish|revoke|delete
     ams-sync registry list|push APP|pull APP, sync, run   (agent/commands.py)
@@ -15,19 +16,18 @@ This module is the only place that prints and turns errors into exit codes:
 0 success, 1 failure (AgentError, TrustError, OSError), 2 usage.
 """
 import argparse
-import os
 import sys
 
 import names
-from agent import config as config_mod
+from agent import configcmds
+from agent.configcmds import (NO_INPUT, SNAP_HOME_HINT, TRUST_ADDED,  # noqa: F401
+                              TRUST_ALREADY, TRUST_EXPIRED, TRUST_REMOVED, TRUST_ROLE)
 from agent.appstore import AppStore
-from agent.errors import AgentError, ConfigError
+from agent.errors import AgentError
 from agent.paths import DataDir, default_data_dir
-from cli.cobra import CobraParser
+from cli.cobra import CobraParser, add_completion_command, add_help_command
 from cli.formats import FORMATS, render
-from trust import certs
-from trust.errors import AlreadyExists, CertificateError, TrustError
-from trust.store import TrustStore
+from trust.errors import TrustError
 from version import VERSION
 
 __all__ = [
@@ -36,17 +36,6 @@ __all__ = [
     "APP_DELETED", "VERSION_DELETED", "ERROR", "USAGE_ERROR",
 ]
 
-# The agent's trust store holds registry server certificates. TrustStore
-# knows the registry's two roles only; "client" (read-only) is the closest
-# meaning and no code reads the role back.
-TRUST_ROLE = "client"
-
-TRUST_ADDED = "{fingerprint}"
-SNAP_HOME_HINT = ("under strict snap confinement ams-sync can only read files in the "
-                  "home directory (/root under sudo): copy the certificate there, or "
-                  "pipe it in: cat server.crt | ams-sync config trust add -")
-TRUST_EXPIRED = "Warning: certificate {fingerprint} expired at {not_after}"
-TRUST_REMOVED = "Removed certificate {fingerprint} ({name})"
 NO_CLIENT_CERT = "Warning: cannot create the registry client certificate: {error}"
 APP_CREATED = "Created application {name} version {version} ({architecture})"
 APP_PUBLISHED = "Published {name} version {version}"
@@ -56,11 +45,7 @@ VERSION_DELETED = "Deleted {name} version {version}"
 ERROR = "Error: {message}"
 USAGE_ERROR = "Error: {message}\nRun '{prog} --help' for usage."
 
-_MAX_PEM = 1024 * 1024
-
-
-class _UsageError(Exception):
-    """An argument that only the command itself can check; exit status 2."""
+_UsageError = configcmds.UsageError
 
 
 class _Context:
@@ -99,92 +84,6 @@ _app_name = _typed(names.check_app_name)
 _version = _typed(names.check_version)
 _arch = _typed(names.check_arch)
 _fingerprint = _typed(names.check_fingerprint)
-
-
-def _setting(text):
-    if text not in config_mod.KEYS:
-        raise argparse.ArgumentTypeError(config_mod.UNKNOWN_KEY.format(key=repr(text)))
-    return text
-
-
-# -- config ------------------------------------------------------------------------------
-
-def _trust_add(ctx):
-    ctx.ensure_client_certificate()
-    if ctx.args.path in (None, "-"):
-        cert = certs.parse_pem(ctx.stdin.read(_MAX_PEM + 1))
-    else:
-        try:
-            cert = certs.load_certificate(ctx.args.path)
-        except CertificateError as error:
-            # AppArmor denies the snap what lies outside its plugs; say so
-            # rather than leave a bare "Permission denied".
-            if os.environ.get("SNAP") and "ermission denied" in str(error):
-                raise CertificateError(f"{error}; {SNAP_HOME_HINT}") from None
-            raise
-    with TrustStore(ctx.dirs.trust_db) as store:
-        try:
-            store.add(cert, TRUST_ROLE)
-        except AlreadyExists:
-            pass  # adding the same certificate twice leaves it trusted: success
-    if cert.expired():
-        print(TRUST_EXPIRED.format(fingerprint=cert.fingerprint,
-                                   not_after=_when(cert.not_after)), file=ctx.err)
-    ctx.print(TRUST_ADDED.format(fingerprint=cert.fingerprint))
-
-
-def _when(moment):
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _trust_list(ctx):
-    with TrustStore(ctx.dirs.trust_db) as store:
-        records = store.records()
-    rows = []
-    for record in records:
-        cert = certs.parse_pem(record.pem)
-        rows.append({"fingerprint": record.fingerprint, "common_name": record.name,
-                     "issue_date": _when(cert.not_before),
-                     "expiry_date": _when(cert.not_after), "added_at": record.added_at})
-    columns = [("fingerprint", "FINGERPRINT"), ("common_name", "COMMON NAME"),
-               ("issue_date", "ISSUE DATE"), ("expiry_date", "EXPIRY DATE")]
-    ctx.out.write(render(rows, columns, ctx.args.format))
-
-
-def _trust_remove(ctx):
-    with TrustStore(ctx.dirs.trust_db) as store:
-        record = store.remove(ctx.args.fingerprint)
-    ctx.print(TRUST_REMOVED.format(fingerprint=record.fingerprint, name=record.name or "-"))
-
-
-def _config_set(ctx):
-    ctx.ensure_client_certificate()
-    key, value = ctx.args.key, ctx.args.value
-    if key == "registry.fingerprint" and value.strip():
-        # Like every command taking a fingerprint, accept a unique prefix of
-        # one the trust store holds.
-        try:
-            value = names.check_fingerprint(value)
-        except ValueError as error:
-            raise _UsageError(config_mod.BAD_FINGERPRINT.format(error=error)) from None
-        if len(value) < names.FINGERPRINT_LEN:
-            with TrustStore(ctx.dirs.trust_db) as store:
-                value = store.resolve(value)
-    try:
-        value = config_mod.validate(key, value)
-    except ConfigError as error:
-        raise _UsageError(str(error)) from None
-    config_mod.Config.load(ctx.dirs.config).set(key, value)
-
-
-def _config_show(ctx):
-    ctx.ensure_client_certificate()
-    settings = config_mod.Config.load(ctx.dirs.config).as_dict()
-    if ctx.args.format in ("json", "yaml"):
-        ctx.out.write(render(settings, [], ctx.args.format))
-    else:
-        rows = [{"key": key, "value": value} for key, value in settings.items()]
-        ctx.out.write(render(rows, [("key", "KEY"), ("value", "VALUE")], ctx.args.format))
 
 
 # -- application -------------------------------------------------------------------------
@@ -305,27 +204,7 @@ def _parser():
     cmds = root.add_subparsers(metavar="command", parser_class=CobraParser)
 
     _, config = _group(cmds, "config", "Manage the registry settings and trust")
-    _, trust = _group(config, "trust", "Manage the registry certificates this node trusts")
-    add = _leaf(trust, "add", "Trust a registry certificate", _trust_add, common,
-                "Trust the registry's server certificate, read from PATH or from "
-                "standard input ('-' or no PATH); prints its fingerprint")
-    add.add_argument("path", nargs="?", metavar="PATH")
-    ls = _leaf(trust, "list", "List trusted certificates", _trust_list, common,
-               aliases=["ls"])
-    _format_flag(ls, "table")
-    rm = _leaf(trust, "remove", "Remove a trusted certificate", _trust_remove, common)
-    rm.add_argument("fingerprint", type=_fingerprint, metavar="FINGERPRINT",
-                    help="fingerprint, or a unique prefix of at least 12 hex digits")
-    st = _leaf(config, "set", "Set a registry setting", _config_set, common,
-               "Set a registry setting; an empty VALUE restores the default. Keys: "
-               "registry.url (https://HOST:PORT), registry.fingerprint (of a trusted "
-               "certificate), registry.mode (push, pull or manual; default pull), "
-               "registry.update_interval (30s, 5m, 1h30m; default 1h), "
-               "registry.filter (comma-separated tags; empty = all)")
-    st.add_argument("key", type=_setting, metavar="KEY")
-    st.add_argument("value", metavar="VALUE")
-    show = _leaf(config, "show", "Show the registry settings", _config_show, common)
-    _format_flag(show, "yaml")
+    configcmds.add_commands(config, common, _leaf, _group, _format_flag, _fingerprint)
 
     _, app = _group(cmds, "application", "Manage the node's applications")
     create = _leaf(app, "create", "Add an application package", _app_create, common,
@@ -356,6 +235,8 @@ def _parser():
                     help="delete an application pulled from the registry")
 
     _add_registry_commands(cmds, common)
+    add_help_command(cmds, root)
+    add_completion_command(cmds, root)
     return root
 
 
@@ -365,6 +246,8 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None) -> int:
     args = _parser().parse(argv, out, err)
     if isinstance(args, int):
         return args
+    if getattr(args, "cobra", None):
+        return args.cobra(args, out)
     if args.handler is None:
         out.write(args.help_parser.format_help())
         return 0

@@ -3,8 +3,8 @@
     ams-sync registry list [--format table|csv|json|yaml]
     ams-sync registry push APP        manual mode: push APP's published versions
     ams-sync registry pull APP        manual mode: pull APP's versions
-    ams-sync sync                     one cycle now; exit status 1 if anything failed
-    ams-sync run                      the loop, until SIGTERM or SIGINT
+    ams-sync sync [--dry-run]         one cycle now (or its plan); exit 1 if anything failed
+    ams-sync run [--log-level L]      the loop, until SIGTERM or SIGINT
 
 ams_sync.py builds the parser and calls add_commands() with its helpers;
 each handler takes its _Context (args, out, err, dirs) and returns the exit
@@ -24,6 +24,7 @@ __all__ = ["add_commands", "MANUAL_SYNC", "FAILED_LINE", "DONE_LINE", "LOG_FORMA
 MANUAL_SYNC = ("registry.mode is manual: nothing is synced automatically; use "
                "`ams-sync registry push APP` or `ams-sync registry pull APP`")
 DONE_LINE = "  {action} {what}"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 FAILED_LINE = "  failed: {message}"
 LOG_FORMAT = "%(asctime)s %(levelname)s %(message)s"
 
@@ -34,8 +35,9 @@ _LIST_COLUMNS = [("name", "NAME"), ("version", "VERSION"), ("architecture", "ARC
 
 def _print_summary(ctx, summary):
     ctx.print(str(summary))
-    for action, items in (("pushed", summary.pushed), ("pulled", summary.pulled),
-                          ("removed", summary.removed)):
+    actions = (("would push", "would pull", "would remove") if summary.dry_run
+               else ("pushed", "pulled", "removed"))
+    for action, items in zip(actions, (summary.pushed, summary.pulled, summary.removed)):
         for what in items:
             ctx.print(DONE_LINE.format(action=action, what=what))
     for message in summary.failed:
@@ -43,14 +45,15 @@ def _print_summary(ctx, summary):
     return 0 if summary.ok else 1
 
 
-def _session(ctx, listing=None):
+def _session(ctx, listing=None, dry_run=False):
     """(config, client, Sync factory) for one command."""
     config = config_mod.Config.load(ctx.dirs.config)
     client, own = connect(ctx.dirs, config)
     progress = loop.TerminalProgress(ctx.err) if _tty(ctx.err) else None
 
     def make(store):
-        return Sync(client, store, own_fingerprint=own, listing=listing, progress=progress)
+        return Sync(client, store, own_fingerprint=own, listing=listing, progress=progress,
+                    dry_run=dry_run)
     return config, client, make
 
 
@@ -87,7 +90,10 @@ def _registry_pull(ctx):
 def _sync(ctx):
     # The listing and its ETag are kept beside config.json, so a `sync` from
     # cron against an unchanged registry costs one 304.
-    config, client, make = _session(ctx, Listing(ctx.dirs.sync_state))
+    listing = Listing(ctx.dirs.sync_state)
+    if ctx.args.dry_run:
+        listing.path = None     # a plan changes nothing, not even the cached listing
+    config, client, make = _session(ctx, listing, dry_run=ctx.args.dry_run)
     if config.mode == "manual":
         ctx.print(MANUAL_SYNC)
         return 0
@@ -101,7 +107,7 @@ def _run(ctx):
     logger = logging.getLogger("ams_sync")
     old_level = logger.level
     logger.addHandler(handler)
-    logger.setLevel(logging.INFO)
+    logger.setLevel(getattr(logging, ctx.args.log_level.upper()))
     try:
         return loop.run(ctx.dirs, ctx.err)
     finally:
@@ -125,8 +131,16 @@ def add_commands(cmds, common, group, leaf, format_flag, app_name):
                 "Download every version of APP (this node's architecture) that the "
                 "node lacks, and remove pulled versions that left the registry")
     pull.add_argument("name", type=app_name, metavar="APP")
-    leaf(cmds, "sync", "Run one sync cycle now", _sync, common,
-         "Push or pull once, as registry.mode says; exit status 1 if anything failed")
-    leaf(cmds, "run", "Sync every registry.update_interval until stopped", _run, common,
-         "Run a sync cycle every registry.update_interval (re-reading the settings "
-         "each time) until SIGTERM or SIGINT")
+    sync = leaf(cmds, "sync", "Run one sync cycle now", _sync, common,
+                "Push or pull once, as registry.mode says; exit status 1 if anything "
+                "failed. With --dry-run, print what would be pushed, pulled and removed, "
+                "and change nothing.")
+    sync.add_argument("--dry-run", action="store_true",
+                      help="print the plan only: transfer, delete and import nothing")
+    run = leaf(cmds, "run", "Sync every registry.update_interval until stopped", _run, common,
+               "Run a sync cycle every registry.update_interval (re-reading the settings "
+               "each time) until SIGTERM or SIGINT. Cycles that change nothing are "
+               "logged at debug level.")
+    run.add_argument("--log-level", choices=LOG_LEVELS, default="info", metavar="LEVEL",
+                     help="least severe messages logged: debug, info, warning or error "
+                          "(default info)")

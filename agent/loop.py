@@ -93,6 +93,7 @@ class Loop:
         self.listing = Listing()        # in memory: the ETag lives as long as the loop
         self.cycles = 0
         self._client = self._client_key = self._own = None
+        self._last_failure = None       # what the previous cycle failed with
 
     def stop(self):
         """Ask the loop to end; safe from a signal handler or another thread."""
@@ -146,10 +147,14 @@ class Loop:
                     if self.stop_event.is_set():
                         break
                     failed = True
-                    log.error(CYCLE_FAILED.format(error=error))
+                    message = CYCLE_FAILED.format(error=error)
+                    log.log(self._failure_level(message, failures + 1, logging.ERROR),
+                            message)
                 else:
-                    self._report(summary)
                     failed = summary is not None and not summary.ok
+                    self._report(summary, failures + 1 if failed else 0)
+                    if not failed:
+                        self._last_failure = None
                 self.cycles += 1
                 if self.on_cycle is not None:
                     self.on_cycle(summary)
@@ -161,14 +166,28 @@ class Loop:
                 self._client.close()
             store.close()
 
-    def _report(self, summary):
+    def _failure_level(self, what, failures, level):
+        """level for a new failure; DEBUG for the same one again, except after
+        1, 2, 4, 8 … failures in a row: an unreachable registry is logged
+        once per doubling of its outage, not at every retry."""
+        repeated = what == self._last_failure
+        self._last_failure = what
+        if repeated and failures & (failures - 1):
+            return logging.DEBUG
+        return level
+
+    def _report(self, summary, failures=0):
         if summary is None:
             if self.cycles == 0:
                 log.info(MANUAL)
             return
-        log.log(logging.WARNING if summary.failed else logging.INFO, "%s", summary)
+        # A cycle that changed nothing is the common case: debug, not a line
+        # in the journal every interval.
+        level = (self._failure_level(repr(summary.failed), failures, logging.WARNING)
+                 if summary.failed else logging.DEBUG if summary.idle else logging.INFO)
+        log.log(level, "%s", summary)
         for message in summary.failed:
-            log.warning("  %s", message)
+            log.log(level, "  %s", message)
 
     def _wait(self, seconds):
         """Sleep until the next cycle: stop, or config.json changed, cut it short."""

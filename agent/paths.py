@@ -8,7 +8,8 @@
     |                                 (trust.store.TrustStore; role "client")
     |-- registry/
     |   |-- client.crt                this node's registry client certificate,
-    |   `-- client.key                made on first use (CN "ams-<hostname>"), key 0600
+    |   |-- client.key                made on first use (CN "ams-<hostname>"), key 0600
+    |   `-- client.{crt,key}.<UTC>.old  pairs replaced by `config client-cert renew`
     |-- apps.db                       the node's applications (appstore.py, sqlite3 WAL)
     |-- apps.lock                     writers hold it shared, blob cleanup exclusive
     |-- blobs/
@@ -31,6 +32,7 @@ The data directory is ``--data-dir``, else ``$AMS_SYNC_DATA_DIR``, else
 import os
 import pathlib
 import socket
+import time
 
 import cas
 from cas import is_sha256
@@ -89,3 +91,24 @@ class DataDir:
             name = name[:64]
             openssl.create_key_and_cert(self.client_cert, self.client_key, name)
         return self.client_cert, self.client_key
+
+    def renew_client_certificate(self, hostname=None) -> pathlib.Path:
+        """Replace the client key and certificate with a new pair; return
+        where the old certificate was kept (its key beside it, same suffix).
+
+        The new pair is made first, so a failure leaves the old one in use.
+        """
+        from trust import openssl
+        self.client_certificate(hostname)
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        new_cert = self.registry_dir / "client.crt.new"
+        new_key = self.registry_dir / "client.key.new"
+        name = (CLIENT_CN_PREFIX + (hostname or socket.gethostname() or "node"))[:64]
+        openssl.create_key_and_cert(new_cert, new_key, name)
+        old_cert = self.registry_dir / f"client.crt.{stamp}.old"
+        os.replace(self.client_cert, old_cert)
+        os.replace(self.client_key, self.registry_dir / f"client.key.{stamp}.old")
+        os.replace(new_key, self.client_key)
+        os.replace(new_cert, self.client_cert)
+        cas.fsync_dir(self.registry_dir)
+        return old_cert

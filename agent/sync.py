@@ -54,6 +54,7 @@ NOT_IN_REGISTRY = "application {name} is not in the registry for {arch}"
 NOTHING_TO_PUSH = ("application {name} has no published version for {arch}: publish "
                    "one first with `ams-sync application publish {name} VERSION`")
 SUMMARY = "{mode}: {pushed} pushed, {pulled} pulled, {removed} removed, {failed} failed{note}"
+PLAN = "{mode} (dry run): would push {pushed}, pull {pulled}, remove {removed}; {failed} refused"
 
 log = logging.getLogger("ams_sync.sync")
 
@@ -68,15 +69,26 @@ class Summary:
     removed: list = dataclasses.field(default_factory=list)
     failed: list = dataclasses.field(default_factory=list)    # messages
     unchanged: bool = False          # the registry answered 304
+    dry_run: bool = False            # a plan: the lists say what would be done
 
     @property
     def ok(self) -> bool:
         return not self.failed
 
+    @property
+    def idle(self) -> bool:
+        """Nothing done and nothing failed: the cycle a running loop logs quietly."""
+        return not (self.pushed or self.pulled or self.removed or self.failed)
+
     def __str__(self):
-        note = " (registry unchanged)" if self.unchanged else ""
-        return SUMMARY.format(mode=self.mode, pushed=len(self.pushed), pulled=len(self.pulled),
-                              removed=len(self.removed), failed=len(self.failed), note=note)
+        counts = dict(mode=self.mode, pushed=len(self.pushed), pulled=len(self.pulled),
+                      removed=len(self.removed), failed=len(self.failed))
+        if self.dry_run:
+            return PLAN.format(**counts)
+        # A 304 says only that the listing did not change; the node may still
+        # have pushed a new local version, so the note goes with idle cycles only.
+        note = " (registry unchanged)" if self.unchanged and self.idle else ""
+        return SUMMARY.format(note=note, **counts)
 
 
 class Listing:
@@ -142,7 +154,8 @@ class Sync:
     """Cycles of one node against one registry client."""
 
     def __init__(self, client, store, *, own_fingerprint, architecture=None,
-                 listing=None, stop=None, progress=None, downloaders=DOWNLOADERS):
+                 listing=None, stop=None, progress=None, downloaders=DOWNLOADERS,
+                 dry_run=False):
         self.client, self.store = client, store
         self.own = own_fingerprint
         self.arch = architecture or names.host_architecture()
@@ -150,6 +163,9 @@ class Sync:
         self.stop = stop
         self.progress = progress      # progress(what, done, total) during transfers
         self.downloaders = downloaders    # downloads at once in pull mode
+        # dry_run: list, compare and report what would change; transfer,
+        # delete and import nothing.
+        self.dry_run = dry_run
 
     def cycle(self, mode, tags=()) -> Summary:
         """One cycle in registry.mode `mode`; manual mode does nothing."""
@@ -202,7 +218,7 @@ class Sync:
 
     def push(self, app=None) -> Summary:
         """Push mode's cycle; with app, only that application."""
-        summary = Summary("push")
+        summary = Summary("push", dry_run=self.dry_run)
         remote = self._list((), summary)
         if remote is None:
             return summary
@@ -211,7 +227,9 @@ class Sync:
                  if v["architecture"] == self.arch and v["origin"] == "local"}
         for key in sorted(local):
             ours, theirs = local[key], remote.get(key)
-            if theirs is None:
+            if theirs is None and self.dry_run:
+                summary.pushed.append(_name(key))
+            elif theirs is None:
                 if not self._attempt(summary, _name(key), lambda: self._upload(key, ours, summary)):
                     return summary
             elif theirs["sha256"] != ours["sha256"]:
@@ -221,6 +239,9 @@ class Sync:
             if key in local or remote[key]["publisher"] != self.own:
                 continue
             if app is not None and key[0] != app:
+                continue
+            if self.dry_run:
+                summary.removed.append(_name(key))
                 continue
             if not self._attempt(summary, _name(key), lambda: self._delete(key, summary)):
                 return summary
@@ -244,7 +265,7 @@ class Sync:
 
     def pull(self, tags=(), app=None) -> Summary:
         """Pull mode's cycle; with app, only that application (any tags)."""
-        summary = Summary("pull")
+        summary = Summary("pull", dry_run=self.dry_run)
         remote = self._list(() if app else tags, summary)
         if remote is None:
             return summary
@@ -271,13 +292,13 @@ class Sync:
             plan.append(jobs[-1])
         if self.stop is not None and self.stop.is_set():
             raise Cancelled(STOPPED)
-        finished = not jobs or Fetcher(self.client, self.store, stop=self.stop,
+        finished = not jobs or self.dry_run or Fetcher(self.client, self.store, stop=self.stop,
                                        progress=self.progress, downloaders=self.downloaders,
                                        log=log).run(jobs)
         for item in plan:
             if isinstance(item, str):
                 summary.failed.append(item)
-            elif item.done:
+            elif item.done or self.dry_run:
                 summary.pulled.append(item.what)
             elif item.error is not None:
                 summary.failed.append(item.error)
@@ -303,6 +324,9 @@ class Sync:
                               lambda: self._remove(name, gone, name not in listed, summary))
 
     def _remove(self, name, gone, whole, summary):
+        if self.dry_run:
+            summary.removed.extend(_name(key) for key in gone)
+            return
         if whole:
             self.store.delete(name, force=True)
         else:
