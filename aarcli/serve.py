@@ -106,7 +106,7 @@ def _open_stores(args, data, host, out):
     try:
         packages = PackageStore(data, recover=args.recover)
         cert, created = server_identity(data, _server_sans(host),
-                                        len(trust_store.records(revoked=True)),
+                                        len(trust_store.trusted()),
                                         new_identity=args.new_identity)
     except (ApiError, TrustError, OSError) as exc:
         if packages is not None:
@@ -204,8 +204,9 @@ def add_parser(cmds, common):
                        "package whose blob is gone, a lost or damaged packages.db or "
                        "trust.db, and start without them (nothing is deleted)")
     serve.add_argument("--new-identity", action="store_true",
-                       help="make a new server key and certificate even though nodes "
-                       "pin the old one (the old files go to DIR/quarantine/); every "
-                       "node must then be given the new certificate and fingerprint")
+                       help="when the server key is lost, make a new key and "
+                       "certificate even though nodes pin the old one (a certificate "
+                       "left behind goes to DIR/quarantine/); every node must then be "
+                       "given the new certificate and fingerprint")
     serve.set_defaults(handler=lambda args, ctx: _serve(args, ctx.out))
     return serve

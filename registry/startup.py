@@ -24,7 +24,8 @@ from trust import certs
 from trust.errors import CertificateError, Damaged
 from trust.store import TrustStore
 
-__all__ = ["open_trust_store", "server_identity", "TRUST_LOST", "IDENTITY_LOST"]
+__all__ = ["open_trust_store", "server_identity", "TRUST_LOST", "IDENTITY_LOST",
+           "IDENTITY_PRESENT"]
 
 TRUST_LOST = ("trust store {path} is {state}, but a registry has served from this "
               "data directory: recreating it would forget every trusted and revoked "
@@ -36,6 +37,10 @@ IDENTITY_LOST = ("{missing} missing, but this registry {why}: a new key would "
                  "from a backup, or run `aar serve --new-identity` to make a new "
                  "key and certificate on purpose (then give every node the new "
                  "certificate and fingerprint)")
+
+IDENTITY_PRESENT = ("--new-identity replaces a lost server key, but {key} and {cert} "
+                    "are both present: to rotate them on purpose, move both out of "
+                    "the way first, then start with --new-identity")
 
 
 def _trust_served(datadir) -> bool:
@@ -81,10 +86,15 @@ def _set_aside(datadir, path):
 def server_identity(datadir, sans, trusted_count, new_identity=False):
     """(certificate, created): the server's certificate, made on the first
     start. A lost key or certificate on a registry that has served raises
-    StartRefused unless ``new_identity``; the old files are then kept
-    under quarantine/, never deleted. ``trusted_count`` goes in the message."""
+    StartRefused unless ``new_identity``; a certificate left without its key
+    then goes to quarantine/, never deleted. ``new_identity`` with both
+    files present is refused too. ``trusted_count`` goes in the message."""
     cert, key = datadir.server_cert, datadir.server_key
-    if cert.exists() and key.exists() and not new_identity:
+    if cert.exists() and key.exists():
+        if new_identity:
+            # Left in a service's command line, the flag would otherwise
+            # change the identity at every restart.
+            raise StartRefused(IDENTITY_PRESENT.format(cert=cert, key=key))
         try:
             return certs.load_certificate(cert), False
         except CertificateError as exc:
@@ -97,7 +107,7 @@ def server_identity(datadir, sans, trusted_count, new_identity=False):
     # Trusted nodes alone prove nothing (`aar trust add` may run before the
     # first start); a certificate is only ever written after its key, so a
     # certificate without its key is a loss even where state.json predates us.
-    if missing and not new_identity and (has_served(datadir) or cert.exists()):
+    if not new_identity and (has_served(datadir) or cert.exists()):
         why = (f"has served with fingerprint {fingerprint}" if fingerprint
                else "has served")
         if trusted_count:
@@ -106,11 +116,8 @@ def server_identity(datadir, sans, trusted_count, new_identity=False):
             missing=" and ".join(str(p) for p in missing) + (" is" if len(missing) == 1
                                                             else " are"),
             why=why, files=" and ".join(p.name for p in missing)))
-    if new_identity:
-        quarantine = Quarantine(datadir)
-        for path in (cert, key):
-            if path.exists():
-                quarantine.move(path, "certs", path.name)
+    if new_identity and cert.exists():      # a certificate whose key is lost
+        Quarantine(datadir).move(cert, "certs", cert.name)
     from trust import openssl
     openssl.create_key_and_cert(cert, key, common_name=f"aar@{socket.gethostname()}",
                                 sans=sans, server=True)

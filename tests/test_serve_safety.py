@@ -9,7 +9,7 @@ import subprocess
 import pytest
 
 import aar
-from registry.startup import IDENTITY_LOST, TRUST_LOST
+from registry.startup import IDENTITY_PRESENT, TRUST_LOST
 from regserver import Client, Pipe, ProcessServer, ThreadServer, aar as run_aar
 
 
@@ -174,6 +174,12 @@ def test_a_lost_server_key_is_refused_until_a_new_identity_is_asked_for(served, 
     if "server.crt" not in lost:
         [quarantine] = (served / "quarantine").iterdir()
         assert (quarantine / "certs" / "server.crt").read_bytes() == old
+
+
+def test_new_identity_with_both_files_present_changes_nothing(served):
+    line = refused(served, "--new-identity", needle="are both present")
+    assert line == "Error: " + IDENTITY_PRESENT.format(
+        key=served / "certs" / "server.key", cert=served / "certs" / "server.crt")
 
 
 def test_a_garbage_server_certificate_is_named(served):
