@@ -5,7 +5,9 @@
     aar trust list|ls [--format table|csv|json|yaml] [--revoked]
     aar trust remove|revoke FINGERPRINT [-y|--yes]
     aar trust set-role FINGERPRINT client|publisher
+    aar trust token add|list|remove [ID]                 join tokens
     aar application list|show APP|delete APP [VERSION [ARCH]]
+    aar audit [--since T] [--format table|csv|json|yaml]
     aar help [COMMAND…]  aar completion bash|zsh|fish  aar --version
 
 The commands live in aarcli/, one module per group; this module builds the
@@ -16,10 +18,11 @@ import argparse
 import pathlib
 import sys
 
-from aarcli import apps, serve, trust
+from aarcli import apps, audit, serve, trust
 from aarcli.common import CommandError, Context
 from aarcli.trust import NEED_YES, NOT_CONFIRMED  # noqa: F401  (tests assert on them)
 from cli.cobra import CobraParser, add_completion_command, add_help_command
+from registry.audit import AuditError
 from registry.paths import default_data_dir
 from trust.errors import TrustError
 from version import VERSION
@@ -47,6 +50,7 @@ def _parser():
     serve.add_parser(cmds, common)
     trust.add_parser(cmds, common, _hide)
     apps.add_parser(cmds, common)
+    audit.add_parser(cmds, common)
     add_help_command(cmds, root)
     add_completion_command(cmds, root)
     return root
@@ -68,12 +72,13 @@ def main(argv=None, *, stdin=None, stdout=None, stderr=None) -> int:
         return 0
     if args.data_dir is None:
         args.data_dir = default_data_dir()
+    args.argv = sys.argv[1:] if argv is None else [str(a) for a in argv]   # for the audit log
     try:
         return args.handler(args, ctx)
     except CommandError as exc:
         print(f"Error: {exc}", file=ctx.err)
         return exc.status
-    except TrustError as exc:
+    except (TrustError, AuditError) as exc:
         print(f"Error: {exc}", file=ctx.err)
         return 1
     except KeyboardInterrupt:

@@ -10,12 +10,13 @@ guide's steps map one to one:
     ams-sync config client-cert show|renew    (agent/configcmds.py)
     ams-sync application create PATH [--architecture A]
     ams-sync application list|show|publish|revoke|delete
-    ams-sync registry list|push APP|pull APP, sync, run   (agent/commands.py)
+    ams-sync registry list|push APP|pull APP|join TOKEN, sync, run   (agent/commands.py)
 
 This module is the only place that prints and turns errors into exit codes:
 0 success, 1 failure (AgentError, TrustError, OSError), 2 usage.
 """
 import argparse
+import os
 import sys
 
 import names
@@ -53,7 +54,8 @@ class _Context:
 
     def __init__(self, args, stdin, out, err):
         self.args, self.stdin, self.out, self.err = args, stdin, out, err
-        self.dirs = DataDir(args.data_dir or default_data_dir())
+        # Absolute, so that logs and messages name the directory unambiguously.
+        self.dirs = DataDir(os.path.abspath(args.data_dir or default_data_dir()))
 
     def print(self, text):
         print(text, file=self.out)

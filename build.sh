@@ -71,7 +71,7 @@ fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/aar-build.XXXXXX")
 TMP_OUT=$OUTPUT.tmp.$$
-trap 'rm -rf "$WORK" "$TMP_OUT"' EXIT
+trap 'rm -rf "$WORK" "$TMP_OUT" "$TMP_OUT.main"' EXIT
 SITE=$WORK/site-packages
 mkdir -p "$SITE"
 for item in "${PROGRAM[@]}"; do
@@ -90,6 +90,65 @@ mkdir -p "$(dirname "$OUTPUT")"
     cat "$WORK/shiv.log" >&2
     die "shiv failed"
 }
+# shiv's __main__.py unpacks under ~/.shiv; ours first picks a private
+# directory under $TMPDIR when the home directory cannot be written (a service
+# account, HOME=/nonexistent), then hands over to shiv's bootstrap unchanged.
+"$PY" - "$TMP_OUT" <<'PYTHON' || die "cannot write the zipapp's __main__.py"
+import os, sys, zipfile
+MAIN = b"""# -*- coding: utf-8 -*-
+# Written by aar's build.sh: where ~/.shiv cannot be written and SHIV_ROOT is
+# unset, unpack into a private directory of this user under $TMPDIR instead.
+import os, stat, sys, tempfile
+
+
+def _shiv_root():
+    home = os.path.expanduser("~/.shiv")
+    try:
+        os.makedirs(home, exist_ok=True)
+        if os.access(home, os.W_OK):
+            return None
+    except OSError:
+        pass
+    root = os.path.join(tempfile.gettempdir(), "aar-shiv-%d" % os.getuid())
+    try:
+        os.mkdir(root, 0o700)
+    except OSError:
+        pass
+    try:
+        st = os.lstat(root)
+        private = (stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+                   and not st.st_mode & 0o077)
+    except OSError:
+        private = False
+    if not private:
+        sys.exit("aar: cannot unpack the program: %s cannot be written and %s is not "
+                 "a private directory of this user; set SHIV_ROOT to a writable "
+                 "directory" % (home, root))
+    return root
+
+
+if not os.environ.get("SHIV_ROOT"):
+    _root = _shiv_root()
+    if _root:
+        os.environ["SHIV_ROOT"] = _root
+import _bootstrap  # noqa: E402
+_bootstrap.bootstrap()
+"""
+path = sys.argv[1]
+with open(path, "rb") as f:
+    data = f.read()
+shebang = data[:data.index(b"\n") + 1] if data.startswith(b"#!") else b""
+with zipfile.ZipFile(path) as old:
+    entries = [(info, old.read(info)) for info in old.infolist()]
+mode = os.stat(path).st_mode
+with open(path + ".main", "wb") as f:
+    f.write(shebang)
+    with zipfile.ZipFile(f, "w") as new:
+        for info, body in entries:
+            new.writestr(info, MAIN if info.filename == "__main__.py" else body)
+os.chmod(path + ".main", mode)
+os.replace(path + ".main", path)
+PYTHON
 mv -f "$TMP_OUT" "$OUTPUT"
 SIZE=$(wc -c <"$OUTPUT" | tr -d ' ')
 echo "$OUTPUT ($SIZE bytes)"

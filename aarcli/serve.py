@@ -140,7 +140,33 @@ def _data_dir(path):
     return data
 
 
+def _metrics_address(text):
+    from metrics.listener import parse_listen
+    try:
+        return parse_listen(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc))
+
+
+def _metrics(args, server, data, close):
+    """Start the --metrics-listen listener, or None; a taken port is one line."""
+    if not args.metrics_listen:
+        return None
+    from metrics.listener import MetricsServer
+    from registry import health
+    try:
+        return MetricsServer(args.metrics_listen, server.events.metrics,
+                             lambda: health.check(server, data)).start()
+    except OSError as exc:
+        close()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(f"cannot listen for metrics on "
+                           f"{show_address(*args.metrics_listen)}: {reason}")
+
+
 def _serve(args, out):
+    from registry.audit import AuditLog
+    from registry.events import Events
     from registry.handlers import ApiHandler
     from registry.served import record_serving
     from registry.server import RegistryServer, Settings
@@ -152,16 +178,26 @@ def _serve(args, out):
     data = _data_dir(args.data_dir)
     packages, trust_store, cert = _open_stores(args, data, host, out)
     settings = Settings(workers=args.workers)
+    audit_log = AuditLog(data.audit_log)
     try:
         server = RegistryServer((host, port), ApiHandler, trust_store=trust_store,
                                 packages=packages, certfile=str(data.server_cert),
                                 keyfile=str(data.server_key),
-                                server_fingerprint=cert.fingerprint, settings=settings)
+                                server_fingerprint=cert.fingerprint, settings=settings,
+                                events=Events(audit_log))
     except OSError as exc:
         packages.close()
         trust_store.close()
         reason = os.strerror(exc.errno) if exc.errno else str(exc)
         raise CommandError(f"cannot listen on {show_address(host, port)}: {reason}")
+
+    def close():
+        server.server_close()
+        packages.close()
+        trust_store.close()
+        audit_log.close()
+
+    metrics = _metrics(args, server, data, close)
     # From here on a lost trust store, index or key is refused, not recreated.
     record_serving(data, cert.fingerprint)
     bound = server.server_address
@@ -178,12 +214,15 @@ def _serve(args, out):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
+    if metrics is not None:
+        log.info("metrics on http://%s/metrics and /healthz",
+                 show_address(*metrics.server_address[:2]))
     try:
         server.serve_forever()
     finally:
-        server.server_close()
-        packages.close()
-        trust_store.close()
+        if metrics is not None:
+            metrics.stop()
+        close()
     return 0
 
 
@@ -196,6 +235,9 @@ def add_parser(cmds, common):
                        "every interface; [::]:3000 for IPv6)")
     serve.add_argument("--workers", type=workers, default=32, metavar="N",
                        help=f"worker threads serving requests, 1 to {MAX_WORKERS} (default 32)")
+    serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
+                       metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
+                       "there, e.g. 127.0.0.1:9300 (default: off)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="log every request (debug level)")
     serve.add_argument("--recover", action="store_true",

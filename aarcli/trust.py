@@ -5,6 +5,10 @@
     remove FINGERPRINT [-y]                       asks on a terminal
     revoke FINGERPRINT [-y]                       asks on a terminal; final
     set-role FINGERPRINT client|publisher         keeps the record's history
+    token add|list|remove                         join tokens (aarcli/tokens.py)
+
+Every change is recorded in the audit log (registry/audit.py) before the
+command reports it done.
 
 A fingerprint may be a unique prefix of 12 or more hex digits; whatever it
 matched, the messages print the full fingerprint.
@@ -18,6 +22,8 @@ from cli.formats import FORMATS, render
 from trust import certs
 from trust.errors import AlreadyExists, TrustError
 from trust.store import ROLES
+
+from registry.audit import record_command
 
 from .common import CommandError, served_data_dir
 
@@ -54,6 +60,12 @@ def _fingerprint(text):
         return names.check_fingerprint(text, allow_prefix=True)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc))
+
+
+def _audit(args, event, record, **extra):
+    record_command(served_data_dir(args.data_dir, True).audit_log, args.argv, event,
+                   fingerprint=record.fingerprint, name=record.name, role=record.role,
+                   **extra)
 
 
 def _open(args, init=False):
@@ -106,6 +118,7 @@ def _add(args, ctx):
         try:
             record = store.add(cert, role, name=args.name)
             message = ADDED
+            _audit(args, "trust.add", record)
         except AlreadyExists:
             # The same certificate in the same role is what the operator
             # asked for: success, so that scripts and charms may repeat it.
@@ -153,6 +166,7 @@ def _remove(args, ctx):
             _asked(CONFIRM_REMOVE.format(fp=record.fingerprint, name=record.name or "-",
                                          role=record.role), args, ctx, "remove")
         record = store.remove(record.fingerprint)
+    _audit(args, "trust.remove", record)
     print(REMOVED.format(fp=record.fingerprint, name=record.name or "-"), file=ctx.out)
     return 0
 
@@ -164,13 +178,17 @@ def _revoke(args, ctx):
             _asked(CONFIRM_REVOKE.format(fp=record.fingerprint, name=record.name or "-"),
                    args, ctx, "revoke")
         record = store.revoke(record.fingerprint)
+    _audit(args, "trust.revoke", record)
     print(REVOKED.format(fp=record.fingerprint, name=record.name or "-"), file=ctx.out)
     return 0
 
 
 def _set_role(args, ctx):
     with _open(args) as store:
+        before = store.get(store.resolve(args.fingerprint))
         record = store.set_role(args.fingerprint, args.role)
+    if before.role != record.role:
+        _audit(args, "trust.set-role", record, previous_role=before.role)
     print(ROLE_SET.format(fp=record.fingerprint, name=record.name or "-", role=record.role),
           file=ctx.out)
     return 0
@@ -240,4 +258,7 @@ def add_parser(cmds, common, hide):
     sr.add_argument("role", choices=ROLES, metavar="ROLE", help="client or publisher")
     sr.set_defaults(handler=_set_role)
     hide(tcmds, "set-role")
+    from . import tokens
+    tokens.add_parser(tcmds, common)
+    hide(tcmds, "token")
     return trust

@@ -38,7 +38,7 @@ from .listing import check_listing
 from .transfer import CANCELLED, CHUNK, SHRANK, Download, send_file
 
 __all__ = [
-    "RegistryClient", "PIN_MISMATCH", "READ_ONLY", "NOT_TRUSTED", "UNAVAILABLE",
+    "RegistryClient", "PIN_MISMATCH", "READ_ONLY", "NOT_TRUSTED", "UNAVAILABLE", "NOT_TLS",
     "SERVER_ERROR", "BAD_RESPONSE", "REFUSED", "CONFLICT", "SHRANK", "CHUNK",
 ]
 
@@ -57,6 +57,9 @@ REFUSED = "registry {url} refused {method} {path}: {status} {error}"
 CONFLICT = ("the registry already holds {what} with other bytes: publish a new "
             "version instead of changing this one")
 _MAX_JSON = 256 << 20      # a listing of many thousand versions fits easily
+NOT_TLS = ("it does not speak TLS there: the registry speaks HTTPS only; check "
+           "the port in registry.url")
+_NOT_TLS = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE")
 _CERT_ALERTS = ("CERTIFICATE", "UNKNOWN_CA", "HANDSHAKE_FAILURE", "ACCESS_DENIED")
 _GOT_RE = re.compile(r"got ([0-9a-f]{64})")
 
@@ -224,6 +227,9 @@ class RegistryClient:
         elif isinstance(error, (http.client.RemoteDisconnected, ssl.SSLEOFError,
                                 ConnectionResetError, BrokenPipeError)):
             reason = "the connection was closed before an answer"
+        elif isinstance(error, ssl.SSLError) and error.reason in _NOT_TLS:
+            # What a plain-HTTP server's answer looks like to a TLS client.
+            reason = NOT_TLS
         elif isinstance(error, ssl.SSLError):
             reason = f"TLS error {error.reason or error}"
         elif isinstance(error, socket.gaierror):

@@ -3,13 +3,16 @@
     ams-sync registry list [--format table|csv|json|yaml]
     ams-sync registry push APP        manual mode: push APP's published versions
     ams-sync registry pull APP        manual mode: pull APP's versions
+    ams-sync registry join TOKEN      enrol with a registry (agent/join.py)
     ams-sync sync [--dry-run]         one cycle now (or its plan); exit 1 if anything failed
-    ams-sync run [--log-level L]      the loop, until SIGTERM or SIGINT
+    ams-sync run [--log-level L] [--metrics-listen ADDR:PORT]
+                                      the loop, until SIGTERM or SIGINT
 
 ams_sync.py builds the parser and calls add_commands() with its helpers;
 each handler takes its _Context (args, out, err, dirs) and returns the exit
 status. Errors are raised for ams_sync.main to print.
 """
+import argparse
 import logging
 
 from cli.formats import render
@@ -17,6 +20,7 @@ from cli.formats import render
 from . import config as config_mod
 from . import loop
 from .appstore import AppStore
+from .errors import AgentError
 from .sync import Listing, Sync, connect
 
 __all__ = ["add_commands", "MANUAL_SYNC", "FAILED_LINE", "DONE_LINE", "LOG_FORMAT"]
@@ -87,6 +91,12 @@ def _registry_pull(ctx):
         return _print_summary(ctx, make(store).pull(app=ctx.args.name))
 
 
+def _registry_join(ctx):
+    from .join import join
+    ctx.print(join(ctx.dirs, ctx.args.token))
+    return 0
+
+
 def _sync(ctx):
     # The listing and its ETag are kept beside config.json, so a `sync` from
     # cron against an unchanged registry costs one 304.
@@ -108,11 +118,34 @@ def _run(ctx):
     old_level = logger.level
     logger.addHandler(handler)
     logger.setLevel(getattr(logging, ctx.args.log_level.upper()))
+    observer = listener = None
     try:
-        return loop.run(ctx.dirs, ctx.err)
+        if ctx.args.metrics_listen:
+            from metrics.listener import MetricsServer
+            from .cyclemetrics import CycleMetrics
+            observer = CycleMetrics()
+            try:
+                listener = MetricsServer(ctx.args.metrics_listen, observer.metrics,
+                                         observer.health).start()
+            except OSError as error:
+                raise AgentError("cannot listen for metrics on {}:{}: {}".format(
+                    *ctx.args.metrics_listen, error.strerror or error)) from None
+            logger.info("metrics on http://%s:%d/metrics and /healthz",
+                        *listener.server_address[:2])
+        return loop.run(ctx.dirs, ctx.err, observer=observer)
     finally:
+        if listener is not None:
+            listener.stop()
         logger.removeHandler(handler)
         logger.setLevel(old_level)
+
+
+def _metrics_address(text):
+    from metrics.listener import parse_listen
+    try:
+        return parse_listen(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def add_commands(cmds, common, group, leaf, format_flag, app_name):
@@ -131,6 +164,13 @@ def add_commands(cmds, common, group, leaf, format_flag, app_name):
                 "Download every version of APP (this node's architecture) that the "
                 "node lacks, and remove pulled versions that left the registry")
     pull.add_argument("name", type=app_name, metavar="APP")
+    join = leaf(registry, "join", "Enrol this node with a registry", _registry_join,
+                common, "Enrol this node with the registry a join token names (`aar "
+                "trust token add` prints one): trusts the registry's certificate, has "
+                "the registry trust this node's, and sets registry.url, "
+                "registry.fingerprint and registry.mode (pull for a client token, push "
+                "for a publisher one)")
+    join.add_argument("token", metavar="TOKEN")
     sync = leaf(cmds, "sync", "Run one sync cycle now", _sync, common,
                 "Push or pull once, as registry.mode says; exit status 1 if anything "
                 "failed. With --dry-run, print what would be pushed, pulled and removed, "
@@ -144,3 +184,6 @@ def add_commands(cmds, common, group, leaf, format_flag, app_name):
     run.add_argument("--log-level", choices=LOG_LEVELS, default="info", metavar="LEVEL",
                      help="least severe messages logged: debug, info, warning or error "
                           "(default info)")
+    run.add_argument("--metrics-listen", type=_metrics_address, default=None,
+                     metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
+                     "there, e.g. 127.0.0.1:9301 (default: off)")

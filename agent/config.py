@@ -30,7 +30,7 @@ from .manifest import check_tag
 
 __all__ = [
     "Config", "validate", "KEYS", "DEFAULTS", "MODES", "MIN_INTERVAL",
-    "UNKNOWN_KEY", "BAD_URL", "BAD_FINGERPRINT", "BAD_MODE", "BAD_INTERVAL",
+    "UNKNOWN_KEY", "BAD_URL", "PLAIN_HTTP", "BAD_FINGERPRINT", "BAD_MODE", "BAD_INTERVAL",
     "SHORT_INTERVAL", "BAD_FILTER", "UNREADABLE", "UNWRITABLE",
 ]
 
@@ -48,6 +48,8 @@ KEYS = tuple(DEFAULTS)
 UNKNOWN_KEY = "unknown setting {key}: use one of " + ", ".join(KEYS)
 BAD_URL = ("invalid registry.url {value}: expected https://HOST:PORT, like "
            "https://192.168.178.45:3000")
+PLAIN_HTTP = ("invalid registry.url {value}: the registry speaks HTTPS only; use "
+              "https://HOST:PORT")
 BAD_FINGERPRINT = "invalid registry.fingerprint: {error}"
 BAD_MODE = "invalid registry.mode {value}: expected push, pull or manual, like pull"
 BAD_INTERVAL = "invalid registry.update_interval: {error}"
@@ -71,6 +73,8 @@ def _url(value):
     if any(char.isspace() or ord(char) < 32 for char in value):
         raise bad
     parts = urllib.parse.urlsplit(value)
+    if parts.scheme.lower() == "http":
+        raise ConfigError(PLAIN_HTTP.format(value=_show(value)))
     try:
         port = parts.port
     except ValueError:

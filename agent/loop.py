@@ -202,15 +202,19 @@ class Loop:
                 return
 
 
-def run(dirs, err=None, **kwargs) -> int:
+def run(dirs, err=None, observer=None, **kwargs) -> int:
     """Run the loop on a worker thread until SIGTERM or SIGINT; 0 when stopped.
 
-    Must be called from the main thread (signal handlers live there).
+    observer.watch(loop), if given, is called before the first cycle
+    (agent/cyclemetrics.py). Must be called from the main thread (signal
+    handlers live there).
     """
     err = err if err is not None else sys.stderr
     if "progress" not in kwargs and hasattr(err, "isatty") and err.isatty():
         kwargs["progress"] = TerminalProgress(err)
     loop = Loop(dirs, **kwargs)
+    if observer is not None:
+        observer.watch(loop)
     errors = []
 
     def body():

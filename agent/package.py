@@ -33,7 +33,7 @@ from .errors import ManifestError, PackageError
 __all__ = [
     "stage", "inspect", "MAX_MEMBERS", "NOT_A_PACKAGE", "UNREADABLE",
     "BAD_ARCHIVE", "UNSAFE_PATH", "UNSAFE_LINK", "THROUGH_LINK",
-    "SPECIAL_FILE", "DUPLICATE", "NO_MANIFEST", "MANIFEST_NOT_FILE",
+    "SPECIAL_FILE", "DUPLICATE", "NO_MANIFEST", "NESTED_MANIFEST", "MANIFEST_NOT_FILE",
     "TOO_MANY", "ENCRYPTED",
 ]
 
@@ -52,6 +52,8 @@ THROUGH_LINK = "{name} goes through the link {link}: paths through links are not
 SPECIAL_FILE = "{name} is a device, fifo or socket: packages hold files, directories and links"
 DUPLICATE = "{name} appears twice in the package"
 NO_MANIFEST = "the package has no manifest.yaml at its root"
+NESTED_MANIFEST = ("the package has no manifest.yaml at its root; it has {found}: "
+                   "archive the contents of {folder}/, not the folder itself")
 MANIFEST_NOT_FILE = "manifest.yaml must be a regular file, not a link or directory"
 TOO_MANY = f"the package has more than {MAX_MEMBERS} entries"
 ENCRYPTED = "{name} is encrypted: packages cannot hold encrypted entries"
@@ -138,6 +140,12 @@ def _manifest_of(members, read):
             if member.kind != "file":
                 raise PackageError(MANIFEST_NOT_FILE)
             return manifest_mod.parse_manifest(read(member))
+    nested = sorted((m for m in members if m.parts[-1] == "manifest.yaml"),
+                    key=lambda m: len(m.parts))
+    if nested:
+        # The usual slip: the folder was archived instead of its contents.
+        folder = "/".join(nested[0].parts[:-1])
+        raise PackageError(NESTED_MANIFEST.format(found=nested[0].name, folder=folder))
     raise PackageError(NO_MANIFEST)
 
 

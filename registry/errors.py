@@ -22,6 +22,7 @@ ERRORS = {
     "range_not_satisfiable": (416, "requested range not satisfiable"),
     "digest_mismatch": (422, "sha256 of the body does not match"),
     "size_mismatch": (422, "body size does not match Content-Length"),
+    "too_many_requests": (429, "too many requests"),
     "internal": (500, "internal server error"),
     "insufficient_storage": (507, "insufficient storage on the registry"),
 }

@@ -6,15 +6,26 @@ timeouts) are the business of `protocol` and `server`; storage is `storage`'s.
 Every request is authorised against the live trust store before it is routed: a
 certificate removed or revoked while its connection stays open is refused at its
 next request, and the connection is closed.
+
+A caller without a certificate (the TLS context is CERT_OPTIONAL for the sake of
+joining nodes) may POST /1.0/join and nothing else: any other request of such a
+caller is refused by closing the connection without an answer, the way a
+refused handshake looks, so that nothing of the API shows to it.
+
+Each request reports to `server.events` (registry/events.py): its route
+template, status and duration for the metrics; refusals, writes, deletes and
+downloads for the audit and service logs.
 """
 import hashlib
 import json
 import logging
 import re
+import time
 import urllib.parse
 
 import names
 from version import VERSION
+from registry import join
 from registry.errors import ApiError, envelope_error, envelope_sync
 from registry.livetrust import Refusal
 from registry.protocol import RequestHandler
@@ -44,37 +55,73 @@ class ApiHandler(RequestHandler):
     def attach(cls, server):
         """Give a new server the state these handlers share across requests."""
         server.listing_cache = ListingCache()
+        server.join_gate = join.Gate()
 
     def dispatch(self):
         self.role = None
+        self.route = "other"
+        self.code = None
+        self.sent = 0
+        self.conn.consumed = 0
+        started = time.monotonic()
         try:
-            self._authorise()
-            self._route()
+            if self.conn.fingerprint is None:
+                self._certificate_less()
+            else:
+                self._authorise()
+                self._route()
         except ApiError as err:
             self._send_error(err)
         except (ConnectionError, TimeoutError):
             raise
         except OSError as exc:
             log.error("%s %s failed: %s", self.command, self.path, exc)
+            self.server.events.storage_error()
             self._send_error(ApiError.of("internal", "server storage error"))
+        finally:
+            self.server.events.request(self.route, self.command, self.code or "none",
+                                       time.monotonic() - started, self.conn.consumed,
+                                       self.sent)
+
+    def log_request(self, code="-", size="-"):
+        self.code = str(code)
+        if isinstance(size, int) and self.command != "HEAD":
+            self.sent = size
+        super().log_request(code, size)
 
     # -- authorisation -------------------------------------------------------
+
+    def _addr(self):
+        host, port = self.client_address[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    def _certificate_less(self):
+        if self.command == "POST" and self.path.partition("?")[0] == join.PATH:
+            self.route = join.PATH
+            return self._join()
+        self.server.events.refused(self._addr(), "no_certificate",
+                                   f"{self.command} {self.path[:200]} without a client "
+                                   "certificate (only the join endpoint takes none)")
+        self.close_connection = True       # closed unanswered, like a refused handshake
 
     def _authorise(self):
         fp = self.conn.fingerprint
         try:
             self.role = self.server.trust.authorise(fp)
         except Refusal as refusal:
-            log.warning("refused %s %s from %s (%s): %s", self.command, self.path,
-                        self.client_address[0], fp, refusal.reason)
+            self.server.events.refused(
+                self._addr(), refusal.code, f"{self.command} {self.path[:200]}: "
+                f"{refusal.reason}", fingerprint=fp, name=refusal.name)
             self.close_connection = True
             raise ApiError.of("forbidden", f"forbidden: {refusal.reason}")
 
     def _require_publisher(self):
         if self.role != "publisher":
-            log.warning("refused %s %s from %s (%s): role %s cannot write",
-                        self.command, self.path, self.client_address[0],
-                        self.conn.fingerprint, self.role)
+            fp = self.conn.fingerprint
+            self.server.events.refused(
+                self._addr(), "read_only", f"{self.command} {self.path[:200]}: role "
+                f"{self.role} cannot write", fingerprint=fp,
+                name=self.server.trust.name_of(fp))
             self._body_unread()
             raise ApiError.of("forbidden", f"forbidden: the {self.role} role is "
                               "read-only; writes need a publisher certificate")
@@ -97,16 +144,23 @@ class ApiHandler(RequestHandler):
         method = self.command
         n = len(parts)
         if n == 1:
+            self.route = "/1.0"
             return self._only(method, ("GET", "HEAD"), self._info)
         if parts[1] == "status" and n == 2:
+            self.route = "/1.0/status"
             return self._only(method, ("GET", "HEAD"),
                               lambda: self._send_json({"status": "ok"}))
+        if "/".join(parts[:2]) == join.PATH[1:] and n == 2:
+            self.route = join.PATH
+            return self._only(method, ("POST",), self._join)
         if parts[1] != "applications":
             raise ApiError.of("not_found", f"no such endpoint: {path}")
         if n == 2:
+            self.route = "/1.0/applications"
             return self._only(method, ("GET", "HEAD"), lambda: self._listing(query))
         app = self._check(names.check_app_name, parts[2])
         if n == 3:
+            self.route = "/1.0/applications/{app}"
             if method == "DELETE":
                 return self._delete_application(app)
             return self._only(method, ("GET", "HEAD"), lambda: self._application(app))
@@ -115,12 +169,14 @@ class ApiHandler(RequestHandler):
         version = self._check(names.check_version, parts[3])
         arch = self._check(names.check_arch, parts[4])
         if n == 5:
+            self.route = "/1.0/applications/{app}/{version}/{arch}"
             if method == "DELETE":
                 return self._delete_package(app, version, arch)
             return self._only(method, ("GET", "HEAD"),
                               lambda: self._send_json(self._package(app, version, arch)))
         if parts[5] != "package":
             raise ApiError.of("not_found", f"no such endpoint: {path}")
+        self.route = "/1.0/applications/{app}/{version}/{arch}/package"
         if method == "PUT":
             return self._upload(app, version, arch)
         return self._only(method, ("GET", "HEAD"), lambda: self._download(app, version, arch))
@@ -199,6 +255,8 @@ class ApiHandler(RequestHandler):
             self.finish_response()
             if self.command == "HEAD":
                 return
+            self.server.events.downloaded(self._addr(), self.conn.fingerprint, pkg,
+                                          start, end)
             f.seek(start)
             self._stream_file(f, end - start)
 
@@ -257,18 +315,20 @@ class ApiHandler(RequestHandler):
         if "100-continue" in self.headers.get("expect", "").lower():
             self.send_continue()
         self.conn.consumed = 0
+        events = self.server.events
+        events.uploads.inc()
         try:
             created, pkg = self.server.packages.put(
                 app, version, arch, self.conn, length, digest, manifest,
                 self.conn.fingerprint)
         finally:
+            events.uploads.dec()
             # A store that answers without reading the whole body (a refusal,
             # or a no-op for bytes it already has) leaves the rest on the wire.
             if self.conn.consumed != length:
                 self.close_connection = True
-        log.info("%s %s/%s/%s by %s: %d bytes, sha256 %s", "stored" if created
-                 else "unchanged", app, version, arch, self.conn.fingerprint,
-                 length, digest)
+        fp = self.conn.fingerprint
+        events.stored(fp, self.server.trust.name_of(fp), pkg, created)
         self._send_json(pkg, status=201 if created else 200)
 
     def _manifest_header(self):
@@ -293,19 +353,50 @@ class ApiHandler(RequestHandler):
 
     def _delete_package(self, app, version, arch):
         self._require_publisher()
-        if not self.server.packages.delete_package(app, version, arch):
+        # Read first: the audit record names the bytes that went.
+        pkg = self.server.packages.get(app, version, arch)
+        if pkg is None or not self.server.packages.delete_package(app, version, arch):
             raise ApiError.of("not_found", f"package {app}/{version}/{arch} not found")
-        log.info("deleted %s/%s/%s by %s", app, version, arch, self.conn.fingerprint)
+        self._deleted([pkg])
         self._send_json({})
 
     def _delete_application(self, app):
         self._require_publisher()
+        found = self.server.packages.application(app)
         count = self.server.packages.delete_application(app)
         if not count:
             raise ApiError.of("not_found", f"application {app!r} not found")
-        log.info("deleted application %s (%d packages) by %s", app, count,
-                 self.conn.fingerprint)
+        self._deleted((found or {}).get("versions", []))
         self._send_json({"deleted": count})
+
+    def _deleted(self, packages):
+        fp = self.conn.fingerprint
+        self.server.events.deleted(fp, self.server.trust.name_of(fp), packages)
+
+    # -- joining -------------------------------------------------------------------
+
+    def _join(self):
+        length = self.body_length_of_join()
+        body = self.conn.read(length) if length else b""
+        self.close_connection = True       # one join per connection, refused or not
+        self._send_json(join.join(self.server, self._addr(), body))
+
+    def _drop_body(self):
+        # The transport drops every body but an upload's before dispatch; a
+        # join's body is read by _join (at most join.MAX_BODY bytes).
+        if self.command == "POST" and self.path.partition("?")[0] == join.PATH:
+            return
+        super()._drop_body()
+
+    def body_length_of_join(self):
+        length = self.body_length
+        if length is None or "content-length" not in self.headers:
+            self.close_connection = True
+            raise ApiError.of("length_required", "a join needs Content-Length")
+        if length > join.MAX_BODY:
+            self.close_connection = True
+            raise ApiError.of("too_large", f"a join body is at most {join.MAX_BODY} bytes")
+        return length
 
     # -- bodies ----------------------------------------------------------------
 

@@ -13,13 +13,25 @@ TLS context is rebuilt, so that
 Requests on connections that are already open are authorised against the same
 records by `authorise()`, so a revocation also ends an open keep-alive session at
 its next request.
+
+Revoked and expired certificates are let through the handshake on purpose:
+OpenSSL refuses them without saying whom it refused, and operators need to
+tell "a revoked node keeps knocking" from "a stranger". The context therefore
+verifies revoked certificates too and skips the date check, and `authorise()`
+refuses them at their first request with 403, naming the certificate; the
+service log and the audit log get its fingerprint and name. Unknown
+certificates are still refused in the handshake.
+
+The context is CERT_OPTIONAL: a caller with no certificate at all completes
+the handshake, and the handlers let it reach the join endpoint and nothing
+else (registry/handlers.py).
 """
 import datetime
 import logging
 import threading
 import time
 
-from trust import tls
+from trust import certs, tls
 
 __all__ = ["LiveTrust", "Refusal"]
 
@@ -27,11 +39,14 @@ log = logging.getLogger("aar.trust")
 
 
 class Refusal(Exception):
-    """A request or handshake refused for its certificate; `reason` says why."""
+    """A request or handshake refused for its certificate; `reason` says why,
+    `code` is one of registry.events.REASONS, `name` the certificate's name."""
 
-    def __init__(self, reason):
+    def __init__(self, reason, code="untrusted", name=None):
         super().__init__(reason)
         self.reason = reason
+        self.code = code
+        self.name = name
 
 
 def _epoch(iso):
@@ -40,6 +55,13 @@ def _epoch(iso):
         return float("inf")
     moment = datetime.datetime.strptime(iso, "%Y-%m-%dT%H:%M:%SZ")
     return moment.replace(tzinfo=datetime.timezone.utc).timestamp()
+
+
+def _not_before(pem):
+    try:
+        return certs.parse_pem(pem).not_before.timestamp()
+    except Exception:    # a record the store accepted: its dates are readable
+        return 0.0
 
 
 class LiveTrust:
@@ -52,6 +74,7 @@ class LiveTrust:
         self._lock = threading.Lock()
         self._generation = None
         self._records = {}
+        self._revoked = {}
         self._context = None
         self.refresh()
 
@@ -63,16 +86,20 @@ class LiveTrust:
         with self._lock:
             if generation == self._generation:
                 return
-            records = self._store.trusted()
+            every = self._store.records(revoked=True)
             context = tls.server_context(
-                self._certfile, self._keyfile, [r.pem for r in records.values()])
-            # What a request needs, precomputed: role and expiry as a number.
-            self._records = {fp: (r.role, _epoch(r.not_after), r.not_after)
-                             for fp, r in records.items()}
+                self._certfile, self._keyfile, [r.pem for r in every],
+                check_time=False, certificate_optional=True)
+            # What a request needs, precomputed: role, validity as numbers, name.
+            self._records = {r.fingerprint: (r.role, _not_before(r.pem),
+                                             _epoch(r.not_after), r.not_after, r.name)
+                             for r in every if not r.revoked}
+            self._revoked = {r.fingerprint: (r.revoked_at, r.name) for r in every
+                             if r.revoked}
             self._context = context
             if self._generation is not None:
                 log.info("trust store changed: %d trusted certificate(s); "
-                         "TLS context rebuilt", len(records))
+                         "TLS context rebuilt", len(self._records))
             self._generation = generation
 
     @property
@@ -85,11 +112,27 @@ class LiveTrust:
         self.refresh()
         entry = self._records.get(fingerprint)
         if entry is None:
-            stored = self._store.get(fingerprint)
-            if stored is not None and stored.revoked_at:
-                raise Refusal(f"certificate revoked at {stored.revoked_at}")
-            raise Refusal("certificate not trusted")
-        role, expires, expires_text = entry
-        if expires < time.time():
-            raise Refusal(f"certificate expired at {expires_text}")
+            revoked = self._revoked.get(fingerprint)
+            if revoked is not None:
+                raise Refusal(f"certificate revoked at {revoked[0]}", "revoked", revoked[1])
+            raise Refusal("certificate not trusted", "untrusted")
+        role, starts, expires, expires_text, name = entry
+        now = time.time()
+        if expires < now:
+            raise Refusal(f"certificate expired at {expires_text}", "expired", name)
+        if starts > now:
+            raise Refusal("certificate not valid yet", "expired", name)
         return role
+
+    def name_of(self, fingerprint):
+        """The name a trusted or revoked certificate is listed under, or None."""
+        entry = self._records.get(fingerprint)
+        if entry is not None:
+            return entry[4]
+        revoked = self._revoked.get(fingerprint)
+        return revoked[1] if revoked else None
+
+    def roles(self):
+        """The role of every trusted certificate (for the metrics)."""
+        self.refresh()
+        return [entry[0] for entry in self._records.values()]

@@ -7,7 +7,10 @@
     |-- state.json                    written once the registry has served: from
     |                                 then on a lost file is refused, not recreated
     |                                 (registry/served.py)
-    |-- trust.db                      the trust store (shelve over sqlite3)
+    |-- trust.db                      the trust store (shelve over sqlite3), and the
+    |                                 join tokens' table (hashes of their secrets)
+    |-- logs/
+    |   `-- audit.log                 one JSON line per trust change, write, refusal
     |-- packages.db                   package metadata (sqlite3, WAL)
     |-- blobs/
     |   `-- sha256/
@@ -79,6 +82,10 @@ class DataDir:
     @property
     def trust_db(self) -> pathlib.Path:
         return self.root / "trust.db"
+
+    @property
+    def audit_log(self) -> pathlib.Path:
+        return self.root / "logs" / "audit.log"
 
     @property
     def packages_db(self) -> pathlib.Path:

@@ -24,6 +24,7 @@ import ssl
 import threading
 import time
 
+from registry.events import Events
 from registry.livetrust import LiveTrust
 from registry.protocol import Connection
 from trust.certs import fingerprint as der_fingerprint
@@ -74,12 +75,17 @@ class RegistryServer:
     """Serves `handler_class` over mutual TLS on `address` until `shutdown()`."""
 
     def __init__(self, address, handler_class, *, trust_store, packages, certfile,
-                 keyfile, server_fingerprint, settings=None):
+                 keyfile, server_fingerprint, settings=None, events=None):
         self.settings = settings or Settings()
         self.handler_class = handler_class
         self.packages = packages
         self.trust = LiveTrust(trust_store, certfile, keyfile)
+        self.trust_store = trust_store           # join tokens live in its database
         self.server_fingerprint = server_fingerprint
+        with open(certfile, encoding="ascii") as f:
+            self.server_pem = f.read()           # what a joining node imports
+        self.events = events or Events()
+        self.events.attach(self)
         self.socket = _listen(address[0], address[1], self.settings.backlog,
                               self.settings.handshake_timeout)
         self.server_address = self.socket.getsockname()[:2]
@@ -109,6 +115,10 @@ class RegistryServer:
             for t in self._workers:
                 t.join(timeout=5)
             self._stopped.set()
+
+    def stopping(self):
+        """True once shutdown() was asked for."""
+        return self._stopping.is_set()
 
     def shutdown(self):
         """Ask serve_forever to return; safe from a signal handler or another thread."""
@@ -159,19 +169,19 @@ class RegistryServer:
                             del waiting[fd]
                             log.debug("closing %s: %s", _peer(conn),
                                       "idle" if conn.tls else "no TLS handshake in time")
-                            _close(conn)
+                            self._close(conn)
         finally:
             for conn in waiting.values():
-                _close(conn)
+                self._close(conn)
             while self._parked:
-                _close(self._parked.popleft())
+                self._close(self._parked.popleft())
             sel.close()
 
     def _register(self, sel, waiting, conn):
         try:
             key = sel.register(conn.sock, selectors.EVENT_READ, conn)
         except (ValueError, OSError):     # closed under us
-            _close(conn)
+            self._close(conn)
             return
         waiting[key.fd] = conn
 
@@ -186,6 +196,7 @@ class RegistryServer:
                 log.error("accept failed: %s", exc)
                 return
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.events.connection_opened()
             conn = Connection(sock, addr[:2])
             conn.deadline = deadline
             if _has_data(sock):
@@ -221,16 +232,16 @@ class RegistryServer:
             try:
                 if self._serve(conn):
                     if self._stopping.is_set():
-                        _close(conn)
+                        self._close(conn)
                     elif conn.has_buffered():
                         self._work.put(conn)  # its next request is already here
                     else:
                         self._park(conn)
                 else:
-                    _close(conn)
+                    self._close(conn)
             except Exception:             # never let one connection kill a worker
                 log.exception("unexpected error serving %s", _peer(conn))
-                _close(conn)
+                self._close(conn)
 
     def _serve(self, conn):
         if not conn.tls and not self._handshake(conn):
@@ -253,17 +264,19 @@ class RegistryServer:
         raw = conn.sock
         raw.setblocking(True)
         raw.settimeout(self.settings.handshake_timeout)
+        started = time.monotonic()
         try:
             tls_sock = self.trust.context.wrap_socket(
                 raw, server_side=True, do_handshake_on_connect=False)
             conn.sock = tls_sock
             tls_sock.do_handshake()
         except ssl.SSLCertVerificationError as exc:
-            log.warning("refused %s at TLS handshake: %s", _addr(conn), _verify_reason(exc))
+            self.events.refused(_addr(conn), "untrusted",
+                                "at TLS handshake: " + _verify_reason(exc))
             _lingering_close(conn.sock)
             return False
         except ssl.SSLError as exc:
-            log.warning("refused %s at TLS handshake: %s", _addr(conn), _tls_reason(exc))
+            self.events.refused(_addr(conn), "tls", "at TLS handshake: " + _tls_reason(exc))
             _lingering_close(conn.sock)
             return False
         except (socket.timeout, TimeoutError):
@@ -272,13 +285,21 @@ class RegistryServer:
         except OSError as exc:
             log.debug("closing %s during TLS handshake: %s", _addr(conn), exc)
             return False
+        self.events.handshake(time.monotonic() - started)
         der = tls_sock.getpeercert(binary_form=True)
-        if not der:                       # CERT_REQUIRED makes this unreachable
-            log.warning("refused %s: no client certificate", _addr(conn))
-            return False
-        conn.fingerprint = der_fingerprint(der)
+        # No certificate (CERT_OPTIONAL): fingerprint None; the handlers admit
+        # such a caller to the join endpoint only.
+        conn.fingerprint = der_fingerprint(der) if der else None
         conn.tls = True
         return True
+
+    def _close(self, conn):
+        try:
+            if conn.sock.fileno() != -1:      # count each connection's close once
+                self.events.connection_closed()
+            conn.sock.close()
+        except OSError:
+            pass
 
     # -- logging ------------------------------------------------------------
 
@@ -350,10 +371,4 @@ def _lingering_close(sock):
 _LINGER_SECONDS = 0.5
 _LINGER_BYTES = 256 * 1024
 
-
-def _close(conn):
-    try:
-        conn.sock.close()
-    except OSError:
-        pass
 

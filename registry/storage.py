@@ -140,6 +140,12 @@ class PackageStore:
         """A number that changes with every committed write, never repeating."""
         return self._db.conn().execute(SELECT_GENERATION).fetchone()[0]
 
+    def totals(self) -> tuple:
+        """(packages, bytes) stored, bytes counted per package (for the metrics)."""
+        count, size = self._db.conn().execute(
+            "SELECT count(*), coalesce(sum(size), 0) FROM packages").fetchone()
+        return count, size
+
     def get(self, app, version, arch) -> dict | None:
         """One package's body, or None."""
         row = self._db.conn().execute(
@@ -274,7 +280,8 @@ class PackageStore:
         finally:
             if staged is not None:
                 unlink_quiet(staged)
-        log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
+        # Debug: the handler logs the upload once, with who sent it.
+        log.debug("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
                  app, version, arch, length, sha256, publisher or "-")
         return True, package_of_row(row)
 
@@ -351,7 +358,7 @@ class PackageStore:
                              " WHERE name = ? AND version = ? AND architecture = ?",
                              (app, version, arch))
                 unused = self._journal_unused(conn, [row[0]])
-            log.info("deleted %s %s %s", app, version, arch)
+            log.debug("deleted %s %s %s", app, version, arch)
             self._remove_unused(unused)
         return True
 
@@ -367,7 +374,7 @@ class PackageStore:
                                      (app,)).rowcount
                 unused = self._journal_unused(conn, digests)
             if count:
-                log.info("deleted application %s: %d package(s)", app, count)
+                log.debug("deleted application %s: %d package(s)", app, count)
             self._remove_unused(unused)
         return count
 

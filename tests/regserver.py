@@ -80,6 +80,8 @@ class ThreadServer:
     """RegistryServer on a free port in a background thread of this process."""
 
     def __init__(self, datadir, settings=None):
+        from registry.audit import AuditLog
+        from registry.events import Events
         from registry.handlers import ApiHandler
         from registry.paths import DataDir
         from registry.server import RegistryServer, Settings
@@ -98,7 +100,8 @@ class ThreadServer:
         self.server = RegistryServer(
             ("127.0.0.1", 0), ApiHandler, trust_store=self.trust, packages=self.packages,
             certfile=str(self.data.server_cert), keyfile=str(self.data.server_key),
-            server_fingerprint=self.fingerprint, settings=settings or Settings(workers=8))
+            server_fingerprint=self.fingerprint, settings=settings or Settings(workers=8),
+            events=Events(AuditLog(self.data.audit_log)))
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()

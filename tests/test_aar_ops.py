@@ -191,3 +191,17 @@ def test_bash_completion_completes_commands_and_flags():
         code, out, _ = run(["completion", shell])
         assert code == 0 and "trust" in out and "set-role" not in out.split("revoke")[0]
     assert run(["completion", "tcsh"])[0] == 2
+
+
+def test_an_upload_is_logged_once(tmp_path, certs):
+    data = tmp_path / "data"
+    run(["trust", "add", "--init", "-p", str(certs.publisher.cert), "--data-dir", str(data)])
+    server = ProcessServer(data)
+    try:
+        client = server.client(certs.publisher)
+        assert client.upload("game", 0, "amd64", b"apk")[0] == 201
+        client.close()
+        log = server.output()
+    finally:
+        server.stop()
+    assert log.count("stored game/0/amd64") == 1 and "stored game 0 amd64" not in log

@@ -39,7 +39,7 @@ def test_validate_good(key, value, stored):
 
 
 @pytest.mark.parametrize("key, value, message", [
-    ("registry.url", "http://a:3000", c.BAD_URL.format(value="'http://a:3000'")),
+    ("registry.url", "http://a:3000", c.PLAIN_HTTP.format(value="'http://a:3000'")),
     ("registry.url", "https://a", c.BAD_URL.format(value="'https://a'")),
     ("registry.url", "https://a:0", c.BAD_URL.format(value="'https://a:0'")),
     ("registry.url", "https://a:99999", c.BAD_URL.format(value="'https://a:99999'")),

@@ -237,6 +237,13 @@ def test_missing_manifest(tmp_path, kind):
         path = make_zip(tmp_path / "p.zip", list(files.items()))
     else:
         path = make_tar(tmp_path / "p.tar.bz2", [tar_file(n, d) for n, d in files.items()])
+    # The message names where the manifest was found.
+    _refused(path, tmp_path, package.NESTED_MANIFEST.format(found="game/manifest.yaml",
+                                                            folder="game"))
+
+
+def test_no_manifest_anywhere(tmp_path):
+    path = make_zip(tmp_path / "p.zip", [("app.apk", b"x")])
     _refused(path, tmp_path, package.NO_MANIFEST)
 
 

@@ -128,3 +128,38 @@ def test_help_completion_and_did_you_mean(tmp_path):
     assert "complete -c ams-sync" in node.ok("completion", "fish").out
     result = node("confg", "show")
     assert result.code == 2 and "Did you mean 'config'?" in result.err
+
+
+# -- messages ------------------------------------------------------------------------------
+
+def test_plain_http_is_told_the_registry_speaks_https(tmp_path):
+    import http.server
+    import threading
+    node = Node(tmp_path / "n")
+    result = node("config", "set", "registry.url", "http://127.0.0.1:3000")
+    assert result.code == 2 and "speaks HTTPS" in result.err
+    # A plain-HTTP server where the registry should be.
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        node.ok("config", "set", "registry.url", f"https://127.0.0.1:{server.server_port}")
+        node.ok("config", "set", "registry.fingerprint", "ab" * 32)
+        result = node("registry", "list")
+        assert result.code == 1 and "speaks HTTPS" in result.err, result
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_manifest_in_a_folder_is_named(tmp_path):
+    import zipfile
+    from agent import package
+    archive = tmp_path / "game.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("game/manifest.yaml", "name: game\n")
+        zf.writestr("game/app.apk", b"apk")
+    node = Node(tmp_path / "n")
+    result = node("application", "create", str(archive))
+    assert result.code == 1
+    assert package.NESTED_MANIFEST.format(found="game/manifest.yaml", folder="game") in result.err

@@ -17,6 +17,7 @@ EXPECTED_STATUS = {
     "range_not_satisfiable": 416,
     "digest_mismatch": 422,
     "size_mismatch": 422,
+    "too_many_requests": 429,
     "internal": 500,
     "insufficient_storage": 507,
 }

@@ -534,3 +534,16 @@ def test_publisher_to_client_round_trip(aar, ams_sync, registry, tmp_path):
     assert digest in shown
     blobs = [p for p in client.rglob(digest) if p.is_file()]
     assert blobs and blobs[0].read_bytes() == package.read_bytes()
+
+
+def test_runs_when_home_cannot_be_written(zipapp, python, tmp_path):
+    # HOME=/dev/null: ~/.shiv can never be made, even by root.
+    env = clean_env(tmp_path, HOME="/dev/null", TMPDIR=str(tmp_path / "tmp"))
+    del env["SHIV_ROOT"]
+    (tmp_path / "tmp").mkdir()
+    result = subprocess.run([python, str(zipapp), "--version"], env=env,
+                            capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("aar ")
+    unpacked = tmp_path / "tmp" / f"aar-shiv-{os.getuid()}"
+    assert unpacked.is_dir() and unpacked.stat().st_mode & 0o077 == 0

@@ -7,7 +7,7 @@ show to an operator as is.
 
 __all__ = [
     "TrustError", "CertificateError", "PinMismatch", "StoreError",
-    "Damaged", "NotFound", "Ambiguous", "AlreadyExists", "Revoked",
+    "Damaged", "NotFound", "Ambiguous", "AlreadyExists", "Revoked", "TokenError",
 ]
 
 
@@ -45,3 +45,7 @@ class AlreadyExists(StoreError):
 
 class Revoked(StoreError):
     """The certificate was revoked; revoked records stay forever."""
+
+
+class TokenError(TrustError):
+    """A join token that is not one, or a token command that cannot be done."""

@@ -136,6 +136,10 @@ class SqliteMapping(MutableMapping):
                 self._writes += 1
             return rows
 
+    def execute(self, sql, params=(), write=False) -> list:
+        """One statement of the caller's own (another table in this file)."""
+        return self._execute(sql, params, write)
+
     @contextlib.contextmanager
     def transaction(self):
         """Hold the database's write lock for the block; commit at its end,

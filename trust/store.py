@@ -201,6 +201,19 @@ class TrustStore:
             self._shelf[record.fingerprint] = record._stored()
         return record
 
+    # Join tokens (trust/tokens.py) keep their own table in this database, so
+    # that "use the token" and "trust the certificate" commit together.
+
+    def transaction(self):
+        """One write transaction over the whole database (nests)."""
+        self._check_open()
+        return self._map.transaction()
+
+    def execute(self, sql, params=(), write=False) -> list:
+        """Run one SQL statement on the store's database; its rows."""
+        self._check_open()
+        return self._map.execute(sql, params, write)
+
     def close(self):
         if not self._closed:
             self._closed = True

@@ -48,15 +48,34 @@ def _load_chain(context, certfile, keyfile, who):
                          f"{keyfile}: {detail}") from None
 
 
-def server_context(certfile, keyfile, trusted_pems) -> ssl.SSLContext:
-    """A server context that requires a client certificate from trusted_pems.
+# X509_V_FLAG_NO_CHECK_TIME (OpenSSL 1.1.0+), which the ssl module has no name for.
+_NO_CHECK_TIME = 0x200000
 
-    With no trusted PEM at all every handshake fails, which is the point: an
-    empty trust store lets nobody in.
+
+def server_context(certfile, keyfile, trusted_pems, *, check_time=True,
+                   certificate_optional=False) -> ssl.SSLContext:
+    """A server context that verifies client certificates against trusted_pems.
+
+    check_time=False lets a certificate past its dates through the handshake:
+    OpenSSL would refuse it without telling us whom it refused, and the
+    registry wants to log and audit the fingerprint of an expired (or, with
+    revoked PEMs among trusted_pems, a revoked) certificate. The caller must
+    then refuse those itself from the trust records, before any request is
+    served (registry/livetrust.py authorises every request anyway).
+
+    certificate_optional: a caller without any certificate completes the
+    handshake (CERT_OPTIONAL); one presenting an unknown certificate is still
+    refused in the handshake. The registry admits cert-less callers to the
+    join endpoint only.
+
+    With no PEM at all every handshake that presents a certificate fails,
+    which is the point: an empty trust store lets nobody in.
     """
     context = _base(ssl.PROTOCOL_TLS_SERVER)
-    context.verify_mode = ssl.CERT_REQUIRED
+    context.verify_mode = ssl.CERT_OPTIONAL if certificate_optional else ssl.CERT_REQUIRED
     context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
+    if not check_time:
+        context.verify_flags |= _NO_CHECK_TIME
     _load_chain(context, certfile, keyfile, "server")
     pems = [pem.decode("ascii") if isinstance(pem, bytes) else pem
             for pem in trusted_pems]
