@@ -198,8 +198,6 @@ def _serve(args, out):
         audit_log.close()
 
     metrics = _metrics(args, server, data, close)
-    # From here on a lost trust store, index or key is refused, not recreated.
-    record_serving(data, cert.fingerprint)
     bound = server.server_address
     log.info("serving https://%s from %s (server fingerprint %s, %d trusted)",
              show_address(bound[0], bound[1]), data.root, cert.fingerprint,
@@ -207,6 +205,8 @@ def _serve(args, out):
     if ipaddress.ip_address(bound[0]).is_unspecified:
         log.info(EVERY_INTERFACE.format(address=show_address(bound[0], bound[1]),
                                         port=bound[1]))
+    # From here on a lost trust store, index or key is refused, not recreated.
+    record_serving(data, cert.fingerprint)
 
     def stop(signum, frame):
         log.info("signal %d: shutting down", signum)
