@@ -7,6 +7,7 @@
     aar trust set-role FINGERPRINT client|publisher
     aar trust token add|list|remove [ID]                 join tokens
     aar application list|show APP|delete APP [VERSION [ARCH]]
+    aar config get KEY | set KEY=VALUE…   listen, metrics in conf/main.yaml
     aar audit [--since T] [--format table|csv|json|yaml]
     aar help [COMMAND…]  aar completion bash|zsh|fish  aar --version
 
@@ -18,7 +19,7 @@ import argparse
 import pathlib
 import sys
 
-from aarcli import apps, audit, serve, trust
+from aarcli import apps, audit, conf, serve, trust
 from aarcli.common import CommandError, Context
 from aarcli.trust import NEED_YES, NOT_CONFIRMED  # noqa: F401  (tests assert on them)
 from cli.cobra import CobraParser, add_completion_command, add_help_command
@@ -50,6 +51,7 @@ def _parser():
     serve.add_parser(cmds, common)
     trust.add_parser(cmds, common, _hide)
     apps.add_parser(cmds, common)
+    conf.add_parser(cmds, common)
     audit.add_parser(cmds, common)
     add_help_command(cmds, root)
     add_completion_command(cmds, root)

@@ -89,6 +89,7 @@ class RegistryClient:
             raise RegistryError(f"invalid registry.fingerprint: {error}") from None
         self.certfile, self.keyfile = os.fspath(certfile), os.fspath(keyfile)
         self.timeout = timeout
+        self._read_timeout = timeout     # of the request under way, for messages
         self.requests = 0          # requests written, for logs and tests
         self._context = None
         self._conn = None
@@ -150,17 +151,23 @@ class RegistryClient:
                 context=self._tls_context(), timeout=self.timeout)
         return self._conn
 
-    def _send(self, method, path, headers=(), body=None, retry=True, stop=None):
+    def _send(self, method, path, headers=(), body=None, retry=True, stop=None, timeout=None):
         """Write one request and read the response head; return the response.
 
         A keep-alive connection the server has closed in the meantime shows
         up as a failed write or an empty answer; every request here is
         idempotent (PUT of the same bytes is a no-op), so it is sent once more
         on a fresh connection. A fresh connection that fails is the answer.
+        timeout: seconds for this request's reads instead of self.timeout.
         """
         while True:
             conn = self._connection()
             reused = conn.sock is not None
+            self._read_timeout = timeout or self.timeout
+            if conn.timeout != self._read_timeout:
+                conn.timeout = self._read_timeout
+                if reused:
+                    conn.sock.settimeout(self._read_timeout)
             try:
                 conn.putrequest(method, path, skip_accept_encoding=True)
                 for name, value in headers:
@@ -221,7 +228,7 @@ class RegistryClient:
             return NotTrusted(NOT_TRUSTED.format(url=self.url, cert=self.certfile,
                                                  reason=f"TLS alert {error.reason}"))
         if isinstance(error, TimeoutError):
-            reason = f"no answer within {self.timeout:g}s"
+            reason = f"no answer within {self._read_timeout:g}s"
         elif isinstance(error, ConnectionRefusedError):
             reason = "connection refused"
         elif isinstance(error, (http.client.RemoteDisconnected, ssl.SSLEOFError,
@@ -305,11 +312,14 @@ class RegistryClient:
         info = self._metadata("GET", "/1.0")
         return info if isinstance(info, dict) else {}
 
-    def list(self, architecture=None, tags=(), etag=None):
+    def list(self, architecture=None, tags=(), etag=None, wait=None, stop=None):
         """(etag, applications) of the listing; applications is None on 304.
 
         The applications are checked field by field (listing.check_listing):
         what this returns is whole, and anything else raised BadResponse.
+        wait=SECONDS (with etag) asks the registry to hold the request until
+        the listing differs from etag or the time is up (DESIGN.md "Waiting
+        for changes"); the reads then allow that long plus self.timeout.
         """
         query = {}
         if architecture:
@@ -317,13 +327,16 @@ class RegistryClient:
         tags = sorted(set(tags))
         if tags:
             query["tags"] = ",".join(tags)
+        if wait:
+            query["wait"] = str(int(wait))
         path = "/1.0/applications"
         if query:
             path += "?" + urllib.parse.urlencode(query, safe=",")
         headers = [("Accept", "application/json")]
         if etag:
             headers.append(("If-None-Match", etag))
-        resp = self._send("GET", path, headers)
+        resp = self._send("GET", path, headers, stop=stop,
+                          timeout=self.timeout + int(wait) if wait else None)
         if resp.status == 304:
             resp.read()
             self._finish(resp)

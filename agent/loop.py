@@ -10,7 +10,9 @@ Each cycle starts by reloading config.json (one stat when it did not change),
 so `config set` takes effect on a running loop; between cycles the loop
 looks at the file every second and starts a cycle early when it changed.
 After a failed cycle the next one comes sooner, after a jittered exponential
-backoff that never exceeds the interval.
+backoff that never exceeds the interval. After a good pull cycle the loop
+does not just sleep: it holds a listing request that the registry answers
+when the listing changes (watch.py), and cycles again at once.
 """
 import logging
 import random
@@ -26,9 +28,11 @@ from . import config as config_mod
 from .appstore import AppStore
 from .errors import AgentError, Cancelled
 from .sync import Listing, Sync, connect
+from .watch import Watcher
 
 __all__ = ["Loop", "TerminalProgress", "backoff", "run", "STOP_GRACE", "BACKOFF_BASE",
-           "STARTED", "STOPPING", "STOPPED", "STOP_LATE", "CYCLE_FAILED", "MANUAL"]
+           "STARTED", "STOPPING", "STOPPED", "STOP_LATE", "CYCLE_FAILED", "MANUAL",
+           "UNCONFIGURED"]
 
 STARTED = "ams-sync {version} running: data directory {root}"
 STOPPING = "stopping (signal {signal})"
@@ -36,6 +40,8 @@ STOPPED = "stopped"
 STOP_LATE = "stopped while a store operation was still running"
 CYCLE_FAILED = "cycle failed: {error}"
 MANUAL = "registry.mode is manual: nothing to do until `registry push|pull APP`"
+UNCONFIGURED = ("waiting for {keys} to be set (ams-sync config set …); nothing to do "
+                "until then")
 
 BACKOFF_BASE = 5.0      # seconds before the first retry after a failure
 STOP_GRACE = 1.5        # how long the main thread waits for the worker to end
@@ -92,8 +98,11 @@ class Loop:
         self.config = config_mod.Config(dirs.config)
         self.listing = Listing()        # in memory: the ETag lives as long as the loop
         self.cycles = 0
-        self._client = self._client_key = self._own = None
+        self.failures = 0               # failed cycles in a row
+        self.watcher = Watcher(self.config, self.stop_event, self._sleep, backoff)
+        self._client = self._client_key = self._own = self._store = None
         self._last_failure = None       # what the previous cycle failed with
+        self.idle_reason = self._logged_idle = None   # why cycles do nothing
 
     def stop(self):
         """Ask the loop to end; safe from a signal handler or another thread."""
@@ -111,20 +120,27 @@ class Loop:
             self._client_key = key
         return self._client
 
+    def _sync(self, store):
+        return Sync(self._client_for(), store, own_fingerprint=self._own,
+                    architecture=self.architecture, listing=self.listing,
+                    stop=self.stop_event, progress=self.progress)
+
     def cycle(self, store):
-        """One cycle with the current settings; the summary, or None in manual mode."""
+        """One cycle with the current settings; the summary, or None in manual
+        mode or before the node is configured (self.idle_reason says which)."""
         self.config.reload()
         mode = self.config.mode
-        if mode == "manual":
+        missing = [key for key, value in (("registry.url", self.config.url),
+                                          ("registry.fingerprint", self.config.fingerprint))
+                   if not value]
+        if mode == "manual" or missing:
+            # A node installed but not yet configured waits quietly: the
+            # loop wakes when config.json changes.
+            self.idle_reason = MANUAL if mode == "manual" else UNCONFIGURED.format(
+                keys=" and ".join(missing))
             return None
-        client = self._client_for()
-        sync = Sync(client, store, own_fingerprint=self._own, architecture=self.architecture,
-                    listing=self.listing, stop=self.stop_event, progress=self.progress)
-        try:
-            return sync.cycle(mode, self.config.filter)
-        finally:
-            if self._interval() >= _KEEP_ALIVE_UNDER:
-                client.close()
+        self.idle_reason = None
+        return self._sync(store).cycle(mode, self.config.filter)
 
     def _interval(self):
         try:
@@ -134,8 +150,8 @@ class Loop:
 
     def run(self):
         """Cycle until the stop event is set."""
-        failures = 0
-        store = AppStore(self.dirs.root)
+        failures = self.failures = 0
+        store = self._store = AppStore(self.dirs.root)
         try:
             while not self.stop_event.is_set():
                 summary, failed = None, False
@@ -158,7 +174,7 @@ class Loop:
                 self.cycles += 1
                 if self.on_cycle is not None:
                     self.on_cycle(summary)
-                failures = failures + 1 if failed else 0
+                failures = self.failures = failures + 1 if failed else 0
                 interval = self._interval()
                 self._wait(backoff(failures, interval) if failures else interval)
         finally:
@@ -178,9 +194,11 @@ class Loop:
 
     def _report(self, summary, failures=0):
         if summary is None:
-            if self.cycles == 0:
-                log.info(MANUAL)
+            if self.idle_reason != self._logged_idle:
+                log.info(self.idle_reason)      # once, not every interval
+            self._logged_idle = self.idle_reason
             return
+        self._logged_idle = None
         # A cycle that changed nothing is the common case: debug, not a line
         # in the journal every interval.
         level = (self._failure_level(repr(summary.failed), failures, logging.WARNING)
@@ -190,16 +208,36 @@ class Loop:
             log.log(level, "  %s", message)
 
     def _wait(self, seconds):
-        """Sleep until the next cycle: stop, or config.json changed, cut it short."""
+        """Until the next cycle: after a good pull cycle, held listing requests
+        (watch.py) that end early when the listing changes; else a sleep."""
+        end = time.monotonic() + seconds
+        if (not self.failures and self._client is not None and self.config.mode == "pull"
+                and self.listing.etag is not None):
+            try:
+                self.watcher.until(end, self._sync(self._store), self.config.filter)
+                return
+            except (AgentError, TrustError, OSError) as error:   # not a registry answer
+                log.error(CYCLE_FAILED.format(error=error))
+        self._sleep(end - time.monotonic())
+
+    def _sleep(self, seconds):
+        """Sleep; True when stop or a change of config.json cut it short.
+
+        A connection kept past the registry's idle timeout is dead anyway:
+        a long sleep closes it first.
+        """
+        if seconds >= _KEEP_ALIVE_UNDER and self._client is not None:
+            self._client.close()
         end = time.monotonic() + seconds
         while not self.stop_event.is_set():
             left = end - time.monotonic()
             if left <= 0:
-                return
+                return False
             if self.stop_event.wait(min(left, _CONFIG_POLL)):
-                return
+                return True
             if self.config.changed():
-                return
+                return True
+        return True
 
 
 def run(dirs, err=None, observer=None, **kwargs) -> int:

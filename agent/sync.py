@@ -177,13 +177,36 @@ class Sync:
 
     # -- the listing ---------------------------------------------------------
 
+    def _key(self, tags):
+        """What a remembered listing answered: it stands only for the same question."""
+        return [self.client.url, self.client.fingerprint, self.own, self.arch, sorted(tags)]
+
+    def watch(self, tags, seconds, stop=None):
+        """Hold a listing request for up to `seconds` (the registry's `wait`).
+
+        True when the listing changed (the new one is remembered, so the
+        cycle that follows gets 304 and acts on it), False when it did not
+        (304, or 200 with the same ETag), None when there is no remembered
+        listing to compare with. Failures raise, as client.list does.
+        """
+        key = self._key(tags)
+        etag = self.listing.etag_for(key)
+        if etag is None:
+            return None
+        new_etag, apps = self.client.list(self.arch, tags, etag, wait=seconds, stop=stop)
+        if apps is None or new_etag == etag:
+            return False
+        self.listing.remember(key, new_etag, apps)
+        return True
+
     def _list(self, tags, summary):
         """The registry's packages {(app, version, arch): package}, or None
         (the failure is in summary) when the listing is not to be trusted.
         """
-        key = [self.client.url, self.client.fingerprint, self.own, self.arch, sorted(tags)]
+        key = self._key(tags)
         try:
-            etag, apps = self.client.list(self.arch, tags, self.listing.etag_for(key))
+            etag, apps = self.client.list(self.arch, tags, self.listing.etag_for(key),
+                                          stop=self.stop)
         except AgentError as error:
             if isinstance(error, Cancelled):
                 raise

@@ -72,11 +72,11 @@ def cpu_subrow(row, best, ref):
     row.sub.append(sub)
 
 
-def keepalive_vs_nginx(b, row, nginx, path, body, filename, requests):
+def keepalive_vs_nginx(b, row, nginx, path, body, filename, requests, aar=None):
     """aar's path against nginx serving the same body as a static file, on
     kept-alive connections; fills in the row's figures and returns the best
-    result of each server."""
-    aar = b.aar_a
+    result of each server. aar: the instance to measure (default b.aar_a)."""
+    aar = aar or b.aar_a
     nginx.put_file(filename, body)
     best = best_rate(b, "keepalive", [
         ("aar", aar.port, path, aar.pids),
@@ -116,12 +116,12 @@ def listing(b, row):
 
 
 def fill_apps(b, aar, n):
-    """Publish n small applications on aar, once."""
+    """Publish small applications on aar until it holds n of them."""
     if getattr(aar, "filled", 0) >= n:
         return
     t = time.monotonic()
     http = bl.Http(aar.port, b.client)
-    for i in range(n):
+    for i in range(getattr(aar, "filled", 0), n):
         name = f"bench-app-{i:04d}"
         body, m = bl.small_package(name, 0, tags=["bench", f"group{i % 10}"])
         aar.put(http, name, 0, b.arch, body, hashlib.sha256(body).hexdigest(), m)

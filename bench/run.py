@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchlib as bl  # noqa: E402
+import corerows  # noqa: E402
 import drivers  # noqa: E402
 import requestrows  # noqa: E402
 import transferrows  # noqa: E402
@@ -31,10 +32,12 @@ from report import Row, log, print_table  # noqa: E402
 
 FULL = dict(small_requests=20000, list_requests=2000, newconn_requests=2000, apps=1000,
             big=bl.GiB, pull_count=20, pull_size=50 * 1000 * 1000, cap=20.0,
-            transfer_timeout=300, rounds=3)
+            transfer_timeout=300, rounds=3, idle=10.0, attack_requests=200,
+            attack_timeout=10.0, attack_cap=60.0)
 QUICK = dict(small_requests=4000, list_requests=300, newconn_requests=400, apps=1000,
              big=64 * bl.MiB, pull_count=20, pull_size=4 * 1000 * 1000, cap=5.0,
-             transfer_timeout=120, rounds=1)
+             transfer_timeout=120, rounds=1, idle=5.0, attack_requests=50,
+             attack_timeout=5.0, attack_cap=20.0)
 
 ERRORS = (bl.Unavailable, RuntimeError, OSError, subprocess.SubprocessError, ValueError)
 
@@ -58,6 +61,7 @@ class Bench:
         self.server = self.client = None    # benchlib.Cert, made by run()
         self.aar_a = self.aar_c = None      # the filled aar (rows 1-3, 6b), the fresh one
         self.aar_c_na = None                # why the fresh one is not running
+        self.aar_w = None                   # the aar of 100 applications (rows 7-9)
         self.big_sha = None                 # of big_file()
         self.uploaded = False               # row 5 left the big package on aar_c
 
@@ -168,6 +172,9 @@ class Bench:
         r6 = self.row("6", f"agent pull {p['pull_count']} x {p['pull_size'] // 1000000} MB",
                       "MiB/s", 0.8)
         r6b = self.row("6b", f"agent no-change cycle, {p['apps']} apps", "", None)
+        r7 = self.row("7", f"GET /1.0/applications, {corerows.APPS} apps", "req/s", 1.0)
+        r8 = self.row("8", f"{corerows.AGENTS:,} agents holding wait: server RSS", "MiB", None)
+        r9 = self.row("9", "slow-connection attack: trusted client p99", "ms", 0.5)
 
         def with_aar(fn, need_c=False):
             def go(row):
@@ -188,6 +195,8 @@ class Bench:
             self.rss["aar-a"] = self.aar_a.peak_rss_kib()
             self.aar_a.stop()
             shutil.rmtree(self.aar_a.dir, ignore_errors=True)
+        self._rows_w(aar_na, [(7, r7, corerows.listing_100), (8, r8, corerows.waiting_agents),
+                              (9, r9, corerows.slow_attack)])
         # a fresh aar for the large transfers, so its peak RSS is theirs
         self.aar_c_na = aar_na
         if not aar_na and any(self.selected(n) for n in (4, 5, 6)):
@@ -225,6 +234,27 @@ class Bench:
             {"header": header, "params": p, "rows": [r.as_dict() for r in self.rows],
              "rss_kib": self.rss}, indent=1))
 
+    def _rows_w(self, aar_na, plan):
+        """Rows 7-9 on a fresh aar of 100 applications: its RSS and its
+        listing are theirs alone, and the attack of row 9 is its last use."""
+        plan = [(n, row, fn) for n, row, fn in plan if self.selected(n)]
+        if plan and not aar_na:
+            try:
+                self.aar_w = self.start_aar("aar-w")
+            except ERRORS as e:
+                aar_na = str(e)
+        for n, row, fn in plan:
+            log(f"row {row.key}: {row.metric}")
+
+            def go(row, fn=fn):
+                if aar_na:
+                    raise bl.Unavailable(aar_na)
+                fn(self, row)
+            self.guard(row, go)
+        if self.aar_w:
+            self.aar_w.stop()
+            shutil.rmtree(self.aar_w.dir, ignore_errors=True)
+
     def cleanup(self):
         bl.stop_all()
         if self.o.keep:
@@ -241,7 +271,7 @@ def main(argv=None):
     ap.add_argument("--conns", type=int, default=4, help="concurrent connections/clients (4)")
     ap.add_argument("--driver", choices=("python", "curl"), default="python",
                     help="request-rate driver for rows 1-3 (default python; see README)")
-    ap.add_argument("--only", help="comma-separated rows to run, e.g. 1,3 (default all)")
+    ap.add_argument("--only", help="comma-separated rows to run, e.g. 1,3 or 7,8,9 (default all)")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     o = ap.parse_args(argv)
     bench = Bench(o)

@@ -21,6 +21,10 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/aar-snap.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 mkdir -p "$WORK/snap" "$ROOT/dist"
 cp "$HERE/$NAME/snapcraft.yaml" "$WORK/snap/snapcraft.yaml"
+# snapcraft takes hooks from snap/hooks/ of the project.
+if [ -d "$HERE/$NAME/hooks" ]; then
+    cp -R "$HERE/$NAME/hooks" "$WORK/snap/hooks"
+fi
 "$ROOT/build.sh" -o "$WORK/aar.pyz"
 (cd "$WORK" && snapcraft "$@")
 for built in "$WORK"/*.snap; do

@@ -4,17 +4,24 @@ FakeRegistry: an HTTPS server presenting a real registry's certificate (so
 the agent's pin accepts it) whose every answer the test writes: 500s,
 malformed listings, bodies cut short, keep-alive connections dropped.
 
+ListingRegistry: a FakeRegistry of one listing with an ETag, for the agent's
+held requests (`wait=`): it holds them, ignores them, fails them or holds
+them for good, as the test says.
+
 CuttingProxy: a TCP relay in front of the real registry that passes TLS
 through untouched and, while `cut_after` is set, ends (or stalls) each
 connection after that many bytes from the server: a link that breaks in the
 middle of a download.
 """
 import http.server
+import json
 import socket
 import ssl
 import threading
+import time
+import urllib.parse
 
-__all__ = ["FakeRegistry", "CuttingProxy"]
+__all__ = ["FakeRegistry", "ListingRegistry", "CuttingProxy"]
 
 
 class _Handler(http.server.BaseHTTPRequestHandler):
@@ -65,6 +72,85 @@ class FakeRegistry:
     def stop(self):
         self.server.shutdown()
         self.server.server_close()
+
+
+class ListingRegistry(FakeRegistry):
+    """GET /1.0/applications answers `listing` with ETag `"v<generation>"`,
+    304 to a matching If-None-Match. A request with `wait=` is treated as
+    `wait_mode` says:
+
+        "hold"     the registry's contract: answered when change() is called,
+                   else 304 when the time asked is up;
+        "ignore"   at once, as a registry that does not know `wait`;
+        "fail"     502 at once, as a proxy that cuts held requests;
+        "forever"  held until stop(), to show what else ends a held request.
+    """
+
+    def __init__(self, certfile, keyfile, wait_mode="hold", listing=()):
+        self.wait_mode = wait_mode
+        self.listing = list(listing)
+        self.generation = 1
+        self.held = 0                      # requests being held right now
+        self._cond = threading.Condition()
+        self._stopping = False
+        super().__init__(certfile, keyfile, self._answer)
+
+    @property
+    def etag(self):
+        return f'"v{self.generation}"'
+
+    def change(self, listing=None):
+        """A new listing (the same one by default) under a new ETag."""
+        with self._cond:
+            if listing is not None:
+                self.listing = list(listing)
+            self.generation += 1
+            self._cond.notify_all()
+
+    def waits(self):
+        return [r for r in self.requests if "wait=" in r[1]]
+
+    def cycles(self):
+        """Listing requests that were not held: the agent's cycles."""
+        return [r for r in self.requests if r[1].startswith("/1.0/applications")
+                and "wait=" not in r[1]]
+
+    def _answer(self, handler):
+        path, _, query = handler.path.partition("?")
+        if path != "/1.0/applications":
+            return self.send(handler, 404, b'{"type":"error","error":"not found",'
+                                           b'"error_code":404}')
+        wait = urllib.parse.parse_qs(query).get("wait")
+        asked = handler.headers.get("If-None-Match")
+        if wait and self.wait_mode == "fail":
+            return self.send(handler, 502, b"<html>502 Bad Gateway</html>", close=True)
+        if wait and self.wait_mode in ("hold", "forever"):
+            end = time.monotonic() + float(wait[0])
+            with self._cond:
+                self.held += 1
+                try:
+                    while not self._stopping and asked == self.etag:
+                        if self.wait_mode == "hold" and time.monotonic() >= end:
+                            break
+                        self._cond.wait(0.1)
+                finally:
+                    self.held -= 1
+            if self._stopping:
+                return self.send(handler, 503, b"", close=True)
+        with self._cond:
+            etag, listing = self.etag, self.listing
+        if asked == etag:
+            return self.send(handler, 304, headers=(("ETag", etag),))
+        body = json.dumps({"type": "sync", "status": "Success", "status_code": 200,
+                           "metadata": listing}).encode()
+        self.send(handler, 200, body, headers=(("ETag", etag),
+                                               ("Content-Type", "application/json")))
+
+    def stop(self):
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+        super().stop()
 
 
 class CuttingProxy:

@@ -205,3 +205,19 @@ def test_an_upload_is_logged_once(tmp_path, certs):
     finally:
         server.stop()
     assert log.count("stored game/0/amd64") == 1 and "stored game 0 amd64" not in log
+
+
+def test_config_set_get_keeps_the_rest_of_main_yaml(tmp_path):
+    d = str(tmp_path / "d")
+    conf = tmp_path / "d" / "conf" / "main.yaml"
+    assert run(["config", "set", "listen=:3006", "--data-dir", d])[0] == 0
+    conf.write_text(conf.read_text() + "storage:\n  s3:\n    listen: not-mine\n")
+    code, out, _ = run(["config", "set", "metrics=[::1]:9300", "--data-dir", d])
+    assert code == 0 and out == 'metrics: [::1]:9300\n'
+    assert run(["config", "get", "listen", "--data-dir", d])[1] == "0.0.0.0:3006\n"
+    assert run(["config", "get", "metrics", "--data-dir", d])[1] == "[::1]:9300\n"
+    assert run(["config", "set", "listen=", "--data-dir", d])[0] == 0
+    assert conf.read_text() == 'metrics: "[::1]:9300"\nstorage:\n  s3:\n    listen: not-mine\n'
+    assert conf.stat().st_mode & 0o777 == 0o600
+    code, _, err = run(["config", "set", "listen=::1:3000", "--data-dir", d])
+    assert code == 2 and "brackets" in err

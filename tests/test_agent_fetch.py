@@ -74,7 +74,7 @@ class FakeClient:
     def close(self):
         self.closed = True
 
-    def list(self, architecture=None, tags=(), etag=None):
+    def list(self, architecture=None, tags=(), etag=None, wait=None, stop=None):
         return "etag", self.registry.listing()
 
     def download(self, app, version, arch, dest, sha256, size, progress=None,

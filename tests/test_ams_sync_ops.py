@@ -13,7 +13,7 @@ from agent import sync
 from agent.loop import Loop
 from agent.paths import DataDir
 from agentnodes import Node, nodes, registry  # noqa: F401 (fixtures)
-from regserver import ROOT, free_port, stop_process
+from regserver import ROOT, stop_process
 from test_aar_cli import Tty
 from trust import certs as certs_mod
 
@@ -96,8 +96,11 @@ def test_quiet_cycles_log_at_debug_and_repeated_failures_at_doublings(tmp_path, 
 @pytest.mark.parametrize("level", ["info", "warning"])
 def test_run_log_level(tmp_path, level):
     # An unreachable registry: the first cycle fails with a WARNING, whatever the level.
+    import socket
+    closed = socket.socket()             # bound, never listening: connections are refused
+    closed.bind(("127.0.0.1", 0))
     node = Node(tmp_path / "n")
-    node.ok("config", "set", "registry.url", f"https://127.0.0.1:{free_port()}")
+    node.ok("config", "set", "registry.url", f"https://127.0.0.1:{closed.getsockname()[1]}")
     node.ok("config", "set", "registry.fingerprint", "ab" * 32)
     proc = subprocess.Popen([sys.executable, "-m", "ams_sync", "--data-dir", str(node.root),
                              "run", "--log-level", level], cwd=ROOT,
@@ -108,9 +111,11 @@ def test_run_log_level(tmp_path, level):
             seen.append(proc.stderr.readline())
             assert seen[-1], "ams-sync run ended early"
         proc.send_signal(signal.SIGINT)
-        seen.append(proc.communicate(timeout=30)[1])
+        proc.wait(timeout=30)
+        seen.append(proc.stderr.read())     # what readline() buffered, and the rest
     finally:
         stop_process(proc, timeout=10)
+        closed.close()
     text = "".join(seen)
     assert ("INFO" in text) == (level == "info")       # "running", "stopped"
     assert "unavailable" in text
@@ -163,3 +168,22 @@ def test_a_manifest_in_a_folder_is_named(tmp_path):
     result = node("application", "create", str(archive))
     assert result.code == 1
     assert package.NESTED_MANIFEST.format(found="game/manifest.yaml", folder="game") in result.err
+
+
+def test_an_unconfigured_node_waits_quietly(tmp_path, caplog):
+    from agent import loop as loop_mod
+    from test_agent_loop import Recorder
+    caplog.set_level(logging.DEBUG, logger="ams_sync")
+    node = Node(tmp_path / "n")
+    running = Recorder(node.root)
+    try:
+        assert running.next() is None
+        assert running.loop.idle_reason == loop_mod.UNCONFIGURED.format(
+            keys="registry.url and registry.fingerprint")
+        node.ok("config", "set", "registry.url", "https://127.0.0.1:9")   # wakes the loop
+        assert running.next() is None
+        assert "waiting for registry.fingerprint" in running.loop.idle_reason
+    finally:
+        running.stop()
+    said = [r for r in caplog.records if "waiting for" in r.getMessage()]
+    assert len(said) == 2 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
