@@ -90,37 +90,41 @@ def _server_sans(host):
     return sorted(sans)
 
 
-def _open_stores(args, data, host, out):
+def _open_stores(args, data, conf, host, port, out):
     """(packages, trust store, server certificate), each checked: a data
-    directory that lost something refuses to start (registry/startup.py)."""
+    directory that lost something refuses to start (registry/startup.py),
+    before anything in it changed."""
+    from registry import backends
     from registry.errors import ApiError
-    from registry.startup import open_trust_store, server_identity
-    from registry.storage import PackageStore
+    from registry.startup import server_identity
     from trust.errors import TrustError
 
     try:
-        trust_store = open_trust_store(data, recover=args.recover)
-    except ApiError as exc:
-        raise CommandError(exc.message)
+        trust_store = backends.open_trust(data, conf, poll=1.0, recover=args.recover)
+    except backends.BackendError as exc:
+        raise CommandError(str(exc))
     packages = None
     try:
-        packages = PackageStore(data, recover=args.recover)
+        packages = backends.open_packages(data, conf, recover=args.recover)
         cert, created = server_identity(data, _server_sans(host),
                                         len(trust_store.trusted()),
                                         new_identity=args.new_identity)
-    except (ApiError, TrustError, OSError) as exc:
+        backends.check_server_certificate(conf, cert.pem)
+    except (backends.BackendError, ApiError, TrustError, OSError) as exc:
         if packages is not None:
             packages.close()
         trust_store.close()
         if isinstance(exc, ApiError):
             raise CommandError(exc.message)
+        if isinstance(exc, backends.BackendError):
+            raise CommandError(str(exc))
         if isinstance(exc, OSError):
             raise CommandError(BAD_DATA_DIR.format(path=exc.filename or data.root,
                                                    reason=exc.strerror or exc))
         raise
     if created:
-        print(FIRST_START.format(cert=data.server_cert, fp=cert.fingerprint,
-                                 port=args.listen[1]), file=out, flush=True)
+        print(FIRST_START.format(cert=data.server_cert, fp=cert.fingerprint, port=port),
+              file=out, flush=True)
     return packages, trust_store, cert
 
 
@@ -165,6 +169,7 @@ def _metrics(args, server, data, close):
 
 
 def _serve(args, out):
+    from registry import backends
     from registry.audit import AuditLog
     from registry.events import Events
     from registry.handlers import ApiHandler
@@ -174,9 +179,18 @@ def _serve(args, out):
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("aar")
-    host, port = args.listen
     data = _data_dir(args.data_dir)
-    packages, trust_store, cert = _open_stores(args, data, host, out)
+    try:
+        conf = backends.load_config(data.root)
+    except backends.BackendError as exc:
+        raise CommandError(str(exc))
+    host, port = args.listen or _configured_listen(conf)
+    if args.metrics_listen is None and conf.get("metrics"):
+        try:
+            args.metrics_listen = _metrics_address(str(conf.get("metrics")))
+        except argparse.ArgumentTypeError as exc:
+            raise CommandError(f"{conf.path}: metrics: {exc}")
+    packages, trust_store, cert = _open_stores(args, data, conf, host, port, out)
     settings = Settings(workers=args.workers)
     audit_log = AuditLog(data.audit_log)
     try:
@@ -226,13 +240,24 @@ def _serve(args, out):
     return 0
 
 
+def _configured_listen(conf):
+    text = conf.get("listen")
+    if text is None:
+        return DEFAULT_LISTEN
+    try:
+        return listen_address(str(text))
+    except argparse.ArgumentTypeError as exc:
+        raise CommandError(f"{conf.path}: listen: {exc}")
+
+
 def add_parser(cmds, common):
     serve = cmds.add_parser("serve", help="Run the registry server", parents=[common],
                             description="Run the registry server over mutual TLS. The first "
                             "start creates the data directory and the server certificate.")
-    serve.add_argument("--listen", type=listen_address, default=DEFAULT_LISTEN,
-                       metavar="ADDR:PORT", help="address to listen on (default 0.0.0.0:3000, "
-                       "every interface; [::]:3000 for IPv6)")
+    serve.add_argument("--listen", type=listen_address, default=None,
+                       metavar="ADDR:PORT", help="address to listen on (default: `listen` "
+                       "in <data-dir>/conf/main.yaml, else 0.0.0.0:3000, every "
+                       "interface; [::]:3000 for IPv6)")
     serve.add_argument("--workers", type=workers, default=32, metavar="N",
                        help=f"worker threads serving requests, 1 to {MAX_WORKERS} (default 32)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,

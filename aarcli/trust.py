@@ -69,14 +69,17 @@ def _audit(args, event, record, **extra):
 
 
 def _open(args, init=False):
-    # The same checks as `aar serve`: a lost or damaged trust store on a data
-    # directory that has served is refused, never silently recreated.
-    from registry.errors import ApiError
-    from registry.startup import open_trust_store
+    # The same checks as `aar serve` (registry/startup.py): a lost or damaged
+    # trust store on a data directory that has served is refused, never
+    # silently recreated.
+    from registry import backends
     try:
-        return open_trust_store(served_data_dir(args.data_dir, init))
-    except ApiError as exc:
-        raise CommandError(exc.message)
+        conf = backends.load_config(args.data_dir)
+        if conf.s3 is not None:      # the bucket's store: any replica host may change it
+            return backends.open_trust(None, conf)
+        return backends.open_trust(served_data_dir(args.data_dir, init), conf)
+    except backends.BackendError as exc:
+        raise CommandError(str(exc))
 
 
 def read_pem(path, stdin, program="aar trust add"):
