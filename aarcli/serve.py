@@ -103,20 +103,25 @@ def _open_stores(args, data, conf, host, port, out):
     from trust.errors import TrustError
 
     try:
-        trust_store = backends.open_trust(data, conf, poll=1.0, recover=args.recover)
+        packages = backends.open_packages(data, conf, recover=args.recover)
     except backends.BackendError as exc:
         raise CommandError(str(exc))
-    packages = None
+    except ApiError as exc:                 # the data directory is in use
+        raise CommandError(exc.message)
+    except OSError as exc:
+        raise CommandError(BAD_DATA_DIR.format(path=exc.filename or data.root,
+                                               reason=exc.strerror or exc))
+    trust_store = None
     try:
-        packages = backends.open_packages(data, conf, recover=args.recover)
+        trust_store = backends.open_trust(data, conf, poll=1.0, recover=args.recover)
         cert, created = server_identity(data, _server_sans(host),
                                         len(trust_store.trusted()),
                                         new_identity=args.new_identity)
         backends.check_server_certificate(conf, cert.pem)
     except (backends.BackendError, ApiError, TrustError, OSError) as exc:
-        if packages is not None:
-            packages.close()
-        trust_store.close()
+        packages.close()
+        if trust_store is not None:
+            trust_store.close()
         if isinstance(exc, ApiError):
             raise CommandError(exc.message)
         if isinstance(exc, backends.BackendError):
