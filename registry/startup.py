@@ -43,12 +43,6 @@ IDENTITY_PRESENT = ("--new-identity replaces a lost server key, but {key} and {c
                     "the way first, then start with --new-identity")
 
 
-def _trust_served(datadir) -> bool:
-    # A server certificate is the older proof: `aar serve` made it first,
-    # before this data directory had a state.json.
-    return has_served(datadir) or datadir.server_cert.exists()
-
-
 def _file_state(path):
     try:
         return None if os.stat(path).st_size else "empty (0 bytes)"
@@ -62,7 +56,9 @@ def open_trust_store(datadir, recover=False) -> TrustStore:
     aside under quarantine/ and starts a new one: the operator's choice."""
     path = datadir.trust_db
     state = _file_state(path)
-    if state is not None and _trust_served(datadir):
+    # Only state.json proves it: certificates alone may have been copied in
+    # before the first start (a replica, a charm), with no trust store yet.
+    if state is not None and has_served(datadir):
         if not recover:
             raise StartRefused(TRUST_LOST.format(path=path, state=state))
         _set_aside(datadir, path)
