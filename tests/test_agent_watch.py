@@ -7,7 +7,6 @@ tests/fakeregistry.ListingRegistry, and against a real `aar serve`.
 """
 import contextlib
 import http.client
-import json
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 from agent import loop as loop_mod
 from agent import watch as watch_mod
-from agentnodes import Node, aar_cli, nodes, registry  # noqa: F401 (fixtures)
+from agentnodes import Node, nodes, registry  # noqa: F401 (fixtures)
 from fakeregistry import ListingRegistry
 from regserver import ROOT, ProcessServer, client_context, stop_process
 
