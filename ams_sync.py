@@ -27,7 +27,9 @@ from agent.appstore import AppStore
 from agent.errors import AgentError
 from agent.paths import DataDir, default_data_dir
 from cli.cobra import CobraParser, add_completion_command, add_help_command
+from cli.confirm import is_tty
 from cli.formats import FORMATS, render
+from cli.progress import StatusLine
 from trust.errors import TrustError
 from version import VERSION
 
@@ -95,8 +97,17 @@ def _store(ctx):
 
 
 def _app_create(ctx):
-    with _store(ctx) as store:
-        record = store.create(ctx.args.path, ctx.args.architecture)
+    # Compressing and checking a large package takes a while: on a terminal,
+    # a status line says which phase it is in; logs and pipes get nothing.
+    status = StatusLine(ctx.err) if is_tty(ctx.err) else None
+    progress = status.reporter(os.path.basename(os.path.normpath(ctx.args.path))) \
+        if status else None
+    try:
+        with _store(ctx) as store:
+            record = store.create(ctx.args.path, ctx.args.architecture, progress=progress)
+    finally:
+        if status:
+            status.clear()
     ctx.print(APP_CREATED.format(**record))
 
 

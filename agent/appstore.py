@@ -254,15 +254,20 @@ class AppStore:
 
     # Adding
 
-    def create(self, path, architecture=None) -> dict:
+    def create(self, path, architecture=None, progress=None) -> dict:
         """Add a package (directory, .zip or .tar.bz2) as the next version of
         the application its manifest names; return the new version's record.
+        progress(phase, done=None, total=None) hears every phase (package.stage,
+        package.inspect, then "importing").
         """
         arch = _check(names.check_arch, architecture or names.host_architecture())
         with self._blobs.writing():
-            staged, sha256, size = package.stage(path, self.dirs.staging_dir)
+            staged, sha256, size = package.stage(path, self.dirs.staging_dir,
+                                                 progress=progress)
             try:
-                manifest = package.inspect(staged)
+                manifest = package.inspect(staged, progress)
+                if progress is not None:
+                    progress("importing")
                 name = manifest["name"]
                 existing = self._query("SELECT origin FROM applications WHERE name = ?",
                                        (name,))
@@ -282,7 +287,7 @@ class AppStore:
         return self.get(name, version)
 
     def import_package(self, name, version, architecture, src_path, sha256,
-                       manifest=None, origin="pulled", verified=False) -> dict:
+                       manifest=None, origin="pulled", verified=False, progress=None) -> dict:
         """Add a downloaded package as version `version` of `name`.
 
         The bytes are checked against sha256 while they are copied and the
@@ -304,12 +309,15 @@ class AppStore:
                 return self.get(name, version)
             staged, actual, size = package.stage(src_path, self.dirs.staging_dir,
                                                  archive_only=True,
-                                                 known_sha256=sha256 if verified else None)
+                                                 known_sha256=sha256 if verified else None,
+                                                 progress=progress)
             try:
                 if actual != sha256:
                     raise IntegrityError(CHECKSUM_MISMATCH.format(
                         name=name, version=version, expected=sha256, actual=actual))
-                found = package.inspect(staged)
+                found = package.inspect(staged, progress)
+                if progress is not None:
+                    progress("importing")
                 if found["name"] != name:
                     raise PackageError(NAME_MISMATCH.format(found=repr(found["name"]),
                                                             name=repr(name)))

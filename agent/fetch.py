@@ -149,6 +149,8 @@ class Fetcher:
         finally:
             for clone in clones:
                 clone.close()
+        if hasattr(self.progress, "clear"):
+            self.progress.clear()
         if self._crash is not None:
             raise self._crash
         if self.stop.is_set():
@@ -277,7 +279,7 @@ class Fetcher:
         # The download checked the sha256 of every byte it wrote.
         self.store.import_package(*key, staged, pkg["sha256"],
                                   manifest=pkg.get("manifest") or None, origin="pulled",
-                                  verified=True)
+                                  verified=True, progress=self._phases_of(job))
         if self.log is not None:
             self.log.info("pulled %s", job.what)
 
@@ -292,6 +294,14 @@ class Fetcher:
                 self._received[job.key] = done
                 self.progress(self._label, sum(self._received.values()), self._total)
         return report
+
+    def _phases_of(self, job):
+        # After the download's 100%, checking a large package takes a while:
+        # a progress that can show phases (TerminalProgress) says so.
+        phase = getattr(self.progress, "phase", None)
+        if phase is None:
+            return None
+        return lambda name, done=None, total=None: phase(job.what, name, done, total)
 
     def _forget(self, job):
         """A failed job's bytes leave the count and the total."""

@@ -21,6 +21,7 @@ import sys
 import threading
 import time
 
+from cli.progress import StatusLine
 from trust.errors import TrustError
 from version import VERSION
 
@@ -66,6 +67,9 @@ class TerminalProgress:
         self.stream, self.after, self.every, self.clock = stream, after, every, clock
         self._what = self._start = self._last = None
         self._shown = False
+        # The phases after a transfer (verifying, importing) on a status line.
+        self._status = StatusLine(stream, clock=clock)
+        self.phase, self.clear = self._status.show, self._status.clear
 
     def __call__(self, what, done, total):
         now = self.clock()

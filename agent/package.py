@@ -149,10 +149,41 @@ def _manifest_of(members, read):
     raise PackageError(NO_MANIFEST)
 
 
-def _tar_members(path):
+class _Counting:
+    """A binary file that reports how far it has been read: progress(done, total)."""
+
+    def __init__(self, file, report):
+        self._file, self._report = file, report
+        self._total = os.fstat(file.fileno()).st_size
+
+    def read(self, size=-1):
+        data = self._file.read(size)
+        self._report(self._file.tell(), self._total)
+        return data
+
+    def __getattr__(self, name):     # seek, tell, … as the file has them
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+def _opened(path, progress, phase):
+    """path opened for reading; counted when there is a progress to tell."""
+    file = open(path, "rb")
+    if progress is None:
+        return file
+    return _Counting(file, lambda done, total: progress(phase, done, total))
+
+
+def _tar_members(path, progress=None):
     members, manifest_bytes = [], {}
     # Stream mode: one pass through the bz2 data, no seeking back.
-    with tarfile.open(path, "r|bz2") as tar:
+    with _opened(path, progress, "verifying") as raw, \
+            tarfile.open(fileobj=raw, mode="r|bz2") as tar:
         for info in tar:
             if len(members) >= MAX_MEMBERS:
                 raise PackageError(TOO_MANY)
@@ -179,9 +210,9 @@ def _tar_members(path):
     return members, lambda member: manifest_bytes[member.parts]
 
 
-def _zip_members(path):
+def _zip_members(path, progress=None):
     members = []
-    with zipfile.ZipFile(path) as archive:
+    with _opened(path, progress, "verifying") as raw, zipfile.ZipFile(raw) as archive:
         infos = archive.infolist()
         if len(infos) > MAX_MEMBERS:
             raise PackageError(TOO_MANY)
@@ -223,17 +254,18 @@ def _zip_members(path):
     return members, None
 
 
-def inspect(path) -> dict:
+def inspect(path, progress=None) -> dict:
     """Check a staged package file (.zip or .tar.bz2, told apart by their
     first bytes); return its manifest. PackageError if it breaks a rule.
+    progress("verifying", done, total) is told how far the check has read.
     """
     try:
         with open(path, "rb") as file:
             magic = file.read(4)
         if magic.startswith(b"BZh"):
-            members, read = _tar_members(path)
+            members, read = _tar_members(path, progress)
         elif magic in (b"PK\x03\x04", b"PK\x05\x06"):
-            members, read = _zip_members(path)
+            members, read = _zip_members(path, progress)
         else:
             raise PackageError(BAD_ARCHIVE.format(reason="unknown format"))
     except (tarfile.TarError, zipfile.BadZipFile, zlib.error, EOFError,
@@ -272,10 +304,15 @@ def _walk(root):
     return sorted(members, key=lambda member: member.parts)
 
 
-def _pack(root, out):
+def _pack(root, out, progress=None):
     """Write the directory root as a deterministic .tar.bz2 into file out."""
     members = _walk(root)
     _check(members)
+    total, done = 0, 0
+    if progress is not None:
+        for member in members:
+            if member.kind == "file":
+                total += os.lstat(member.source).st_size
     with tarfile.open(fileobj=out, mode="w:bz2", format=tarfile.PAX_FORMAT) as tar:
         for member in members:
             info = tarfile.TarInfo(member.name)
@@ -296,11 +333,15 @@ def _pack(root, out):
                         raise PackageError(SPECIAL_FILE.format(name=repr(member.name)))
                     info.size = st.st_size
                     info.mode = 0o755 if st.st_mode & 0o111 else 0o644
+                    if progress is not None:
+                        file = _Counting(file, lambda at, _size, base=done:
+                                         progress("compressing", base + at, total))
                     tar.addfile(info, file)
+                    done += info.size
 
 
-def _copy(source, out):
-    with open(source, "rb") as file:
+def _copy(source, out, progress=None):
+    with _opened(source, progress, "copying") as file:
         while True:
             chunk = file.read(_CHUNK)
             if not chunk:
@@ -308,16 +349,19 @@ def _copy(source, out):
             out.write(chunk)
 
 
-def _digest(file):
+def _digest(file, progress=None):
     file.seek(0)
+    total = os.fstat(file.fileno()).st_size
     digest, size = hashlib.sha256(), 0
     for chunk in iter(lambda: file.read(_CHUNK), b""):
         digest.update(chunk)
         size += len(chunk)
+        if progress is not None:
+            progress("hashing", size, total)
     return digest.hexdigest(), size
 
 
-def stage(path, staging_dir, archive_only=False, known_sha256=None):
+def stage(path, staging_dir, archive_only=False, known_sha256=None, progress=None):
     """Write the package at path into a new file in staging_dir; return
     (staged path, sha256 hex, size). A directory is packed (unless
     archive_only); a file must be named .zip or .tar.bz2 (unless archive_only)
@@ -329,6 +373,9 @@ def stage(path, staging_dir, archive_only=False, known_sha256=None):
     file in staging_dir (a download checks its bytes as they arrive): that
     file is not read a second time. A file from anywhere else is always
     hashed here, whatever known_sha256 says.
+
+    progress(phase, done, total), if given, hears each phase: compressing or
+    copying, then hashing, with byte counts.
     """
     path = os.fspath(path)
     is_dir = os.path.isdir(path)
@@ -343,20 +390,20 @@ def stage(path, staging_dir, archive_only=False, known_sha256=None):
                 os.fsync(file.fileno())
                 if known_sha256 is not None:
                     return path, known_sha256, os.fstat(file.fileno()).st_size
-                return (path, *_digest(file))
+                return (path, *_digest(file, progress))
         except OSError as error:
             raise PackageError(UNREADABLE.format(path=path, reason=error.strerror)) from None
     fd, staged = tempfile.mkstemp(dir=staging_dir, suffix=".part")
     try:
         with os.fdopen(fd, "w+b") as out:
             try:
-                (_pack if is_dir else _copy)(path, out)
+                (_pack if is_dir else _copy)(path, out, progress)
             except OSError as error:
                 raise PackageError(UNREADABLE.format(
                     path=error.filename or path, reason=error.strerror or error)) from None
             out.flush()
             os.fsync(out.fileno())
-            sha256, size = _digest(out)
+            sha256, size = _digest(out, progress)
     except BaseException:
         os.unlink(staged)
         raise

@@ -333,7 +333,7 @@ def stop(*args, **kwargs):
     sys.stdin.read()
 
 if point == "copy":
-    def half_written(source, out):
+    def half_written(source, out, progress=None):
         out.write(b"BZh9" + bytes(1000))
         out.flush()
         stop()

@@ -115,6 +115,7 @@ def test_run_log_level(tmp_path, level):
         seen.append(proc.stderr.read())     # what readline() buffered, and the rest
     finally:
         stop_process(proc, timeout=10)
+        proc.stderr.close()
         closed.close()
     text = "".join(seen)
     assert ("INFO" in text) == (level == "info")       # "running", "stopped"
@@ -187,3 +188,39 @@ def test_an_unconfigured_node_waits_quietly(tmp_path, caplog):
         running.stop()
     said = [r for r in caplog.records if "waiting for" in r.getMessage()]
     assert len(said) == 2 and not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+# -- progress where people wait ---------------------------------------------------------------
+
+def _run_on_tty(node, *argv):
+    out, err = io.StringIO(), Tty()
+    code = ams_sync.main(["--data-dir", str(node.root), *argv], stdin=io.StringIO(),
+                         stdout=out, stderr=err)
+    return code, out.getvalue(), err.getvalue()
+
+
+def test_create_shows_every_phase_on_a_terminal_only(tmp_path):
+    import os
+    source = tmp_path / "game"
+    source.mkdir()
+    (source / "manifest.yaml").write_text("name: game\n")
+    (source / "app.apk").write_bytes(os.urandom(3_000_000))
+    node = Node(tmp_path / "n")
+    code, out, err = _run_on_tty(node, "application", "create", str(source))
+    assert code == 0 and out.startswith("Created application game version 0")
+    for phase in ("compressing", "hashing", "verifying", "importing"):
+        assert f"game: {phase}" in err, phase
+    assert "3.0 MB" in err and "3000000" not in err
+    assert err.endswith("\r\033[K")              # the line is gone once done
+    # Not a terminal: nothing at all.
+    result = node("application", "create", str(source))
+    assert result.code == 0 and result.err == ""
+
+
+def test_pull_says_it_verifies_and_imports_after_the_download(tmp_path, registry, nodes):  # noqa: F811
+    pub, cli = nodes
+    pub.add_app(tmp_path, "game", size=200_000)
+    pub.ok("sync")
+    code, out, err = _run_on_tty(cli, "sync")
+    assert code == 0 and "pulled game/0/" in out
+    assert "game/0/" in err and ": verifying" in err and ": importing" in err
