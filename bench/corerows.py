@@ -131,8 +131,9 @@ def waiting_agents(b, row):
         row.notes.append(f"answered before the publish, so not held: {len(before)} "
                          f"({', '.join(f'{k} x{v}' for k, v in sorted(statuses.items()))})")
     if got["unanswered"] or got["closed"]:
-        row.notes.append(f"no answer: {got['unanswered']}; closed by the server: "
-                         f"{got['closed']}")
+        closed = ", ".join(f"{why} x{n}" for why, n in sorted(got["closed"].items()))
+        row.notes.append(f"no answer: {got['unanswered']}; connection ended without a "
+                         f"whole answer: {sum(got['closed'].values())} ({closed or '-'})")
     if b.nginx:
         row.notes.append("nginx column: the same number of mutual-TLS connections kept "
                          "alive after one small request each (nginx has no held request)")
