@@ -41,8 +41,23 @@ def _typed(check):
     return convert
 
 
+def _bucket_store(args):
+    """With storage.s3, the bucket's store (shared by replicas), else None."""
+    from registry import backends
+    try:
+        conf = backends.load_config(args.data_dir)
+        if conf.s3 is None:
+            return None
+        return backends.open_packages(None, conf, read_only=True)
+    except backends.BackendError as exc:
+        raise CommandError(str(exc))
+
+
 def _reader(args):
     from registry.storage import PackageStore
+    bucket = _bucket_store(args)
+    if bucket is not None:
+        return bucket
     data = served_data_dir(args.data_dir)
     if not data.packages_db.exists():
         return None
@@ -87,11 +102,14 @@ def _show(args, ctx):
 def _delete(args, ctx):
     from registry.errors import ApiError
     from registry.storage import PackageStore
-    data = served_data_dir(args.data_dir)
-    try:
-        store = PackageStore(data)
-    except ApiError:
-        raise CommandError(SERVER_RUNNING.format(path=data.root))
+    # In a bucket, replicas and this command may change packages at once.
+    store = _bucket_store(args)
+    if store is None:
+        data = served_data_dir(args.data_dir)
+        try:
+            store = PackageStore(data)
+        except ApiError:
+            raise CommandError(SERVER_RUNNING.format(path=data.root))
     with store:
         app = store.application(args.name)
         if app is None:

@@ -138,32 +138,47 @@ def _metrics(args, server, data, close):
 
 
 def _serve(args, out):
+    from registry import backends
     from registry.audit import AuditLog
     from registry.errors import ApiError
     from registry.events import Events
     from registry.handlers import ApiHandler
     from registry.server import RegistryServer, Settings
-    from registry.storage import PackageStore
-    from trust.store import TrustStore
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     log = logging.getLogger("aar")
-    host, port = args.listen
     data = _data_dir(args.data_dir)
+    try:
+        conf = backends.load_config(data.root)
+    except backends.BackendError as exc:
+        raise CommandError(str(exc))
+    host, port = args.listen or _configured_listen(conf)
+    if args.metrics_listen is None and conf.get("metrics"):
+        try:
+            args.metrics_listen = _metrics_address(str(conf.get("metrics")))
+        except argparse.ArgumentTypeError as exc:
+            raise CommandError(f"{conf.path}: metrics: {exc}")
     try:
         cert = _ensure_server_cert(data, host, port, out)
     except OSError as exc:
         raise CommandError(BAD_DATA_DIR.format(path=exc.filename or data.certs_dir,
                                                reason=exc.strerror or exc))
     try:
-        packages = PackageStore(data)
+        backends.check_server_certificate(conf, cert.pem)
+        packages = backends.open_packages(data, conf)
+    except backends.BackendError as exc:
+        raise CommandError(str(exc))
     except ApiError as exc:
         raise CommandError(f"{exc.message}: is another `aar serve` running on it?")
     except OSError as exc:
         raise CommandError(BAD_DATA_DIR.format(path=exc.filename or data.root,
                                                reason=exc.strerror or exc))
-    trust_store = TrustStore(data.trust_db)
+    try:
+        trust_store = backends.open_trust(data, conf, poll=1.0)
+    except backends.BackendError as exc:
+        packages.close()
+        raise CommandError(str(exc))
     settings = Settings(workers=args.workers)
     audit_log = AuditLog(data.audit_log)
     try:
@@ -211,17 +226,31 @@ def _serve(args, out):
     return 0
 
 
+def _configured_listen(conf):
+    text = conf.get("listen")
+    if text is None:
+        return DEFAULT_LISTEN
+    try:
+        return listen_address(str(text))
+    except argparse.ArgumentTypeError as exc:
+        raise CommandError(f"{conf.path}: listen: {exc}")
+
+
 def add_parser(cmds, common):
     serve = cmds.add_parser("serve", help="Run the registry server", parents=[common],
                             description="Run the registry server over mutual TLS. The first "
                             "start creates the data directory and the server certificate.",
-                            epilog="Examples:\n  sudo aar serve                        "
-                            "# every interface, port 3000\n"
-                            "  aar serve --listen 192.168.1.10:3000\n"
+                            epilog="Examples:
+  sudo aar serve                        "
+                            "# every interface, port 3000
+"
+                            "  aar serve --listen 192.168.1.10:3000
+"
                             "  aar serve --listen [::]:3000          # IPv6 and IPv4")
-    serve.add_argument("--listen", type=listen_address, default=DEFAULT_LISTEN,
-                       metavar="ADDR:PORT", help="address to listen on (default 0.0.0.0:3000, "
-                       "every interface; [::]:3000 for IPv6)")
+    serve.add_argument("--listen", type=listen_address, default=None,
+                       metavar="ADDR:PORT", help="address to listen on (default: `listen` "
+                       "in <data-dir>/conf/main.yaml, else 0.0.0.0:3000, every "
+                       "interface; [::]:3000 for IPv6)")
     serve.add_argument("--workers", type=workers, default=32, metavar="N",
                        help=f"worker threads serving requests, 1 to {MAX_WORKERS} (default 32)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,

@@ -69,8 +69,14 @@ def _audit(args, event, record, **extra):
 
 
 def _open(args, init=False):
-    from trust.store import TrustStore
-    return TrustStore(served_data_dir(args.data_dir, init).trust_db)
+    from registry import backends
+    try:
+        conf = backends.load_config(args.data_dir)
+        if conf.s3 is not None:      # the bucket's store: any replica host may change it
+            return backends.open_trust(None, conf)
+        return backends.open_trust(served_data_dir(args.data_dir, init), conf)
+    except backends.BackendError as exc:
+        raise CommandError(str(exc))
 
 
 def read_pem(path, stdin, program="aar trust add"):

@@ -15,6 +15,13 @@ with `Range: bytes=N-` on a new connection, a few times at most; the sha256
 of the whole file is the final word on whether the pieces belong together.
 A file that cannot be written (a full disk) ends the download at once.
 
+A registry that keeps its packages in an object store may answer 307 with a
+presigned URL. The bytes are then fetched from there on a connection of
+their own: HTTPS verified against the system's CA store (for that host, not
+the registry's pinned fingerprint) and without the node's client
+certificate, which is the registry's business alone. The sha256 is checked
+just the same, and every retry asks the registry again (a fresh URL).
+
 Between chunks it looks at the stop event and the deadline, so a stopping
 agent or a transfer that is not getting anywhere gives up promptly.
 """
@@ -23,7 +30,9 @@ import hashlib
 import http.client
 import os
 import re
+import ssl
 import time
+import urllib.parse
 
 from .errors import (Cancelled, IntegrityError, RegistryUnavailable, StoreError,
                      TransferError, TransferTimeout)
@@ -44,6 +53,31 @@ CHUNK = 1 << 20            # a transfer moves 1 MiB at a time, either way
 RESUME_ATTEMPTS = 4        # connections one download may use in all
 KICK = 16 << 20            # a download starts the write-back of every 16 MiB
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+)\Z")
+_REDIRECTS = (301, 302, 303, 307, 308)
+_store_context = None
+
+
+def _object_store(location, headers, timeout):
+    """GET a redirect's Location: (response, connection). No client certificate."""
+    global _store_context
+    url = urllib.parse.urlsplit(location)
+    if url.scheme == "https":
+        if _store_context is None:
+            _store_context = ssl.create_default_context()
+        conn = http.client.HTTPSConnection(url.hostname, url.port or 443,
+                                           context=_store_context, timeout=timeout)
+    elif url.scheme == "http":
+        conn = http.client.HTTPConnection(url.hostname, url.port or 80, timeout=timeout)
+    else:
+        raise TransferError(f"the registry redirected to {location[:80]!r}: "
+                            "not an http(s) URL")
+    try:
+        conn.request("GET", url.path + (f"?{url.query}" if url.query else ""),
+                     headers=dict(headers))
+        return conn.getresponse(), conn
+    except BaseException:
+        conn.close()
+        raise
 
 
 class Download:
@@ -113,6 +147,21 @@ class Download:
             except RegistryUnavailable as error:
                 last, timed_out = str(error), "no answer within" in str(error)
                 continue
+            store = None
+            if resp.status in _REDIRECTS and resp.getheader("Location"):
+                location = resp.getheader("Location")
+                self.client._finish(resp)
+                try:
+                    resp, store = _object_store(location, headers, self.client.timeout)
+                except (OSError, http.client.HTTPException) as error:
+                    last, timed_out = (f"object store {urllib.parse.urlsplit(location).netloc}"
+                                       f" unreachable: {error}"), False
+                    continue
+                if resp.status not in (200, 206):
+                    store.close()
+                    last, timed_out = (f"object store answered {resp.status} "
+                                       f"{resp.reason}"), False
+                    continue
             if resp.status == 200 and received:
                 # The server ignored the Range: start again from the top.
                 hasher, received, self._kicked = hashlib.sha256(), 0, 0
@@ -130,21 +179,30 @@ class Download:
                     continue
             if received < 0:
                 hasher, received, self._kicked = hashlib.sha256(), 0, 0
+                if store is not None:
+                    store.close()
                 continue
             if resp.length is not None and received + resp.length > self.size:
                 self.client.close()
+                if store is not None:
+                    store.close()
                 raise TransferError(TOO_LARGE.format(what=self.what, size=self.size))
             try:
-                received = self._body(resp, fd, buf, hasher, received)
+                received = self._body(resp, fd, buf, hasher, received, store)
             except (OSError, http.client.HTTPException) as error:
                 self.client.close()
+                if store is not None:
+                    store.close()
                 self._check()
                 timed_out = isinstance(error, TimeoutError)
                 last = ("no data for %gs" % self.client.timeout if timed_out
                         else f"connection broken after {received} bytes "
                              f"({type(error).__name__})")
                 continue
-            self.client._finish(resp)
+            if store is not None:
+                store.close()
+            else:
+                self.client._finish(resp)
             if received == self.size:
                 break
             last, timed_out = f"the body ended after {received} of {self.size} bytes", False
@@ -157,9 +215,10 @@ class Download:
             raise IntegrityError(SHA_MISMATCH.format(what=self.what, actual=actual,
                                                        expected=self.sha256))
 
-    def _body(self, resp, fd, buf, hasher, received):
+    def _body(self, resp, fd, buf, hasher, received, store=None):
         """Copy the body into fd; return the new count of bytes received."""
-        sock = self.client._conn.sock if self.client._conn is not None else None
+        conn = store if store is not None else self.client._conn
+        sock = conn.sock if conn is not None else None
         while True:
             self._check()
             if sock is not None:

@@ -24,6 +24,7 @@ ERRORS = {
     "size_mismatch": (422, "body size does not match Content-Length"),
     "too_many_requests": (429, "too many requests"),
     "internal": (500, "internal server error"),
+    "unavailable": (503, "the registry's storage is unavailable; try again later"),
     "insufficient_storage": (507, "insufficient storage on the registry"),
 }
 

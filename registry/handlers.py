@@ -237,27 +237,29 @@ class ApiHandler(RequestHandler):
         if etag in _etags(self.headers.get("if-none-match")):
             self.start_response(304, headers=(("ETag", etag),))
             return self.finish_response()
+        packages = self.server.packages
+        url = packages.redirect_url(pkg) if self.command == "GET" else None
+        if url is not None:
+            # The object store serves the bytes; the client checks the sha256.
+            self.server.events.downloaded(self._addr(), self.conn.fingerprint, pkg,
+                                          0, pkg["size"])
+            self.start_response(307, None, 0, (("Location", url), ("ETag", etag)))
+            return self.finish_response()
         size = pkg["size"]
         start, end = self._range(size)
-        path = self.server.packages.blob_path(pkg["sha256"])
-        try:
-            f = open(path, "rb")
-        except FileNotFoundError:
-            log.error("blob of %s/%s/%s missing at %s", app, version, arch, path)
-            raise ApiError.of("internal", "package data missing on the server")
-        with f:
-            headers = [("ETag", etag), ("Accept-Ranges", "bytes")]
-            status = 200
-            if self.headers.get("range"):
-                status = 206
-                headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+        headers = [("ETag", etag), ("Accept-Ranges", "bytes")]
+        status = 200
+        if self.headers.get("range"):
+            status = 206
+            headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
+        if self.command == "HEAD":
+            self.start_response(status, "application/octet-stream", end - start, headers)
+            return self.finish_response()
+        with packages.open_blob(pkg, start, end) as f:
             self.start_response(status, "application/octet-stream", end - start, headers)
             self.finish_response()
-            if self.command == "HEAD":
-                return
             self.server.events.downloaded(self._addr(), self.conn.fingerprint, pkg,
                                           start, end)
-            f.seek(start)
             self._stream_file(f, end - start)
 
     def _stream_file(self, f, remaining):
@@ -268,7 +270,8 @@ class ApiHandler(RequestHandler):
             n = f.readinto(view[:min(remaining, _READ_CHUNK)])
             if not n:                     # the blob shrank: end the connection
                 self.close_connection = True
-                log.error("blob %s ended %d bytes early", f.name, remaining)
+                log.error("blob %s ended %d bytes early",
+                          getattr(f, "name", "in the object store"), remaining)
                 return
             send(view[:n])
             remaining -= n

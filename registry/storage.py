@@ -36,7 +36,7 @@ from registry.errors import ApiError
 from registry.packagesdb import COLUMNS, SELECT_GENERATION, PackagesDB, package_of_row
 from registry.paths import DataDir, is_sha256
 
-__all__ = ["PackageStore"]
+__all__ = ["PackageStore", "build_listing", "same_or_conflict"]
 
 log = logging.getLogger("aar.storage")
 
@@ -75,6 +75,35 @@ def _check_upload(app, version, arch, length, sha256, manifest):
     if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
         raise ApiError.of("bad_request", "manifest tags must be a list of strings")
     return version, sha256, tags, manifest
+
+
+def same_or_conflict(existing, sha256, length) -> dict:
+    """The answer to a put of a version that exists: itself if the bytes are
+    the same (a no-op), else ApiError conflict or size_mismatch."""
+    where = f"{existing['name']} {existing['version']} {existing['architecture']}"
+    if existing["sha256"] != sha256:
+        raise ApiError.of("conflict", f"{where} is already published with "
+                          f"sha256 {existing['sha256']}")
+    if existing["size"] != length:
+        raise ApiError.of("size_mismatch", f"{where} has {existing['size']} "
+                          f"bytes, not {length}")
+    log.debug("%s is already stored with the same bytes", where)
+    return existing
+
+
+def build_listing(packages, architecture, wanted) -> list:
+    """The listing's applications from package dicts (any order): sorted by
+    name, each with its versions sorted by (version, arch); ``architecture``
+    and ``wanted`` (a set of tags: any one matches) filter packages."""
+    apps = {}
+    for pkg in sorted(packages, key=lambda p: (p["name"], p["version"], p["architecture"])):
+        if architecture is not None and pkg["architecture"] != architecture:
+            continue
+        if wanted and wanted.isdisjoint(pkg["tags"]):
+            continue
+        apps.setdefault(pkg["name"], {"name": pkg["name"], "versions": []})[
+            "versions"].append(dict(pkg))
+    return list(apps.values())
 
 
 class PackageStore:
@@ -157,6 +186,22 @@ class PackageStore:
         except ValueError as exc:
             raise ApiError.of("bad_request", str(exc)) from None
 
+    def redirect_url(self, pkg):
+        """Local bytes are served by the registry itself: never a redirect."""
+        return None
+
+    def open_blob(self, pkg, start, end):
+        """The package's bytes as an open file positioned at ``start``."""
+        path = self.blob_path(pkg["sha256"])
+        try:
+            f = open(path, "rb")
+        except FileNotFoundError:
+            log.error("blob of %s/%s/%s missing at %s", pkg["name"], pkg["version"],
+                      pkg["architecture"], path)
+            raise ApiError.of("internal", "package data missing on the server") from None
+        f.seek(start)
+        return f
+
     def list(self, architecture=None, tags=()) -> list:
         """Applications sorted by name, each with its versions (see the API).
 
@@ -236,7 +281,7 @@ class PackageStore:
             app, version, arch, length, sha256, manifest)
         existing = self.get(app, version, arch)
         if existing is not None:
-            return False, self._same_or_conflict(existing, sha256, length)
+            return False, same_or_conflict(existing, sha256, length)
         try:
             return self._put(app, version, arch, stream, length, sha256,
                              tags, manifest, publisher)
@@ -253,7 +298,7 @@ class PackageStore:
                 # Another thread may have committed this package while we streamed.
                 existing = self.get(app, version, arch)
                 if existing is not None:
-                    return False, self._same_or_conflict(existing, sha256, length)
+                    return False, same_or_conflict(existing, sha256, length)
                 self._blobs.commit(staged, sha256)
                 staged = None
                 created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -273,17 +318,6 @@ class PackageStore:
         log.debug("stored %s %s %s: %d bytes, sha256 %s, publisher %s",
                  app, version, arch, length, sha256, publisher or "-")
         return True, package_of_row(row)
-
-    def _same_or_conflict(self, existing, sha256, length) -> dict:
-        where = f"{existing['name']} {existing['version']} {existing['architecture']}"
-        if existing["sha256"] != sha256:
-            raise ApiError.of("conflict", f"{where} is already published with "
-                              f"sha256 {existing['sha256']}")
-        if existing["size"] != length:
-            raise ApiError.of("size_mismatch", f"{where} has {existing['size']} "
-                              f"bytes, not {length}")
-        log.debug("%s is already stored with the same bytes", where)
-        return existing
 
     def _check_writable(self):
         if self.read_only:

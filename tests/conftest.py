@@ -25,3 +25,33 @@ def certs(certdir):
         stranger = make_cert(certdir, "stranger")
         expired = make_cert(certdir, "expired", expired=True)
     return _Certs
+
+
+@pytest.fixture(scope="session")
+def swift(tmp_path_factory):
+    """OpenStack Swift (s3api + tempauth) on 127.0.0.1, once per session."""
+    import os
+    import swiftaio
+    why = swiftaio.available()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"Swift cannot run: {why}")
+        pytest.skip(why)
+    store = swiftaio.SwiftAIO(tmp_path_factory.mktemp("swift"))
+    try:
+        store.start()
+    except BaseException:
+        store.stop()
+        raise
+    yield store
+    store.stop()
+
+
+@pytest.fixture
+def bucket(swift, request):
+    """A fresh, empty bucket on the session's Swift; its name."""
+    import re
+    name = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
+    name = f"{name}-{id(request) % 100000}"
+    swift.client().create_bucket(Bucket=name)
+    return name

@@ -19,6 +19,7 @@ EXPECTED_STATUS = {
     "size_mismatch": 422,
     "too_many_requests": 429,
     "internal": 500,
+    "unavailable": 503,
     "insufficient_storage": 507,
 }
 

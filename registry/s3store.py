@@ -1,0 +1,396 @@
+"""S3PackageStore: the package store in an S3 bucket, shared by every replica.
+
+The same interface as registry/storage.py's PackageStore (put, get,
+application, list, generation, delete_*, recover, open_blob, redirect_url),
+so the handlers do not know which one they talk to. The keys and the commit
+protocol that makes concurrent pushes from several replicas safe are in
+registry/s3claims.py.
+
+Reading never waits for the bucket: a thread LISTs ``packages/`` (and
+``blobs/``) every POLL seconds and swaps in a new index. Records are immutable
+once written, so each is fetched once and cached by key and ETag: a listing of
+1,000 packages costs a LIST page or two, not 1,000 GETs. A record whose blob
+is missing or has the wrong size is left out of the index, loudly. When the
+bucket cannot be listed for STALE_INDEX seconds, generation() raises 503 with
+the reason: a replica never serves a listing that silently lost packages.
+"""
+import concurrent.futures
+import hashlib
+import http.client
+import json
+import logging
+import threading
+import time
+
+from objstore import upload
+from objstore.client import S3Error, Unreachable
+from registry import s3claims as claims
+from registry.errors import ApiError
+from registry.storage import _check_upload, build_listing, same_or_conflict
+
+__all__ = ["S3PackageStore", "StorageError"]
+
+log = logging.getLogger("aar.storage")
+
+POLL = 1.0
+STALE_INDEX = 10.0
+_FETCHERS = 8
+_LIST_CACHE_SIZE = 8
+_STORE_ERRORS = (S3Error, Unreachable, OSError)
+
+
+class StorageError(Exception):
+    """The bucket cannot be used; the message is one line saying why."""
+
+
+def _now_text():
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+class _Blob:
+    """A streamed GET of a blob, read like a file and closed after."""
+
+    def __init__(self, resp):
+        self._resp = resp
+
+    def readinto(self, buf):
+        try:
+            return self._resp.readinto(buf)
+        except (OSError, http.client.HTTPException) as exc:
+            # Headers are out: all that is left is ending the connection,
+            # which the client sees as a short body (its sha256 check fails).
+            log.error("object store stopped mid-download: %s", exc)
+            raise ConnectionAbortedError(f"object store: {exc}") from None
+
+    def read(self, n):
+        buf = bytearray(n)
+        got = self.readinto(buf)
+        return bytes(buf[:got])
+
+    def close(self):
+        self._resp.close()
+        self._resp.conn_to_close.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class S3PackageStore:
+    """Packages in one bucket under one prefix. Thread-safe."""
+
+    def __init__(self, client, prefix="", redirect=True, presign_expiry=300,
+                 stale_uploads=86400.0, stale_claims=claims.STALE, poll=POLL,
+                 read_only=False):
+        self.client = client
+        self.prefix = prefix
+        self.redirect = redirect
+        self.presign_expiry = presign_expiry
+        self.stale_uploads = stale_uploads
+        self.stale_claims = stale_claims
+        self._records = {}            # key -> (etag, record); records never change
+        self._index = {}
+        self._generation = 0
+        self._listed_at = 0.0
+        self._error = None
+        self._lock = threading.Lock()
+        self._cache = {}
+        self._stop = threading.Event()
+        where = f"bucket {client.endpoint.bucket!r} at {client.endpoint.url}"
+        try:
+            client.head_bucket()
+            if not read_only:
+                self.recover()
+            self.refresh()
+        except _STORE_ERRORS as exc:
+            raise StorageError(f"S3 storage unusable ({where}): {exc}") from None
+        if not read_only:
+            threading.Thread(target=self._poll, args=(poll,), name="aar-s3-index",
+                             daemon=True).start()
+
+    def close(self):
+        self._stop.set()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- the index ------------------------------------------------------------
+
+    def _poll(self, interval):
+        while not self._stop.wait(interval):
+            try:
+                self.refresh()
+            except _STORE_ERRORS as exc:
+                if self._error is None:
+                    log.error("cannot list the bucket: %s", exc)
+                self._error = str(exc)
+
+    def refresh(self):
+        """LIST the bucket and swap in a new index (raises on store errors)."""
+        items, _ = self.client.list(self.prefix + "packages/")
+        blobs, _ = self.client.list(self.prefix + "blobs/sha256/")
+        sizes = {b["key"].rsplit("/", 1)[1]: b["size"] for b in blobs}
+        wanted = [i for i in items if claims.parse_record_key(self.prefix, i["key"])]
+        self._fetch([i for i in wanted
+                     if self._records.get(i["key"], (None,))[0] != i["etag"]])
+        index, seen = {}, []
+        for item in wanted:
+            cached = self._records.get(item["key"])
+            if cached is None or cached[0] != item["etag"]:
+                continue
+            record = cached[1]
+            if sizes.get(record["sha256"]) != record["size"]:
+                log.error("package %s %s %s: blob %s is missing or not %d bytes; "
+                          "not listed", record["name"], record["version"],
+                          record["architecture"], record["sha256"], record["size"])
+                continue
+            key = (record["name"], record["version"], record["architecture"])
+            if key in index and index[key]["sha256"] < record["sha256"]:
+                continue          # never written by the protocol; be deterministic
+            index[key] = record
+            seen.append(f"{item['key']} {item['etag']}")
+        digest = hashlib.sha256("\n".join(sorted(seen)).encode()).digest()
+        with self._lock:
+            self._index = index
+            self._generation = int.from_bytes(digest[:7], "big")
+            self._listed_at = time.monotonic()
+            if self._error is not None:
+                log.info("the bucket answers again")
+            self._error = None
+        live = {i["key"] for i in items}
+        for key in [k for k in self._records if k not in live]:
+            self._records.pop(key, None)
+
+    def _fetch(self, items):
+        def one(item):
+            body = self.client.get(item["key"])
+            if body is None:
+                return            # deleted between LIST and GET: not this round
+            try:
+                record = json.loads(body)
+            except ValueError:
+                log.error("record %s is not JSON; not listed", item["key"])
+                return
+            self._records[item["key"]] = (item["etag"], record)
+        if len(items) <= 1:
+            for item in items:
+                one(item)
+            return
+        with concurrent.futures.ThreadPoolExecutor(_FETCHERS) as pool:
+            list(pool.map(one, items))
+
+    def _current(self):
+        with self._lock:
+            if self._error is not None and \
+                    time.monotonic() - self._listed_at > STALE_INDEX:
+                raise ApiError.of("unavailable", f"storage unavailable: {self._error}")
+            return self._index, self._generation
+
+    # -- reading ----------------------------------------------------------------
+
+    def generation(self) -> int:
+        return self._current()[1]
+
+    def get(self, app, version, arch):
+        found = self._current()[0].get((app, version, arch))
+        return None if found is None else dict(found)
+
+    def application(self, app):
+        index = self._current()[0]
+        versions = sorted((dict(p) for k, p in index.items() if k[0] == app),
+                          key=lambda p: (p["version"], p["architecture"]))
+        return {"name": app, "versions": versions} if versions else None
+
+    def list(self, architecture=None, tags=()):
+        if isinstance(tags, str):
+            tags = tags.split(",")
+        wanted = tuple(sorted({t for t in tags if t}))
+        index, generation = self._current()
+        key = (generation, architecture, wanted)
+        cached = self._cache.get(key)
+        if cached is None:
+            cached = build_listing(index.values(), architecture, frozenset(wanted))
+            if len(self._cache) >= _LIST_CACHE_SIZE:
+                self._cache.clear()
+            self._cache[key] = cached
+        return cached
+
+    def redirect_url(self, pkg):
+        """A presigned GET of the package's bytes when downloads are redirected."""
+        if not self.redirect:
+            return None
+        return self.client.presigned_url(self._blob_key(pkg["sha256"]),
+                                         expires=self.presign_expiry)
+
+    def open_blob(self, pkg, start, end):
+        try:
+            return _Blob(self.client.open(self._blob_key(pkg["sha256"]), start, end))
+        except (S3Error, Unreachable) as exc:
+            raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
+
+    def _blob_key(self, sha256):
+        return f"{self.prefix}blobs/sha256/{sha256}"
+
+    # -- writing ------------------------------------------------------------------
+
+    def put(self, app, version, arch, stream, length, sha256, manifest=None,
+            publisher="") -> tuple:
+        """Store a package (see PackageStore.put); the commit is s3claims'."""
+        version, sha256, tags, manifest = _check_upload(
+            app, version, arch, length, sha256, manifest)
+        try:
+            existing = self._record_of(app, version, arch)
+            if existing is not None:
+                return False, same_or_conflict(existing, sha256, length)
+            try:
+                upload.upload(self.client, self._blob_key(sha256), stream, length, sha256)
+            except upload.ShortBody as exc:
+                raise ApiError.of("size_mismatch", str(exc)) from None
+            except upload.DigestMismatch as exc:
+                raise ApiError.of("digest_mismatch", str(exc)) from None
+            record = {"name": app, "version": version, "architecture": arch,
+                      "size": length, "sha256": sha256, "created_at": _now_text(),
+                      "publisher": publisher, "tags": tags, "manifest": manifest}
+            created, record = self._commit(record)
+        except (S3Error, Unreachable) as exc:
+            log.error("storing %s %s %s: %s", app, version, arch, exc)
+            raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
+        try:
+            self.refresh()
+        except _STORE_ERRORS:
+            pass                     # the poller will catch up
+        return created, record
+
+    def _record_of(self, app, version, arch):
+        items, _ = self.client.list(claims.record_prefix(self.prefix, app, version, arch))
+        if not items:
+            return None
+        first = min(items, key=lambda i: i["key"])
+        body = self.client.get(first["key"])
+        return None if body is None else json.loads(body)
+
+    def _commit(self, record):
+        app, version, arch, sha256 = (record["name"], record["version"],
+                                      record["architecture"], record["sha256"])
+        mine = claims.claim_key(self.prefix, app, version, arch, sha256)
+        started = time.monotonic()
+        self.client.put(mine, b"")
+        took = time.monotonic() - started
+        if took > claims.FAST:
+            self.client.delete(mine)
+            raise ApiError.of("unavailable", f"the object store took {took:.1f}s to "
+                              "write a claim: too slow to commit safely; try again")
+        while True:
+            items, date = self.client.list(
+                claims.claim_prefix(self.prefix, app, version, arch))
+            own = next((i for i in items if i["key"] == mine), None)
+            if own is None:
+                raise ApiError.of("unavailable", "the claim vanished (the package was "
+                                  "deleted meanwhile); try again")
+            wait = claims.store_time(own["modified"]) + claims.SETTLE - \
+                claims.date_time(date)
+            if wait > 0:
+                time.sleep(min(wait, claims.SETTLE) + 0.05)
+                continue
+            first = claims.first_claim(items)
+            if first is own:
+                break
+            winner = first["key"].rsplit("/", 1)[1]
+            if self._stale_claim(first, app, version, arch, winner, date):
+                continue
+            self.client.delete(mine)
+            where = f"{app} {version} {arch}"
+            raise ApiError.of("conflict", f"{where} is already published with "
+                              f"sha256 {winner}")
+        self.client.put(claims.record_key(self.prefix, app, version, arch, sha256),
+                        json.dumps(record, sort_keys=True).encode())
+        log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s", app, version,
+                 arch, record["size"], sha256, record["publisher"] or "-")
+        return True, record
+
+    def _stale_claim(self, item, app, version, arch, sha256, date):
+        """Remove a first claim that never got its record and never will."""
+        age = claims.date_time(date) - claims.store_time(item["modified"])
+        if age < self.stale_claims:
+            return False
+        if self.client.head(claims.record_key(self.prefix, app, version, arch, sha256)):
+            return False
+        log.warning("removing claim %s: %.0fs old and no record", item["key"], age)
+        self.client.delete(item["key"])
+        return True
+
+    def delete_package(self, app, version, arch) -> bool:
+        return self._delete(claims.record_prefix(self.prefix, app, version, arch),
+                            f"{self.prefix}claims/{app}/{version}/{arch}/") > 0
+
+    def delete_application(self, app) -> int:
+        return self._delete(claims.record_prefix(self.prefix, app),
+                            f"{self.prefix}claims/{app}/")
+
+    def _delete(self, records, claim_prefix):
+        try:
+            items, _ = self.client.list(records)
+            found = {claims.parse_record_key(self.prefix, i["key"])[:3] for i in items
+                     if claims.parse_record_key(self.prefix, i["key"])}
+            for item in items:
+                self.client.delete(item["key"])
+            for item in self.client.list(claim_prefix)[0]:
+                self.client.delete(item["key"])
+        except (S3Error, Unreachable) as exc:
+            raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
+        for key in found:
+            log.info("deleted %s %s %s", *key)
+        try:
+            self.refresh()
+        except _STORE_ERRORS:
+            pass
+        return len(found)
+
+    # -- recovery -------------------------------------------------------------------
+
+    def recover(self) -> dict:
+        """Remove what dead pushes left, only what is provably garbage by age:
+        multipart uploads older than stale_uploads, claims without a record and
+        blobs nothing names, both older than stale_claims."""
+        counts = {"uploads": 0, "claims": 0, "blobs": 0}
+        now = time.time()
+        for key, upload_id, initiated in self.client.list_multipart(
+                self.prefix + "blobs/"):
+            if initiated and now - claims.store_time(initiated) > self.stale_uploads:
+                self.client.abort_multipart(key, upload_id)
+                counts["uploads"] += 1
+                log.warning("recovery: aborted interrupted upload of %s", key)
+        records, _ = self.client.list(self.prefix + "packages/")
+        named = set()
+        for item in records:
+            parsed = claims.parse_record_key(self.prefix, item["key"])
+            if parsed:
+                named.add(parsed)
+        claim_items, _ = self.client.list(self.prefix + "claims/")
+        for item in claim_items:
+            parts = item["key"][len(self.prefix) + len("claims/"):].split("/")
+            if len(parts) != 4 or not parts[1].isdigit():
+                continue
+            key = (parts[0], int(parts[1]), parts[2], parts[3])
+            if key in named:
+                continue
+            if now - claims.store_time(item["modified"]) > self.stale_claims:
+                self.client.delete(item["key"])
+                counts["claims"] += 1
+                log.warning("recovery: removed claim %s without a record", item["key"])
+            else:
+                named.add(key)        # a push may be in flight: keep its blob
+        used = {k[3] for k in named}
+        for item in self.client.list(self.prefix + "blobs/sha256/")[0]:
+            sha256 = item["key"].rsplit("/", 1)[1]
+            if sha256 not in used and \
+                    now - claims.store_time(item["modified"]) > self.stale_claims:
+                self.client.delete(item["key"])
+                counts["blobs"] += 1
+                log.warning("recovery: removed blob %s: no package uses it", sha256)
+        return counts
