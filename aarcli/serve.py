@@ -26,7 +26,10 @@ FIRST_START = """\
 Created the registry's server certificate:
   {cert}
   fingerprint {fp}
-Next: copy that certificate to every AMS node and run there
+Next, for each AMS node, make a join token here and use it there:
+  sudo aar trust token add [--role publisher] --address <this host>:{port}
+  ams-sync registry join <the token>
+or register it by hand: copy that certificate to the node and run there
   ams-sync config trust add server.crt
   ams-sync config set registry.url https://<this host>:{port}
   ams-sync config set registry.fingerprint {fp}

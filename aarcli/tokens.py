@@ -22,7 +22,24 @@ from trust.errors import TokenError
 from trust.store import ROLES, TrustStore
 from trust.tokens import Token, Tokens
 
-from .common import served_data_dir
+from .common import CommandError, served_data_dir
+
+NO_S3 = ("join tokens live in the data directory's trust store, and this registry "
+         "keeps its trust in S3 (storage.s3 in {path}): register nodes by hand "
+         "(aar trust add)")
+
+
+def _local(args):
+    """The data directory, refusing a registry whose trust store is in S3."""
+    from registry import backends
+    data = served_data_dir(args.data_dir)
+    try:
+        conf = backends.load_config(data.root)
+    except backends.BackendError as exc:
+        raise CommandError(str(exc))
+    if conf.s3 is not None:
+        raise CommandError(NO_S3.format(path=conf.path))
+    return data
 
 __all__ = ["add_parser", "NO_SERVER_CERT", "REMOVED", "DEFAULT_PORT"]
 
@@ -73,7 +90,7 @@ def _own_urls():
 
 
 def _add(args, ctx):
-    data = served_data_dir(args.data_dir)
+    data = _local(args)
     if not data.server_cert.exists():
         raise TokenError(NO_SERVER_CERT.format(path=data.server_cert))
     fingerprint = certs.load_certificate(data.server_cert).fingerprint
@@ -89,7 +106,7 @@ def _add(args, ctx):
 
 
 def _list(args, ctx):
-    with TrustStore(served_data_dir(args.data_dir).trust_db) as store:
+    with TrustStore(_local(args).trust_db) as store:
         rows = Tokens(store).list()
     ctx.out.write(render(rows, _COLUMNS, args.format,
                      short={"used_by": lambda fp: (fp or "")[:12]}))
@@ -97,7 +114,7 @@ def _list(args, ctx):
 
 
 def _remove(args, ctx):
-    data = served_data_dir(args.data_dir)
+    data = _local(args)
     with TrustStore(data.trust_db) as store:
         row = Tokens(store).remove(args.id)
     record_command(data.audit_log, args.argv, "token.remove", token=row["id"],

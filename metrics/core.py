@@ -143,7 +143,8 @@ class _Family:
                 counts = list(child.counts)
                 for bound, count in zip(child.bounds + (math.inf,), counts):
                     cumulative += count
-                    le = (("le", _number(float(bound))),)
+                    # le as the official clients write it: 1.0, 0.25, +Inf.
+                    le = (("le", "+Inf" if bound == math.inf else repr(float(bound))),)
                     out.append(f"{self.name}_bucket{_labels(self.labelnames, key, le)} "
                                f"{cumulative}")
                 out.append(f"{self.name}_sum{_labels(self.labelnames, key)} "

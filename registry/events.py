@@ -60,10 +60,10 @@ class Events:
         self._trusted = m.gauge("aar_trusted_certificates", "Trusted (unrevoked) client "
                                 "certificates, by role", ("role",), collect=self._roles)
         self._packages = m.gauge("aar_packages", "Packages stored",
-                                 collect=lambda: {(): self._totals()[0]})
+                                 collect=lambda: self._totals(0))
         self._stored_bytes = m.gauge("aar_stored_bytes", "Bytes of packages stored "
                                      "(counted per package, before deduplication)",
-                                     collect=lambda: {(): self._totals()[1]})
+                                     collect=lambda: self._totals(1))
         self._server = None
         for reason in REASONS:               # every reason shows, 0 until it happens
             self._refusals.labels(reason)
@@ -80,9 +80,10 @@ class Events:
             counts[(role,)] = counts.get((role,), 0) + 1
         return counts
 
-    def _totals(self):
+    def _totals(self, which):
+        # A store without totals() (S3's) shows no sample rather than a false 0.
         totals = getattr(self._server.packages, "totals", None)
-        return totals() if totals is not None else (0, 0)
+        return {(): totals()[which]} if totals is not None else {}
 
     # -- transport events ----------------------------------------------------------
 

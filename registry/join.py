@@ -33,6 +33,8 @@ MAX_BODY = 64 * 1024
 INVALID = ("invalid join token: wrong, already used, expired or removed; "
            "ask the registry's operator for a new one (aar trust token add)")
 RATE_LIMITED = "too many failed join attempts; try again in a minute"
+NO_TOKENS = ("this registry keeps its trust store in S3 (storage.s3), which has no "
+             "join tokens: register the node by hand (aar trust add)")
 
 
 class _Bucket:
@@ -108,6 +110,8 @@ def _parse(body):
 def join(server, address, body) -> dict:
     """Use a token for the certificate in body; the answer's metadata, or ApiError."""
     gate, events = server.join_gate, server.events
+    if not hasattr(server.trust_store, "transaction"):
+        raise ApiError.of("not_found", NO_TOKENS)
     if not gate.allowed(address):
         events.refused(address, "rate_limited", "join refused: too many failed attempts")
         raise ApiError.of("too_many_requests", RATE_LIMITED)
