@@ -196,3 +196,23 @@ def test_a_change_that_cannot_be_audited_says_so(tmp_path, certs):
                      str(data)], stdin=Pipe(), stdout=out, stderr=err)
     assert code == 1
     assert "trust.add done, but cannot write the audit log" in err.getvalue()
+
+
+def test_a_delete_on_the_registry_host_is_audited(tmp_path, certs):
+    registry = ThreadServer(tmp_path / "aar")
+    try:
+        registry.trust_cert(certs.publisher, "publisher")
+        payload = os.urandom(2000)
+        assert registry.client(certs.publisher).upload("demo", 1, "amd64", payload)[0] == 201
+    finally:
+        registry.stop()
+    out, err = io.StringIO(), io.StringIO()
+    code = aar.main(["application", "delete", "demo", "1", "amd64", "-y", "--data-dir",
+                     str(registry.data.root)], stdin=Pipe(), stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    record = _records(registry.data.audit_log)[-1]
+    assert (record["event"], record["application"], record["version"],
+            record["architecture"], record["size"], record["sha256"]) == (
+        "package.delete", "demo", 1, "amd64", 2000, hashlib.sha256(payload).hexdigest())
+    assert record["command"].startswith("aar application delete demo 1 amd64")
+    assert record["uid"] == os.getuid()
