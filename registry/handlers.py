@@ -1,34 +1,41 @@
 """The HTTP API (version 1.0) over the package store.
 
-Routes, authorisation and the JSON envelope. Transport concerns (TLS, keep-alive,
-timeouts) are the business of `protocol` and `server`; storage is `storage`'s.
+Authorisation, routes and the JSON envelope; connection.py carries the bytes.
+Every request passes `handle`, which authorises it against the live trust
+store before anything else: a certificate removed or revoked while its
+connection stays open is refused at its next request, and the connection is
+closed. Routing is the one table in `_route`.
 
-Every request is authorised against the live trust store before it is routed: a
-certificate removed or revoked while its connection stays open is refused at its
-next request, and the connection is closed.
-
-A caller without a certificate (the TLS context is CERT_OPTIONAL for the sake of
-joining nodes) may POST /1.0/join and nothing else: any other request of such a
-caller is refused by closing the connection without an answer, the way a
-refused handshake looks, so that nothing of the API shows to it.
+A caller without a certificate (the TLS context is CERT_OPTIONAL for the sake
+of joining nodes) may POST /1.0/join and nothing else: any other request of
+such a caller is refused by closing the connection without an answer, the way
+a refused handshake looks, so that nothing of the API shows to it.
 
 Each request reports to `server.events` (registry/events.py): its route
-template, status and duration for the metrics; refusals, writes, deletes and
-downloads for the audit and service logs.
+template, status and duration for the metrics (sent by the connection with
+the answer); refusals, writes, deletes and downloads for the audit and
+service logs.
+
+What runs where: answers that need no disk (status, info, a listing already
+in the cache, 304s, errors) are built on the loop thread and sent at once.
+Everything that may block (package metadata from the database, opening a
+package file, uploads, deletes) runs as a job in the worker pool and comes
+back as a Reply.
 """
 import hashlib
 import json
 import logging
 import re
-import time
 import urllib.parse
 
 import names
 from version import VERSION
 from registry import join
+from registry.connection import Reply, FileBody
 from registry.errors import ApiError, envelope_error, envelope_sync
+from registry.gate import StatGate
 from registry.livetrust import Refusal
-from registry.protocol import RequestHandler
+from registry.waiters import Waiters, parse_wait
 
 __all__ = ["ApiHandler", "ListingCache"]
 
@@ -38,7 +45,6 @@ _JSON = "application/json"
 _SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
 _RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)\Z")
 _MAX_MANIFEST = 32 * 1024
-_READ_CHUNK = 1 << 20
 _LISTING_CACHE = 64
 
 
@@ -46,370 +52,379 @@ def _dumps(obj):
     return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-class ApiHandler(RequestHandler):
-    """Routes one request of the registry API."""
+def _json(metadata, status=200):
+    return Reply(status, _dumps(envelope_sync(metadata, status)), _JSON)
 
-    server_version = "aar/" + VERSION
 
-    @classmethod
-    def attach(cls, server):
-        """Give a new server the state these handlers share across requests."""
-        server.listing_cache = ListingCache()
+_STATUS_OK = _dumps(envelope_sync({"status": "ok"}))
+
+
+class ApiHandler:
+    """Routes the requests of one server; shared by all its connections."""
+
+    def __init__(self, server):
+        self.server = server
+        self.packages = server.packages
+        self.trust = server.trust
+        self.events = server.events
+        self.listing_cache = ListingCache()
         server.join_gate = join.Gate()
+        # A local store's generation is a query: gate it on its WAL file. An
+        # object store keeps its own in memory (no path: read every time).
+        datadir = getattr(self.packages, "datadir", None)
+        self.generation = StatGate(getattr(datadir, "packages_db", None),
+                                   self.packages.generation)
+        self.waiters = Waiters(self)
 
-    def dispatch(self):
-        self.role = None
-        self.route = "other"
-        self.code = None
-        self.sent = 0
-        self.conn.consumed = 0
-        started = time.monotonic()
+    # -- entry points (loop thread) ------------------------------------------
+
+    def handle(self, conn, req):
+        conn.route = "other"
+        if conn.fingerprint is None:
+            return self._certificate_less(conn, req)
         try:
-            if self.conn.fingerprint is None:
-                self._certificate_less()
-            else:
-                self._authorise()
-                self._route()
+            role = self.authorise(conn, req)
         except ApiError as err:
-            self._send_error(err)
-        except (ConnectionError, TimeoutError):
-            raise
-        except OSError as exc:
-            log.error("%s %s failed: %s", self.command, self.path, exc)
-            self.server.events.storage_error()
-            self._send_error(ApiError.of("internal", "server storage error"))
-        finally:
-            self.server.events.request(self.route, self.command, self.code or "none",
-                                       time.monotonic() - started, self.conn.consumed,
-                                       self.sent)
-
-    def log_request(self, code="-", size="-"):
-        self.code = str(code)
-        if isinstance(size, int) and self.command != "HEAD":
-            self.sent = size
-        super().log_request(code, size)
-
-    # -- authorisation -------------------------------------------------------
-
-    def _addr(self):
-        host, port = self.client_address[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    def _certificate_less(self):
-        if self.command == "POST" and self.path.partition("?")[0] == join.PATH:
-            self.route = join.PATH
-            return self._join()
-        self.server.events.refused(self._addr(), "no_certificate",
-                                   f"{self.command} {self.path[:200]} without a client "
-                                   "certificate (only the join endpoint takes none)")
-        self.close_connection = True       # closed unanswered, like a refused handshake
-
-    def _authorise(self):
-        fp = self.conn.fingerprint
+            reply = self._error(err)
+            reply.close = True            # a refused certificate gets no more
+            return conn.reply(reply)
         try:
-            self.role = self.server.trust.authorise(fp)
-        except Refusal as refusal:
-            self.server.events.refused(
-                self._addr(), refusal.code, f"{self.command} {self.path[:200]}: "
-                f"{refusal.reason}", fingerprint=fp, name=refusal.name)
-            self.close_connection = True
-            raise ApiError.of("forbidden", f"forbidden: {refusal.reason}")
+            reply = self._route(conn, req, role)
+        except ApiError as err:
+            reply = self._error(err)
+        except Exception as exc:          # a bug: answer 500, keep serving others
+            reply = self.error_reply(conn, req, exc)
+        if reply is not None:
+            conn.reply(reply)
 
-    def _require_publisher(self):
-        if self.role != "publisher":
-            fp = self.conn.fingerprint
-            self.server.events.refused(
-                self._addr(), "read_only", f"{self.command} {self.path[:200]}: role "
-                f"{self.role} cannot write", fingerprint=fp,
-                name=self.server.trust.name_of(fp))
-            self._body_unread()
-            raise ApiError.of("forbidden", f"forbidden: the {self.role} role is "
+    def error_reply(self, conn, req, error):
+        """The Reply for an exception a job raised (or `handle` caught)."""
+        if isinstance(error, ApiError):
+            return self._error(error)
+        what = f"{req.method} {req.target}" if req is not None else "request"
+        if isinstance(error, OSError):
+            log.error("%s from %s failed: %s", what, conn.peer, error)
+            self.events.storage_error()
+            return self._error(ApiError.of("internal", "server storage error"))
+        log.error("%s from %s failed", what, conn.peer, exc_info=error)
+        return self._error(ApiError.of("internal"))
+
+    def forget(self, conn):
+        """The connection closed: drop whatever waits on its behalf."""
+        self.waiters.forget(conn)
+
+    def changed(self):
+        """The package store changed through this server: wake the waiters."""
+        self.waiters.check()
+
+    # -- authorisation --------------------------------------------------------
+
+    def authorise(self, conn, req):
+        """The caller's role, or ApiError forbidden (closing the connection)."""
+        fp = conn.fingerprint
+        try:
+            return self.trust.authorise(fp)
+        except Refusal as refusal:
+            self.events.refused(conn.address, refusal.code,
+                                f"{req.method} {req.target[:200]}: {refusal.reason}",
+                                fingerprint=fp, name=refusal.name)
+            raise ApiError.of("forbidden", f"forbidden: {refusal.reason}") from None
+
+    def _require_publisher(self, conn, req, role):
+        if role != "publisher":
+            fp = conn.fingerprint
+            self.events.refused(conn.address, "read_only",
+                                f"{req.method} {req.target[:200]}: role {role} cannot "
+                                "write", fingerprint=fp, name=self.trust.name_of(fp))
+            raise ApiError.of("forbidden", f"forbidden: the {role} role is "
                               "read-only; writes need a publisher certificate")
 
-    def _body_unread(self):
-        # An error answered before the request body is read leaves that body
-        # on the wire; the connection cannot carry another request after it.
-        if self.body_pending:
-            self.close_connection = True
+    def _certificate_less(self, conn, req):
+        if req.method == "POST" and req.target.partition("?")[0] == join.PATH:
+            conn.route = join.PATH
+            try:
+                return self._join(conn, req)
+            except ApiError as err:
+                reply = self._error(err)
+                reply.close = True
+                return conn.reply(reply)
+        self.events.refused(conn.address, "no_certificate",
+                            f"{req.method} {req.target[:200]} without a client "
+                            "certificate (only the join endpoint takes none)")
+        conn.unanswered()                 # closed unanswered, like a refused handshake
 
-    # -- routing ---------------------------------------------------------------
+    # -- routing ------------------------------------------------------------------
 
-    def _route(self):
-        path, _, query = self.path.partition("?")
-        parts = [urllib.parse.unquote(p) for p in path.split("/")[1:]]
+    def _route(self, conn, req, role):
+        path, _, query = req.target.partition("?")
+        parts = path.split("/")[1:]
+        if "%" in path:
+            parts = [urllib.parse.unquote(p) for p in parts]
         if parts and parts[-1] == "" and len(parts) > 1:
             parts.pop()                   # tolerate a trailing slash
         if not parts or parts[0] != "1.0":
             raise ApiError.of("not_found", f"no such endpoint: {path}")
-        method = self.command
+        method = req.method
         n = len(parts)
         if n == 1:
-            self.route = "/1.0"
-            return self._only(method, ("GET", "HEAD"), self._info)
+            conn.route = "/1.0"
+            _only(method, ("GET", "HEAD"))
+            return self._info(conn, role)
         if parts[1] == "status" and n == 2:
-            self.route = "/1.0/status"
-            return self._only(method, ("GET", "HEAD"),
-                              lambda: self._send_json({"status": "ok"}))
-        if "/".join(parts[:2]) == join.PATH[1:] and n == 2:
-            self.route = join.PATH
-            return self._only(method, ("POST",), self._join)
+            conn.route = "/1.0/status"
+            _only(method, ("GET", "HEAD"))
+            return Reply(200, _STATUS_OK, _JSON)
+        if parts[1] == "join" and n == 2:
+            conn.route = join.PATH
+            _only(method, ("POST",))
+            return self._join(conn, req)
         if parts[1] != "applications":
             raise ApiError.of("not_found", f"no such endpoint: {path}")
         if n == 2:
-            self.route = "/1.0/applications"
-            return self._only(method, ("GET", "HEAD"), lambda: self._listing(query))
-        app = self._check(names.check_app_name, parts[2])
+            conn.route = "/1.0/applications"
+            _only(method, ("GET", "HEAD"))
+            return self._listing(conn, req, query)
+        app = _check(names.check_app_name, parts[2])
         if n == 3:
-            self.route = "/1.0/applications/{app}"
+            conn.route = "/1.0/applications/{app}"
             if method == "DELETE":
-                return self._delete_application(app)
-            return self._only(method, ("GET", "HEAD"), lambda: self._application(app))
+                self._require_publisher(conn, req, role)
+                return conn.run(lambda: self._delete_application(conn, app))
+            _only(method, ("GET", "HEAD"))
+            return conn.run(lambda: self._application(app))
         if n not in (5, 6):
             raise ApiError.of("not_found", f"no such endpoint: {path}")
-        version = self._check(names.check_version, parts[3])
-        arch = self._check(names.check_arch, parts[4])
+        version = _check(names.check_version, parts[3])
+        arch = _check(names.check_arch, parts[4])
         if n == 5:
-            self.route = "/1.0/applications/{app}/{version}/{arch}"
+            conn.route = "/1.0/applications/{app}/{version}/{arch}"
             if method == "DELETE":
-                return self._delete_package(app, version, arch)
-            return self._only(method, ("GET", "HEAD"),
-                              lambda: self._send_json(self._package(app, version, arch)))
+                self._require_publisher(conn, req, role)
+                return conn.run(lambda: self._delete_package(conn, app, version, arch))
+            _only(method, ("GET", "HEAD"))
+            return conn.run(lambda: _json(self._package(app, version, arch)))
         if parts[5] != "package":
             raise ApiError.of("not_found", f"no such endpoint: {path}")
-        self.route = "/1.0/applications/{app}/{version}/{arch}/package"
+        conn.route = "/1.0/applications/{app}/{version}/{arch}/package"
         if method == "PUT":
-            return self._upload(app, version, arch)
-        return self._only(method, ("GET", "HEAD"), lambda: self._download(app, version, arch))
+            self._require_publisher(conn, req, role)
+            return self._upload(conn, req, app, version, arch)
+        _only(method, ("GET", "HEAD"))
+        return conn.run(lambda: self._download(conn, req, app, version, arch))
 
-    def _only(self, method, allowed, action):
-        if method not in allowed:
-            self._body_unread()
-            raise ApiError.of("method_not_allowed",
-                              f"method {method} not allowed here; use {', '.join(allowed)}")
-        return action()
+    # -- reads ---------------------------------------------------------------------
 
-    @staticmethod
-    def _check(validate, value):
-        try:
-            return validate(value)
-        except ValueError as exc:
-            raise ApiError.of("bad_request", str(exc))
-
-    # -- reads -------------------------------------------------------------------
-
-    def _info(self):
-        self._send_json({
+    def _info(self, conn, role):
+        return _json({
             "api_version": "1.0",
             "server_version": VERSION,
             "server_fingerprint": self.server.server_fingerprint,
-            "role": self.role,
-            "fingerprint": self.conn.fingerprint,
+            "role": role,
+            "fingerprint": conn.fingerprint,
         })
 
-    def _listing(self, query):
+    def _listing(self, conn, req, query):
         params = urllib.parse.parse_qs(query) if query else {}
         arch = params.get("architecture", [""])[-1] or None
         if arch is not None:
-            arch = self._check(names.check_arch, arch)
+            arch = _check(names.check_arch, arch)
         tags = tuple(sorted({t.strip() for v in params.get("tags", [])
                              for t in v.split(",") if t.strip()}))
-        body, etag = self.server.listing_cache.get(self.server.packages, arch, tags)
-        if etag in _etags(self.headers.get("if-none-match")):
-            self.start_response(304, headers=(("ETag", etag),))
-            return self.finish_response()
-        self.send_bytes(200, body, _JSON, (("ETag", etag),))
+        wait = parse_wait(params.get("wait"))
+        etags = _etags(req.headers.get("if-none-match"))
+        key = (arch, tags)
+        hit = self.listing_cache.get(self.generation.get(), key)
+        if hit is None:
+            return conn.run(lambda: self.listing_cache.build(self.packages, key),
+                            lambda built: self._listed(conn, req, key, etags, wait, built))
+        return self._listed(conn, req, key, etags, wait, hit)
+
+    def _listed(self, conn, req, key, etags, wait, hit):
+        if wait and hit[1] in etags:
+            return self.waiters.add(conn, req, key, etags, wait)
+        return self.listing_reply(hit, etags)
+
+    @staticmethod
+    def listing_reply(hit, etags):
+        body, etag = hit
+        if etag in etags:
+            return Reply(304, headers=(("ETag", etag),))
+        return Reply(200, body, _JSON, (("ETag", etag),))
+
+    def listing(self, key):
+        """The cached listing for key, or None (then build it in the pool)."""
+        return self.listing_cache.get(self.generation.get(), key)
 
     def _application(self, app):
-        found = self.server.packages.application(app)
+        found = self.packages.application(app)
         if found is None:
             raise ApiError.of("not_found", f"application {app!r} not found")
-        self._send_json(found)
+        return _json(found)
 
     def _package(self, app, version, arch):
-        found = self.server.packages.get(app, version, arch)
+        found = self.packages.get(app, version, arch)
         if found is None:
             raise ApiError.of("not_found", f"package {app}/{version}/{arch} not found")
         return found
 
-    def _download(self, app, version, arch):
+    def _download(self, conn, req, app, version, arch):
+        """A job: the package's head, and its open file for the loop to send."""
         pkg = self._package(app, version, arch)
         etag = '"%s"' % pkg["sha256"]
-        if etag in _etags(self.headers.get("if-none-match")):
-            self.start_response(304, headers=(("ETag", etag),))
-            return self.finish_response()
-        packages = self.server.packages
-        url = packages.redirect_url(pkg) if self.command == "GET" else None
+        if etag in _etags(req.headers.get("if-none-match")):
+            return Reply(304, headers=(("ETag", etag),))
+        packages = self.packages
+        url = packages.redirect_url(pkg) if req.method == "GET" else None
         if url is not None:
             # The object store serves the bytes; the client checks the sha256.
-            self.server.events.downloaded(self._addr(), self.conn.fingerprint, pkg,
-                                          0, pkg["size"])
-            self.start_response(307, None, 0, (("Location", url), ("ETag", etag)))
-            return self.finish_response()
+            self.events.downloaded(conn.address, conn.fingerprint, pkg, 0, pkg["size"])
+            return Reply(307, headers=(("Location", url), ("ETag", etag)))
         size = pkg["size"]
-        start, end = self._range(size)
+        start, end = _range(req.headers.get("range"), size)
         headers = [("ETag", etag), ("Accept-Ranges", "bytes")]
         status = 200
-        if self.headers.get("range"):
+        if req.headers.get("range"):
             status = 206
             headers.append(("Content-Range", f"bytes {start}-{end - 1}/{size}"))
-        if self.command == "HEAD":
-            self.start_response(status, "application/octet-stream", end - start, headers)
-            return self.finish_response()
-        with packages.open_blob(pkg, start, end) as f:
-            self.start_response(status, "application/octet-stream", end - start, headers)
-            self.finish_response()
-            self.server.events.downloaded(self._addr(), self.conn.fingerprint, pkg,
-                                          start, end)
-            self._stream_file(f, end - start)
+        if req.method == "HEAD":
+            return Reply(status, content_type="application/octet-stream", headers=headers,
+                         length=end - start)
+        f = packages.open_blob(pkg, start, end)      # positioned at start
+        self.events.downloaded(conn.address, conn.fingerprint, pkg, start, end)
+        return Reply(status, content_type="application/octet-stream", headers=headers,
+                     file=FileBody(f, end - start))
 
-    def _stream_file(self, f, remaining):
-        buf = bytearray(_READ_CHUNK)
-        view = memoryview(buf)
-        send = self.conn.sock.sendall
-        while remaining > 0:
-            n = f.readinto(view[:min(remaining, _READ_CHUNK)])
-            if not n:                     # the blob shrank: end the connection
-                self.close_connection = True
-                log.error("blob %s ended %d bytes early",
-                          getattr(f, "name", "in the object store"), remaining)
-                return
-            send(view[:n])
-            remaining -= n
+    # -- writes ----------------------------------------------------------------------
 
-    def _range(self, size):
-        value = self.headers.get("range")
-        if not value:
-            return 0, size
-        m = _RANGE_RE.match(value.strip())
-        if not m or m.group(1) == m.group(2) == "":
-            raise ApiError.of("range_not_satisfiable", f"unsupported Range {value!r}; "
-                              "use one range such as 'bytes=1024-'")
-        first, last = _offset(m.group(1)), _offset(m.group(2))
-        if first is None:                 # suffix: the last N bytes
-            start, end = max(0, size - last), size
-        else:
-            # An end past the size is clamped to it (RFC 9110 14.1.2).
-            start = first
-            end = min(size, last + 1) if last is not None else size
-        if start >= size or start >= end:
-            raise ApiError.of("range_not_satisfiable",
-                              f"Range {value[:60]!r} outside the package's {size} bytes")
-        return start, end
-
-    # -- writes --------------------------------------------------------------------
-
-    def _upload(self, app, version, arch):
-        self._require_publisher()
-        length = self.body_length
-        if length is None or "content-length" not in self.headers:
-            self.close_connection = True
+    def _upload(self, conn, req, app, version, arch):
+        length = req.body_length
+        if length is None or "content-length" not in req.headers:
             raise ApiError.of("length_required", "an upload needs Content-Length "
                               "(chunked transfer encoding is not accepted)")
-        if length > self.server.settings.max_package_size:
-            self.close_connection = True
+        limit = self.server.settings.max_package_size
+        if length > limit:
             raise ApiError.of("too_large", f"package of {length} bytes exceeds the "
-                              f"limit of {self.server.settings.max_package_size}")
-        digest = (self.headers.get("x-aar-sha256") or "").strip().lower()
+                              f"limit of {limit}")
+        digest = (req.headers.get("x-aar-sha256") or "").strip().lower()
         if not _SHA256_RE.match(digest):
-            self._body_unread()
             raise ApiError.of("bad_request", "X-Aar-Sha256 must hold the package's "
                               "sha256 as 64 hex digits")
-        manifest = self._manifest_header()
-        if "100-continue" in self.headers.get("expect", "").lower():
-            self.send_continue()
-        self.conn.consumed = 0
-        events = self.server.events
-        events.uploads.inc()
-        try:
-            created, pkg = self.server.packages.put(
-                app, version, arch, self.conn, length, digest, manifest,
-                self.conn.fingerprint)
-        finally:
-            events.uploads.dec()
-            # A store that answers without reading the whole body (a refusal,
-            # or a no-op for bytes it already has) leaves the rest on the wire.
-            if self.conn.consumed != length:
-                self.close_connection = True
-        fp = self.conn.fingerprint
-        events.stored(fp, self.server.trust.name_of(fp), pkg, created)
-        self._send_json(pkg, status=201 if created else 200)
+        manifest = _manifest(req.headers.get("x-aar-manifest"))
+        expect = "100-continue" in req.headers.get("expect", "").lower()
+        fingerprint = conn.fingerprint
+        loop = self.server.loop
 
-    def _manifest_header(self):
-        raw = self.headers.get("x-aar-manifest")
-        if not raw:
-            return {}
-        if len(raw) > _MAX_MANIFEST:
-            self._body_unread()
-            raise ApiError.of("bad_request", "X-Aar-Manifest too large")
-        try:
-            manifest = json.loads(raw)
-        except RecursionError:
-            self._body_unread()
-            raise ApiError.of("bad_request", "X-Aar-Manifest is nested too deeply")
-        except ValueError as exc:
-            self._body_unread()
-            raise ApiError.of("bad_request", f"X-Aar-Manifest is not JSON: {exc}")
-        if not isinstance(manifest, dict):
-            self._body_unread()
-            raise ApiError.of("bad_request", "X-Aar-Manifest must be a JSON object")
-        return manifest
+        events = self.events
 
-    def _delete_package(self, app, version, arch):
-        self._require_publisher()
+        def job(body):
+            if expect:
+                body.send_continue()
+            events.uploads.inc()
+            try:
+                created, pkg = self.packages.put(app, version, arch, body, length,
+                                                 digest, manifest, fingerprint)
+            finally:
+                events.uploads.dec()
+            events.stored(fingerprint, self.trust.name_of(fingerprint), pkg, created)
+            if created:
+                loop.call_soon_threadsafe(self.changed)
+            return _json(pkg, status=201 if created else 200)
+        return conn.run_upload(job)
+
+    def _delete_package(self, conn, app, version, arch):
         # Read first: the audit record names the bytes that went.
-        pkg = self.server.packages.get(app, version, arch)
-        if pkg is None or not self.server.packages.delete_package(app, version, arch):
+        pkg = self.packages.get(app, version, arch)
+        if pkg is None or not self.packages.delete_package(app, version, arch):
             raise ApiError.of("not_found", f"package {app}/{version}/{arch} not found")
-        self._deleted([pkg])
-        self._send_json({})
+        self._deleted(conn, [pkg])
+        return _json({})
 
-    def _delete_application(self, app):
-        self._require_publisher()
-        found = self.server.packages.application(app)
-        count = self.server.packages.delete_application(app)
+    def _delete_application(self, conn, app):
+        found = self.packages.application(app)
+        count = self.packages.delete_application(app)
         if not count:
             raise ApiError.of("not_found", f"application {app!r} not found")
-        self._deleted((found or {}).get("versions", []))
-        self._send_json({"deleted": count})
+        self._deleted(conn, (found or {}).get("versions", []))
+        return _json({"deleted": count})
 
-    def _deleted(self, packages):
-        fp = self.conn.fingerprint
-        self.server.events.deleted(fp, self.server.trust.name_of(fp), packages)
+    def _deleted(self, conn, packages):
+        fp = conn.fingerprint
+        self.events.deleted(fp, self.trust.name_of(fp), packages)
+        self.server.loop.call_soon_threadsafe(self.changed)
 
-    # -- joining -------------------------------------------------------------------
+    # -- joining ---------------------------------------------------------------------
 
-    def _join(self):
-        length = self.body_length_of_join()
-        body = self.conn.read(length) if length else b""
-        self.close_connection = True       # one join per connection, refused or not
-        self._send_json(join.join(self.server, self._addr(), body))
-
-    def _drop_body(self):
-        # The transport drops every body but an upload's before dispatch; a
-        # join's body is read by _join (at most join.MAX_BODY bytes).
-        if self.command == "POST" and self.path.partition("?")[0] == join.PATH:
-            return
-        super()._drop_body()
-
-    def body_length_of_join(self):
-        length = self.body_length
-        if length is None or "content-length" not in self.headers:
-            self.close_connection = True
+    def _join(self, conn, req):
+        """POST /1.0/join; its body was read by the connection (at most
+        MAX_DISCARD bytes, which is join.MAX_BODY)."""
+        if req.body_length is None or "content-length" not in req.headers:
             raise ApiError.of("length_required", "a join needs Content-Length")
-        if length > join.MAX_BODY:
-            self.close_connection = True
+        if req.body_length > join.MAX_BODY:
             raise ApiError.of("too_large", f"a join body is at most {join.MAX_BODY} bytes")
-        return length
+        address, body = conn.address, req.body
 
-    # -- bodies ----------------------------------------------------------------
+        def job():
+            reply = _json(join.join(self.server, address, body))
+            reply.close = True            # one join per connection, refused or not
+            return reply
+        return conn.run(job)
 
-    def _send_json(self, metadata, status=200):
-        self.send_bytes(status, _dumps(envelope_sync(metadata, status)), _JSON)
+    # -- errors --------------------------------------------------------------------
 
-    def _send_error(self, err):
-        if err.status >= 500:
-            self.close_connection = True
-        self.send_bytes(err.status, _dumps(envelope_error(err)), _JSON)
+    @staticmethod
+    def _error(err):
+        return Reply(err.status, _dumps(envelope_error(err)), _JSON,
+                     close=err.status >= 500)
+
+
+def _only(method, allowed):
+    if method not in allowed:
+        raise ApiError.of("method_not_allowed",
+                          f"method {method} not allowed here; use {', '.join(allowed)}")
+
+
+def _check(validate, value):
+    try:
+        return validate(value)
+    except ValueError as exc:
+        raise ApiError.of("bad_request", str(exc))
+
+
+def _manifest(raw):
+    if not raw:
+        return {}
+    if len(raw) > _MAX_MANIFEST:
+        raise ApiError.of("bad_request", "X-Aar-Manifest too large")
+    try:
+        manifest = json.loads(raw)
+    except RecursionError:
+        raise ApiError.of("bad_request", "X-Aar-Manifest is nested too deeply") from None
+    except ValueError as exc:
+        raise ApiError.of("bad_request", f"X-Aar-Manifest is not JSON: {exc}") from None
+    if not isinstance(manifest, dict):
+        raise ApiError.of("bad_request", "X-Aar-Manifest must be a JSON object")
+    return manifest
+
+
+def _range(value, size):
+    """(start, end) of the bytes to send; the whole package without a Range."""
+    if not value:
+        return 0, size
+    m = _RANGE_RE.match(value.strip())
+    if not m or m.group(1) == m.group(2) == "":
+        raise ApiError.of("range_not_satisfiable", f"unsupported Range {value[:60]!r}; "
+                          "use one range such as 'bytes=1024-'")
+    first, last = _offset(m.group(1)), _offset(m.group(2))
+    if first is None:                     # suffix: the last N bytes
+        start, end = max(0, size - last), size
+    else:
+        # An end past the size is clamped to it (RFC 9110 14.1.2).
+        start = first
+        end = min(size, last + 1) if last is not None else size
+    if start >= size or start >= end:
+        raise ApiError.of("range_not_satisfiable",
+                          f"Range {value[:60]!r} outside the package's {size} bytes")
+    return start, end
 
 
 def _offset(digits):
@@ -430,7 +445,7 @@ def _etags(header):
 
 
 class ListingCache:
-    """Serialised listings by (store generation, architecture, tags).
+    """Serialised listings by (store generation, (architecture, tags)).
 
     A listing of a thousand applications costs milliseconds to build and
     serialise, and AMS nodes ask for it every cycle; between two uploads the
@@ -441,14 +456,18 @@ class ListingCache:
     def __init__(self):
         self._entries = {}
 
-    def get(self, packages, arch, tags):
-        key = (packages.generation(), arch, tags)
-        hit = self._entries.get(key)
+    def get(self, generation, key):
+        return self._entries.get((generation, key))
+
+    def build(self, packages, key):
+        """Build (body, etag) for key; called in a worker."""
+        generation = packages.generation()
+        hit = self._entries.get((generation, key))
         if hit is None:
+            arch, tags = key
             body = _dumps(envelope_sync(packages.list(architecture=arch, tags=tags)))
             hit = (body, '"%s"' % hashlib.sha256(body).hexdigest()[:32])
             if len(self._entries) >= _LISTING_CACHE:
-                self._entries.clear()
-            self._entries[key] = hit
+                self._entries.clear()     # atomic under the GIL, like the set below
+            self._entries[(generation, key)] = hit
         return hit
-

@@ -1,8 +1,9 @@
 """The running server's view of the trust store, kept current without a restart.
 
 `aar trust add|remove|revoke` run in other processes and write the shelf; the
-server notices through the store's generation number, which is cheap enough to
-read on every request. When it moves, the trusted records are read again and the
+server notices through the store's generation number, read through a StatGate
+(registry/gate.py) so that checking it on every request costs one stat call,
+not a query, and stays exact. When it moves, the trusted records are read again and the
 TLS context is rebuilt, so that
 
 * new handshakes verify against the new set of certificates, and
@@ -31,6 +32,7 @@ import logging
 import threading
 import time
 
+from registry.gate import StatGate
 from trust import certs, tls
 
 __all__ = ["LiveTrust", "Refusal"]
@@ -69,6 +71,7 @@ class LiveTrust:
 
     def __init__(self, store, certfile, keyfile):
         self._store = store
+        self._gate = StatGate(store.path, store.generation)
         self._certfile = certfile
         self._keyfile = keyfile
         self._lock = threading.Lock()
@@ -80,7 +83,7 @@ class LiveTrust:
 
     def refresh(self):
         """Reload records and context if the store changed since the last look."""
-        generation = self._store.generation()
+        generation = self._gate.get()
         if generation == self._generation:
             return
         with self._lock:

@@ -1,53 +1,83 @@
-"""The registry's HTTPS server: one poller thread and a bounded pool of workers.
+"""The registry's HTTPS server: one event-loop thread and a bounded worker pool.
 
-    accept ─► poller (selectors) ──readable──► worker queue ─► worker: TLS handshake,
-                ▲                                              requests while they come
-                └───────────── park (quiet for `linger`) ◄─────┘
+    accept ─► Connection (connection.py), every socket non-blocking in one epoll
+                 │ TLS handshake, request heads, small answers: on the loop
+                 ▼
+              ApiHandler.handle (handlers.py): authorise, route
+                 ├─ status, info, cached listing, 304, error ──► sent at once
+                 ├─ wait= listing unchanged ──► held (waiters.py), no thread
+                 └─ metadata, package file, upload, delete ──► Pool (loop.py)
+                                 worker ─── Reply ──► back on the loop, sent
+                    package bytes: the pool reads 1 MiB ahead, the loop writes
 
-* The poller owns every connection that is waiting for bytes: fresh ones that have
-  not sent their ClientHello yet and idle keep-alive ones. It closes those that
-  wait longer than `handshake_timeout` or `idle_timeout`. Waiting costs no thread,
-  so fifty silent TCP connections delay nobody.
-* A worker takes a connection only when it has something to read. The TLS
-  handshake runs there, under a timeout, never in the accepting thread.
-* The number of workers is fixed; a burst queues instead of spawning threads.
+* The loop thread owns every socket; the only exception is an upload, whose
+  body one worker reads (blocking, with a timeout) until it hands it back.
+* A peer that is silent or slow, in its handshake, its request head, or while
+  reading a response, costs a socket and its buffers, never a thread. The
+  sweep below closes it when its deadline passes.
+* Limits keep the process within its file descriptors: connections in all,
+  per client address, and unfinished handshakes. At a limit the oldest
+  unfinished handshake (or else the oldest idle connection) makes room,
+  so a flood of silent sockets cannot lock a real client out.
 
+Everything the server reports (refusals, requests, writes) goes through
+`self.events` (registry/events.py): the audit log, the metrics, the service log.
 State lives on the server object: the trust view, the package store, the
 settings. Nothing is module-global.
 """
 import collections
 import logging
-import queue
-import selectors
+import resource
 import socket
-import ssl
-import threading
-import time
 
+from registry.connection import Connection, HANDSHAKE, READING
 from registry.events import Events
 from registry.livetrust import LiveTrust
-from registry.protocol import Connection
-from trust.certs import fingerprint as der_fingerprint
+from registry.loop import READ, Loop, Pool
+from version import VERSION
 
 __all__ = ["RegistryServer", "Settings"]
 
 log = logging.getLogger("aar.server")
 access = logging.getLogger("aar.access")
 
+_SWEEP_SECONDS = 1.0
+_FD_RESERVE = 64              # descriptors kept for the databases, blobs, logs
+_ACCEPT_BATCH = 64
+
 
 class Settings:
     """Tunables of one server; defaults suit a registry serving a cluster."""
 
     def __init__(self, workers=32, handshake_timeout=10.0, idle_timeout=60.0,
-                 request_timeout=60.0, linger=1.0, max_package_size=64 << 30,
-                 backlog=1024):
+                 request_timeout=60.0, max_package_size=64 << 30, backlog=1024,
+                 max_connections=None, max_per_address=None, max_handshakes=512):
         self.workers = workers
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
         self.request_timeout = request_timeout
-        self.linger = linger
         self.max_package_size = max_package_size
         self.backlog = backlog
+        self.max_connections = max_connections or _fd_budget()
+        self.max_per_address = max_per_address or self.max_connections
+        self.max_handshakes = max_handshakes
+
+
+def _fd_budget():
+    """Connections this process can hold: its descriptor limit, raised to the
+    hard limit, less a reserve."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft != resource.RLIM_INFINITY and soft < hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+            soft = hard
+        except (ValueError, OSError):
+            pass
+    if soft == resource.RLIM_INFINITY:
+        soft = hard
+    return max(16, soft - _FD_RESERVE)
 
 
 def _listen(host, port, backlog, defer):
@@ -62,22 +92,14 @@ def _listen(host, port, backlog, defer):
     return sock
 
 
-def _has_data(sock):
-    try:
-        return bool(sock.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT))
-    except (BlockingIOError, InterruptedError):
-        return False
-    except OSError:
-        return True          # reset or error: let the worker find out and log it
-
-
 class RegistryServer:
     """Serves `handler_class` over mutual TLS on `address` until `shutdown()`."""
+
+    server_version = "aar/" + VERSION
 
     def __init__(self, address, handler_class, *, trust_store, packages, certfile,
                  keyfile, server_fingerprint, settings=None, events=None):
         self.settings = settings or Settings()
-        self.handler_class = handler_class
         self.packages = packages
         self.trust = LiveTrust(trust_store, certfile, keyfile)
         self.trust_store = trust_store           # join tokens live in its database
@@ -86,289 +108,154 @@ class RegistryServer:
             self.server_pem = f.read()           # what a joining node imports
         self.events = events or Events()
         self.events.attach(self)
+        self._stopping = False
         self.socket = _listen(address[0], address[1], self.settings.backlog,
                               self.settings.handshake_timeout)
         self.server_address = self.socket.getsockname()[:2]
-        self._work = queue.SimpleQueue()
-        self._parked = collections.deque()
-        self._wake_r, self._wake_w = socket.socketpair()
-        self._wake_r.setblocking(False)
-        self._wake_w.setblocking(False)
-        self._stopping = threading.Event()
-        self._stopped = threading.Event()
-        self._workers = []
-        handler_class.attach(self)
+        self.loop = Loop()
+        self.pool = None
+        self.handler = handler_class(self)
+        self.connections = set()
+        self.handshaking = collections.OrderedDict()    # oldest first
+        self.per_address = collections.Counter()
 
     # -- life cycle ---------------------------------------------------------
 
     def serve_forever(self):
-        """Run the poller in this thread and the workers beside it until shutdown."""
-        for i in range(self.settings.workers):
-            t = threading.Thread(target=self._worker, name=f"aar-worker-{i}", daemon=True)
-            t.start()
-            self._workers.append(t)
+        """Run the loop in this thread, the workers beside it, until shutdown()."""
+        self.pool = Pool(self.loop, self.settings.workers)
+        self.loop.add(self.socket.fileno(), _Acceptor(self), READ)
+        self.loop.call_later(_SWEEP_SECONDS, self._sweep)
         try:
-            self._poll()
+            self.loop.run()
         finally:
-            for _ in self._workers:
-                self._work.put(None)
-            for t in self._workers:
-                t.join(timeout=5)
-            self._stopped.set()
-
-    def stopping(self):
-        """True once shutdown() was asked for."""
-        return self._stopping.is_set()
+            for conn in list(self.connections):
+                conn.close()
+            self.loop.remove(self.socket.fileno())
+            self.pool.shutdown()
 
     def shutdown(self):
         """Ask serve_forever to return; safe from a signal handler or another thread."""
-        self._stopping.set()
-        self._wake()
+        self._stopping = True
+        self.loop.stop()
+
+    def stopping(self):
+        """True once shutdown() was asked for."""
+        return self._stopping
 
     def server_close(self):
         self.socket.close()
-        self._wake_r.close()
-        self._wake_w.close()
+        self.loop.close()
 
-    def _wake(self):
-        try:
-            self._wake_w.send(b"x")
-        except (BlockingIOError, OSError):
-            pass  # a wake-up is already pending, or we are closing
+    # -- admission ------------------------------------------------------------
 
-    # -- the poller ---------------------------------------------------------
-
-    def _poll(self):
-        sel = selectors.DefaultSelector()
-        sel.register(self.socket, selectors.EVENT_READ, "accept")
-        sel.register(self._wake_r, selectors.EVENT_READ, "wake")
-        waiting = {}                      # fd -> Connection
-        next_sweep = time.monotonic() + 1.0
-        try:
-            while not self._stopping.is_set():
-                for key, _ in sel.select(timeout=1.0):
-                    if key.data == "accept":
-                        self._accept(sel, waiting)
-                    elif key.data == "wake":
-                        self._drain_wake()
-                    else:
-                        conn = key.data
-                        sel.unregister(key.fileobj)
-                        del waiting[key.fd]
-                        self._work.put(conn)
-                while self._parked:
-                    conn = self._parked.popleft()
-                    conn.deadline = time.monotonic() + self.settings.idle_timeout
-                    self._register(sel, waiting, conn)
-                now = time.monotonic()
-                if now >= next_sweep:
-                    next_sweep = now + 1.0
-                    for fd, conn in list(waiting.items()):
-                        if conn.deadline <= now:
-                            sel.unregister(conn.sock)
-                            del waiting[fd]
-                            log.debug("closing %s: %s", _peer(conn),
-                                      "idle" if conn.tls else "no TLS handshake in time")
-                            self._close(conn)
-        finally:
-            for conn in waiting.values():
-                self._close(conn)
-            while self._parked:
-                self._close(self._parked.popleft())
-            sel.close()
-
-    def _register(self, sel, waiting, conn):
-        try:
-            key = sel.register(conn.sock, selectors.EVENT_READ, conn)
-        except (ValueError, OSError):     # closed under us
-            self._close(conn)
-            return
-        waiting[key.fd] = conn
-
-    def _accept(self, sel, waiting):
-        deadline = time.monotonic() + self.settings.handshake_timeout
-        for _ in range(64):               # drain the backlog, but let others run
+    def accept(self):
+        for _ in range(_ACCEPT_BATCH):    # drain the backlog, but let others run
             try:
                 sock, addr = self.socket.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:        # EMFILE and friends: say so, keep serving
+            except OSError as exc:
+                # EMFILE and friends: say so, and stop listening for a moment
+                # rather than spin on a socket that stays readable.
                 log.error("accept failed: %s", exc)
+                self.loop.remove(self.socket.fileno())
+                self.loop.call_later(0.5, self.loop.add, self.socket.fileno(),
+                                     _Acceptor(self), READ)
                 return
+            self._admit(sock, addr[:2])
+
+    def _admit(self, sock, addr):
+        host = addr[0]
+        settings = self.settings
+        if (len(self.connections) >= settings.max_connections
+                and not self._make_room(None)) \
+                or (self.per_address[host] >= settings.max_per_address
+                    and not self._make_room(host)):
+            log.warning("refused %s: connection limit reached", _show(addr))
+            sock.close()
+            return
+        if len(self.handshaking) >= settings.max_handshakes:
+            oldest = next(iter(self.handshaking))
+            log.info("closing %s: too many unfinished TLS handshakes", oldest.peer)
+            oldest.close()
+        try:
+            sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self.events.connection_opened()
-            conn = Connection(sock, addr[:2])
-            conn.deadline = deadline
-            if _has_data(sock):
-                # The ClientHello is already here (it usually is, with
-                # TCP_DEFER_ACCEPT): straight to a worker, no trip through
-                # the selector.
-                self._work.put(conn)
-            else:
-                self._register(sel, waiting, conn)
-
-    def _drain_wake(self):
-        try:
-            while self._wake_r.recv(4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
-
-    def others_waiting(self):
-        """True when connections with a request wait for a worker."""
-        return not self._work.empty()
-
-    def _park(self, conn):
-        self._parked.append(conn)
-        self._wake()
-
-    # -- workers --------------------------------------------------------------
-
-    def _worker(self):
-        while True:
-            conn = self._work.get()
-            if conn is None:
-                return
-            try:
-                if self._serve(conn):
-                    if self._stopping.is_set():
-                        self._close(conn)
-                    elif conn.has_buffered():
-                        self._work.put(conn)  # its next request is already here
-                    else:
-                        self._park(conn)
-                else:
-                    self._close(conn)
-            except Exception:             # never let one connection kill a worker
-                log.exception("unexpected error serving %s", _peer(conn))
-                self._close(conn)
-
-    def _serve(self, conn):
-        if not conn.tls and not self._handshake(conn):
-            return False
-        conn.sock.settimeout(self.settings.request_timeout)
-        handler = self.handler_class(conn, self)
-        handler.linger = self.settings.linger
-        handler.request_timeout = self.settings.request_timeout
-        try:
-            return handler.serve()
-        except (socket.timeout, TimeoutError):
-            log.info("closing %s: request timed out", _peer(conn))
-        except ssl.SSLError as exc:
-            log.info("closing %s: TLS error: %s", _peer(conn), exc.reason or exc)
+            tls = self.trust.context.wrap_socket(sock, server_side=True,
+                                                 do_handshake_on_connect=False)
         except OSError as exc:
-            log.debug("closing %s: %s", _peer(conn), exc)
+            log.debug("closing %s before its handshake: %s", _show(addr), exc)
+            sock.close()
+            return
+        conn = Connection(self, tls, addr)
+        self.events.connection_opened()
+        self.connections.add(conn)
+        self.handshaking[conn] = None
+        self.per_address[host] += 1
+        self.loop.add(conn.fd, conn, READ)
+        # With TCP_DEFER_ACCEPT the ClientHello is usually here already.
+        conn.handshake()
+
+    def _make_room(self, host):
+        """Close the oldest unfinished handshake, else the oldest idle
+        connection (of `host` if given); False if there is none."""
+        for conn in self.handshaking:
+            if host is None or conn.addr[0] == host:
+                log.info("closing %s: connection limit reached", conn.peer)
+                conn.close()
+                return True
+        idle = [c for c in self.connections if c.state == READING and not c.buf
+                and (host is None or c.addr[0] == host)]
+        if idle:
+            conn = min(idle, key=lambda c: c.deadline)
+            log.info("closing %s: idle, and the connection limit is reached", conn.peer)
+            conn.close()
+            return True
         return False
 
-    def _handshake(self, conn):
-        raw = conn.sock
-        raw.setblocking(True)
-        raw.settimeout(self.settings.handshake_timeout)
-        started = time.monotonic()
-        try:
-            tls_sock = self.trust.context.wrap_socket(
-                raw, server_side=True, do_handshake_on_connect=False)
-            conn.sock = tls_sock
-            tls_sock.do_handshake()
-        except ssl.SSLCertVerificationError as exc:
-            self.events.refused(_addr(conn), "untrusted",
-                                "at TLS handshake: " + _verify_reason(exc))
-            _lingering_close(conn.sock)
-            return False
-        except ssl.SSLError as exc:
-            self.events.refused(_addr(conn), "tls", "at TLS handshake: " + _tls_reason(exc))
-            _lingering_close(conn.sock)
-            return False
-        except (socket.timeout, TimeoutError):
-            log.info("closing %s: TLS handshake timed out", _addr(conn))
-            return False
-        except OSError as exc:
-            log.debug("closing %s during TLS handshake: %s", _addr(conn), exc)
-            return False
-        self.events.handshake(time.monotonic() - started)
-        der = tls_sock.getpeercert(binary_form=True)
-        # No certificate (CERT_OPTIONAL): fingerprint None; the handlers admit
-        # such a caller to the join endpoint only.
-        conn.fingerprint = der_fingerprint(der) if der else None
-        conn.tls = True
-        return True
+    def handshake_done(self, conn):
+        self.handshaking.pop(conn, None)
 
-    def _close(self, conn):
-        try:
-            if conn.sock.fileno() != -1:      # count each connection's close once
-                self.events.connection_closed()
-            conn.sock.close()
-        except OSError:
-            pass
+    def forget(self, conn, state):
+        """A connection closed: drop it from every count."""
+        self.connections.discard(conn)
+        self.events.connection_closed()
+        if state == HANDSHAKE:
+            self.handshaking.pop(conn, None)
+        host = conn.addr[0]
+        self.per_address[host] -= 1
+        if self.per_address[host] <= 0:
+            del self.per_address[host]
+        self.handler.forget(conn)
+
+    def _sweep(self):
+        self.loop.call_later(_SWEEP_SECONDS, self._sweep)
+        now = self.loop.now
+        for conn in [c for c in self.connections if c.deadline <= now]:
+            conn.timed_out()
 
     # -- logging ------------------------------------------------------------
 
-    def access_log(self, handler, code, size):
+    def access_log(self, conn, request, code, size):
         if access.isEnabledFor(logging.DEBUG):
-            access.debug('%s %s "%s" %s %s', _addr(handler.conn),
-                         (handler.conn.fingerprint or "-")[:12],
-                         handler.requestline, code, size)
+            line = request.line if request is not None else "-"
+            access.debug('%s %s "%s" %s %s', _show(conn.addr),
+                         (conn.fingerprint or "-")[:12], line, code, size)
 
 
-_TLS_REASONS = {
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate presented",
-    "CERTIFICATE_VERIFY_FAILED": "client certificate not trusted",
-    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust this server's certificate",
-    "TLSV1_ALERT_CERTIFICATE_UNKNOWN": "the client does not trust this server's certificate",
-    "UNSUPPORTED_PROTOCOL": "TLS version below 1.2",
-    "NO_SHARED_CIPHER": "no shared cipher",
-    "HTTP_REQUEST": "plain HTTP on the HTTPS port",
-    "WRONG_VERSION_NUMBER": "not a TLS client",
-}
+class _Acceptor:
+    """The listening socket's entry in the loop."""
+
+    __slots__ = ("server",)
+
+    def __init__(self, server):
+        self.server = server
+
+    def on_event(self, mask):
+        self.server.accept()
 
 
-def _verify_reason(exc):
-    message = exc.verify_message or exc.reason or "verification failed"
-    if "expired" in message:
-        return f"client certificate expired ({message})"
-    # A self-signed certificate outside the store (never added, removed or
-    # revoked) fails as "self-signed certificate" or "unable to get local issuer".
-    return f"client certificate not trusted ({message})"
-
-
-def _tls_reason(exc):
-    return _TLS_REASONS.get(exc.reason, exc.reason or str(exc))
-
-
-def _addr(conn):
-    host, port = conn.addr[:2]
+def _show(addr):
+    host, port = addr[:2]
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
-def _peer(conn):
-    if conn.fingerprint:
-        return f"{_addr(conn)} ({conn.fingerprint[:12]})"
-    return _addr(conn)
-
-
-def _lingering_close(sock):
-    """Close after a refused handshake so that the client reads why.
-
-    Under TLS 1.3 the client finishes its side of the handshake and sends its
-    request before our alert arrives. Closing with that request unread makes
-    the kernel answer with a reset, which can overtake the alert: the client
-    then reports a dropped connection instead of a refused certificate. So
-    send FIN after the alert and read what is in flight, briefly, first.
-    """
-    try:
-        sock.shutdown(socket.SHUT_WR)
-        sock.settimeout(_LINGER_SECONDS)
-        received = 0
-        while received < _LINGER_BYTES:
-            data = sock.recv(65536)
-            if not data:
-                break
-            received += len(data)
-    except OSError:
-        pass
-
-
-_LINGER_SECONDS = 0.5
-_LINGER_BYTES = 256 * 1024
-
-

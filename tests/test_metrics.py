@@ -34,6 +34,15 @@ def _get(port, path):
         conn.close()
 
 
+def _holds(predicate):
+    # The metrics listener starts just after the registry's port: until then
+    # a probe meets a refused connection, which means "not yet".
+    try:
+        return predicate()
+    except ConnectionRefusedError:
+        return False
+
+
 def scrape(port):
     """{(sample name, ((label, value), …)): value} and the families' types."""
     status, text, ctype = _get(port, "/metrics")
@@ -132,7 +141,7 @@ def served(tmp_path, certs):
 
 def _wait_for(predicate, what, timeout=20):
     end = time.monotonic() + timeout
-    while not predicate():
+    while not _holds(predicate):
         if time.monotonic() > end:
             raise AssertionError(f"never happened: {what}")
         time.sleep(0.05)

@@ -152,7 +152,7 @@ def test_keepalive_serves_many_requests_on_one_connection(registry, certs):
 
 def test_parked_connection_is_served_again(tmp_path, certs):
     from registry.server import Settings
-    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=2, linger=0.05))
+    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=2))
     try:
         srv.trust_cert(certs.client)
         c = srv.client(certs.client)
@@ -304,7 +304,7 @@ def test_a_busy_keepalive_client_does_not_starve_others(tmp_path, certs):
     # a second client must still be served while the first goes on.
     from registry.server import Settings
     import threading
-    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=1, linger=30.0))
+    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=1))
     try:
         srv.trust_cert(certs.client)
         done = threading.Event()

@@ -1,0 +1,660 @@
+"""One client connection: a state machine driven by the event loop.
+
+    HANDSHAKE ──► READING ──head──► (handler) ──► WRITING ──► READING …
+        │            ▲                  │  blocking work:       │
+        │            │                  ├─► BUSY (pool) ────────┤
+        │            │                  ├─► UPLOAD (a worker     │
+        │            │                  │   reads the body)──────┤
+        │            │                  ├─► WAITING (wait=) ─────┤
+        │            │                  └─► STREAMING (file) ────┘
+        └─refused──► LINGER ──► closed  ◄── Connection: close, errors, timeouts
+
+Every socket is non-blocking and only the loop thread touches it, except
+during an upload, when the one worker that reads the body owns it (the loop
+forgets the descriptor until the worker hands it back). A connection that
+waits, for a handshake, a request, a slow reader or a `wait=`, costs its
+socket and a few hundred bytes, never a thread.
+
+Deadlines are plain numbers that the server's sweep compares once a second:
+the handshake, the idle time between requests, the whole request head from
+its first byte, and each write that makes no progress.
+"""
+import logging
+import socket
+import ssl
+import time
+
+from registry.loop import ERRORS, READ, WRITE
+from registry.protocol import (MAX_DISCARD, ProtocolError, head_end, parse_head,
+                               response_head)
+from trust.certs import fingerprint as der_fingerprint
+
+__all__ = ["Connection", "Reply", "FileBody"]
+
+log = logging.getLogger("aar.server")
+
+HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, UPLOAD_DONE, WAITING, WRITING, STREAMING, \
+    LINGER, CLOSED = ("handshake", "reading", "discard", "busy", "upload", "upload-done",
+                      "waiting", "writing", "streaming", "linger", "closed")
+
+# One TLS record holds at most 16 KiB and a read returns at most one record,
+# so a read this large always empties OpenSSL's buffer: nothing is ever left
+# pending() that epoll would not announce.
+_RECV = 64 * 1024
+_JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
+_FILE_CHUNK = 1 << 20
+_LINGER_SECONDS = 0.5
+_LINGER_BYTES = 256 * 1024
+_NEVER = float("inf")
+
+
+class FileBody:
+    """An open package file, positioned where sending starts: `length` bytes."""
+
+    __slots__ = ("file", "length")
+
+    def __init__(self, file, length):
+        self.file = file
+        self.length = length
+
+
+class Reply:
+    """A response: status, headers, and a body as bytes or as a FileBody."""
+
+    __slots__ = ("status", "body", "content_type", "headers", "close", "file", "length")
+
+    def __init__(self, status, body=b"", content_type=None, headers=(), close=False,
+                 file=None, length=None):
+        self.status = status
+        self.body = body
+        self.content_type = content_type
+        self.headers = headers
+        self.close = close
+        self.file = file
+        self.length = length              # Content-Length of a HEAD answer
+
+
+class Connection:
+    """A client socket from accept to close; `on_event` is called by the loop."""
+
+    def __init__(self, server, sock, addr):
+        self.server = server
+        self.loop = server.loop
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.addr = addr
+        self.state = HANDSHAKE
+        self.buf = b""
+        self.scanned = 0                  # how much of buf head_end has seen
+        self.fingerprint = None
+        self.deadline = self.loop.now + server.settings.handshake_timeout
+        self.opened = time.monotonic()
+        self.events = READ
+        self.request = None
+        self.discarding = 0
+        self.out = []                     # buffers waiting to be written
+        self.stream = None                # _FileStream while STREAMING
+        self.close_after = False
+        self.lingered = 0
+        self.dead = False                 # the peer vanished while a job ran
+        self.body_unread = False          # an upload's body is still on the wire
+        self.route = "other"              # the route template, for the metrics
+        self.started = 0.0                # when the current request was dispatched
+        self._read = sock.recv
+        self._write = sock.send
+
+    # -- events ------------------------------------------------------------------
+
+    def on_event(self, mask):
+        state = self.state
+        if mask & ERRORS and state != BUSY:
+            log.debug("closing %s: connection reset or broken", self.peer)
+            return self.close()
+        if state == READING or state == DISCARD:
+            self._readable()
+        elif state == WRITING or state == STREAMING:
+            self._flush()
+        elif state == HANDSHAKE:
+            self.handshake()
+        elif state == WAITING:
+            self._readable_while_waiting()
+        elif state == LINGER:
+            self._linger_read()
+        elif state == BUSY:
+            # Interest is off while a job runs; only an error or hang-up
+            # reaches here. Forget the descriptor so epoll stops reporting
+            # it, and close once the job is back.
+            self.dead = True
+            self.loop.remove(self.fd)
+
+    def _watch(self, events):
+        if events != self.events:
+            self.events = events
+            self.loop.modify(self.fd, events)
+
+    # -- TLS handshake -----------------------------------------------------------
+
+    def handshake(self):
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return self._watch(READ)
+        except ssl.SSLWantWriteError:
+            return self._watch(WRITE)
+        except ssl.SSLCertVerificationError as exc:
+            self.server.events.refused(self.peer, "untrusted",
+                                       "at TLS handshake: " + _verify_reason(exc))
+            return self.linger()
+        except ssl.SSLError as exc:
+            self.server.events.refused(self.peer, "tls",
+                                       "at TLS handshake: " + _tls_reason(exc))
+            return self.linger()
+        except OSError as exc:
+            log.debug("closing %s during TLS handshake: %s", self.peer, exc)
+            return self.close()
+        self.server.events.handshake(time.monotonic() - self.opened)
+        der = self.sock.getpeercert(binary_form=True)
+        # No certificate (the context is CERT_OPTIONAL for joining nodes):
+        # fingerprint None, and the handler admits it to the join endpoint
+        # only. It gets the handshake's time, not the idle time, to ask.
+        self.fingerprint = der_fingerprint(der) if der else None
+        # SSLSocket.recv and send are three Python calls deep before they
+        # reach OpenSSL; the C object beneath does the same work directly.
+        # (Non-blocking, so its Want* errors are what the wrappers raise too.)
+        tls = getattr(self.sock, "_sslobj", None)
+        if tls is not None and hasattr(tls, "read") and hasattr(tls, "write"):
+            self._read, self._write = tls.read, tls.write
+        self.server.handshake_done(self)
+        self.state = READING
+        settings = self.server.settings
+        self.deadline = self.loop.now + (settings.idle_timeout if der
+                                         else settings.handshake_timeout)
+        self._watch(READ)
+
+    # -- reading requests ----------------------------------------------------------
+
+    def _recv(self):
+        """Bytes read, b"" at the end of the stream, None when none are ready."""
+        try:
+            return self._read(_RECV)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""                    # close_notify, or a TCP close without it
+        except ssl.SSLWantWriteError:
+            self._watch(WRITE)
+            return None
+        except ssl.SSLError as exc:
+            log.info("closing %s: TLS error: %s", self.peer, exc.reason or exc)
+            return b""
+        except OSError as exc:
+            log.debug("closing %s: %s", self.peer, exc)
+            return b""
+
+    def _readable(self):
+        if self.events != READ:
+            self._watch(READ)
+        data = self._recv()
+        if not data:
+            if data is None:
+                return
+            if self.buf and self.state == READING:
+                log.debug("closing %s: connection closed mid-request", self.peer)
+            return self.close()
+        if self.buf:
+            self.buf += data
+        else:
+            self.buf = data
+            if self.state == READING:
+                # The whole head must arrive within request_timeout of its
+                # first byte, however slowly it drips.
+                self.deadline = self.loop.now + self.server.settings.request_timeout
+        self._process()
+
+    def _process(self):
+        """Serve the requests in buf for as long as answers go out at once."""
+        while self.buf and self.state in (READING, DISCARD):
+            if self.state == DISCARD:
+                n = min(self.discarding, len(self.buf))
+                self.request.body += self.buf[:n]
+                self.buf = self.buf[n:]
+                self.discarding -= n
+                if self.discarding:
+                    return
+                self.state = READING
+                self._dispatch(self.request)
+                continue
+            try:
+                end = head_end(self.buf, self.scanned)
+                if end < 0:
+                    self.scanned = len(self.buf)
+                    return
+                head = self.buf[:end]
+                self.buf = self.buf[end + 4:]
+                self.scanned = 0
+                request = parse_head(head)
+            except ProtocolError as exc:
+                self.request = None
+                return self.send_error(exc.status, exc.message)
+            self.request = request
+            self.body_unread = request.method == "PUT" and request.body_length != 0
+            if request.body_length != 0 and request.method != "PUT":
+                # Only an upload's body streams to a worker. Any other is
+                # read into request.body (a join's is used, the rest are
+                # dropped), never taken for the next request; one too large,
+                # or chunked, ends the connection.
+                if request.body_length is None or request.body_length > MAX_DISCARD:
+                    what = "a chunked body" if request.body_length is None else \
+                        f"a body of {request.body_length} bytes"
+                    return self.send_error(400, f"{request.method} takes no body; "
+                                                f"{what} was sent")
+                self.discarding = request.body_length
+                self.state = DISCARD
+                continue
+            self._dispatch(request)
+        if self.state == READING and not self.buf:
+            self.deadline = self.loop.now + self.server.settings.idle_timeout
+
+    def _dispatch(self, request):
+        self.started = time.monotonic()
+        self.server.handler.handle(self, request)
+
+    def unanswered(self):
+        """Close without an answer (a certificate-less caller off the join path)."""
+        request = self.request
+        self.server.events.request(self.route, request.method, "none",
+                                   time.monotonic() - self.started,
+                                   len(request.body), 0)
+        self.linger() if self._unread() else self.close()
+
+    def send_error(self, status, message):
+        """A protocol-level error: a text answer, then the connection closes."""
+        body = message.encode() + b"\n"
+        self.reply(Reply(status, body, "text/plain; charset=utf-8", close=True))
+
+    # -- replies -------------------------------------------------------------------
+
+    def reply(self, reply):
+        """Send `reply` to the current request; then serve the next one."""
+        request = self.request
+        # An upload answered before its body was read leaves the rest of the
+        # body on the wire: this connection can carry no other request.
+        close = reply.close or request is None or request.close or self.body_unread
+        if self.dead:
+            return self.close()
+        file = reply.file
+        length = file.length if file is not None else \
+            reply.length if reply.length is not None else len(reply.body)
+        head = response_head(reply.status, reply.content_type, length, reply.headers,
+                             close, self.server.server_version)
+        self.server.access_log(self, request, reply.status, length)
+        if request is not None:
+            received = request.body_length if self.state == UPLOAD_DONE else \
+                len(request.body)
+            self.server.events.request(
+                self.route, request.method, str(reply.status),
+                time.monotonic() - self.started, received,
+                0 if request.method == "HEAD" else length)
+        self.close_after = close
+        head_only = request is not None and request.method == "HEAD"
+        if file is not None:
+            if head_only:
+                file.file.close()
+            else:
+                self.stream = _FileStream(self, file)
+        body = reply.body
+        if head_only or not body:
+            self.out.append(head)
+        elif len(body) < _JOIN_BELOW:
+            self.out.append(head + body)
+        else:
+            # Joining a large body (a listing of a thousand applications is
+            # ~0.5 MB) to its head would copy it for nothing.
+            self.out.append(head)
+            self.out.append(memoryview(body))
+        self.state = WRITING
+        self.deadline = self.loop.now + self.server.settings.request_timeout
+        self._flush()
+
+    def _flush(self):
+        out = self.out
+        write = self._write
+        while out:
+            data = out[0]
+            try:
+                sent = write(data)
+            except (ssl.SSLWantWriteError, BlockingIOError):
+                sent = 0
+            except ssl.SSLWantReadError:  # pragma: no cover - renegotiation
+                self._watch(READ)
+                return
+            except OSError as exc:
+                log.debug("closing %s: %s", self.peer, exc)
+                return self.close()
+            if sent < len(data):
+                # OpenSSL wants the same buffer again (no partial writes);
+                # the kernel's socket buffer took what it could.
+                if sent:
+                    out[0] = memoryview(data)[sent:]
+                self._watch(WRITE)
+                return
+            # Progress: a slow reader is cut off only after request_timeout
+            # without any.
+            self.deadline = self.loop.now + self.server.settings.request_timeout
+            out.pop(0)
+        if self.stream is not None:
+            self.state = STREAMING
+            return self.stream.next()
+        self._written()
+
+    def _written(self):
+        if self.close_after:
+            return self.linger() if self._unread() else self.close()
+        self.request = None
+        self.state = READING
+        settings = self.server.settings
+        self.deadline = self.loop.now + (settings.request_timeout if self.buf
+                                         else settings.idle_timeout)
+        self._watch(READ)
+        if self.buf:
+            self._process()
+
+    def _unread(self):
+        return bool(self.buf) or self.body_unread
+
+    # -- work off the loop -------------------------------------------------------------
+
+    def run(self, job, then=None):
+        """Run job() in the pool. Back on the loop, its result is the Reply to
+        send, or `then(result)` makes it (None: `then` took the request over)."""
+        self.state = BUSY
+        self.deadline = _NEVER            # the job ends; the sweep leaves it be
+        self._watch(0)
+        self.server.pool.submit(job, lambda result, error: self._job_done(
+            result, error, then))
+
+    def _job_done(self, result, error, then):
+        if self.state == CLOSED:
+            if isinstance(result, Reply) and result.file is not None:
+                result.file.file.close()
+            return
+        handler = self.server.handler
+        self.state = WRITING
+        if self.dead:
+            return self.close()
+        reply = result
+        if error is None and then is not None:
+            try:
+                reply = then(result)
+            except Exception as exc:
+                error = exc
+            else:
+                if reply is None:
+                    return
+        if error is not None:
+            reply = handler.error_reply(self, self.request, error)
+        self.reply(reply)
+
+    def run_upload(self, job):
+        """Run job(body) -> Reply in the pool, the worker reading the body.
+
+        The socket is the worker's until the job returns: blocking, with the
+        request timeout on each read, and out of the loop's sight.
+        """
+        self.state = UPLOAD
+        self.deadline = _NEVER            # the worker's socket timeout applies
+        self.loop.remove(self.fd)
+        self.sock.setblocking(True)
+        self.sock.settimeout(self.server.settings.request_timeout)
+        body = _Body(self, self.request.body_length)
+        self.server.pool.submit(lambda: (job(body), body), self._upload_done)
+
+    def _upload_done(self, result, error):
+        if self.state == CLOSED:          # shut down while the worker read
+            return _close_socket(self.sock)
+        self.state = BUSY
+        try:
+            self.sock.setblocking(False)
+            self.loop.add(self.fd, self, READ)
+        except (OSError, ValueError):
+            return self.close()
+        self.events = READ
+        if isinstance(error, ClientGone):
+            log.info("closing %s: upload interrupted: %s", self.peer, error)
+            return self.close()
+        if error is None:
+            reply, body = result
+            if body.complete():
+                self.body_unread = False
+                self.state = UPLOAD_DONE
+        else:
+            reply = self.server.handler.error_reply(self, self.request, error)
+        self.reply(reply)
+
+    def wait(self):
+        """Hold the request (a `wait=` listing); a later reply() answers it."""
+        self.state = WAITING
+        self.deadline = _NEVER            # the waiter's own timer answers
+
+    def _readable_while_waiting(self):
+        # The next request may begin to arrive, or the client may leave.
+        data = self._recv()
+        if data == b"":
+            self.server.handler.forget(self)
+            return self.close()
+        if data:
+            self.buf += data
+            if len(self.buf) > 2 * MAX_DISCARD:
+                self._watch(0)            # enough: read again after the answer
+
+    # -- closing -------------------------------------------------------------------------
+
+    def linger(self):
+        """Close so that the client reads what we sent before anything else.
+
+        Closing with unread bytes makes the kernel answer with a reset, which
+        can overtake our last bytes (a TLS 1.3 client sends its request before
+        our alert arrives). So send FIN and read what is in flight, briefly.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return self.close()
+        self.state = LINGER
+        self.buf = b""
+        self.deadline = self.loop.now + _LINGER_SECONDS
+        self._watch(READ)
+
+    def _linger_read(self):
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return
+        except OSError:
+            data = b""
+        self.lingered += len(data)
+        if not data or self.lingered > _LINGER_BYTES:
+            self.close()
+
+    def close(self):
+        if self.state == CLOSED:
+            return
+        previous, self.state = self.state, CLOSED
+        if self.stream is not None:
+            self.stream.abandon()
+            self.stream = None
+        if previous != UPLOAD:            # an upload's worker still has the socket
+            self.loop.remove(self.fd)
+            _close_socket(self.sock)
+        self.server.forget(self, previous)
+
+    def timed_out(self):
+        """Called by the server's sweep when the deadline has passed."""
+        state = self.state
+        if state == HANDSHAKE:
+            log.info("closing %s: no TLS handshake in time", self.peer)
+        elif state == READING and not self.buf:
+            log.debug("closing %s: idle", self.peer)
+        elif state in (READING, DISCARD):
+            log.info("closing %s: request head not received in time", self.peer)
+            if state == READING and self.request is None:
+                return self.send_error(408, "request head not received in time")
+        elif state in (WRITING, STREAMING):
+            log.info("closing %s: the client stopped reading", self.peer)
+        self.close()
+
+    @property
+    def address(self):
+        host, port = self.addr[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def peer(self):
+        host, port = self.addr[:2]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"{where} ({self.fingerprint[:12]})" if self.fingerprint else where
+
+
+def _close_socket(sock):
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+class ClientGone(Exception):
+    """The uploading client's socket failed or timed out (not a storage error)."""
+
+
+class _Body:
+    """An upload's body for the worker: blocking reads of at most `length` bytes."""
+
+    def __init__(self, conn, length):
+        self._conn = conn
+        self._left = length
+
+    def read(self, n):
+        n = min(n, self._left)
+        if n <= 0:
+            return b""
+        conn = self._conn
+        if conn.buf:
+            data = conn.buf[:n]
+            conn.buf = conn.buf[n:]
+        else:
+            try:
+                data = conn.sock.recv(n)
+            except OSError as exc:        # timeouts and TLS errors included
+                raise ClientGone(str(exc) or type(exc).__name__) from None
+        self._left -= len(data)
+        return data
+
+    def complete(self):
+        return self._left == 0
+
+    def send_continue(self):
+        """Answer `Expect: 100-continue` so that the client sends the body."""
+        try:
+            self._conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
+        except OSError as exc:
+            raise ClientGone(str(exc) or type(exc).__name__) from None
+
+
+class _FileStream:
+    """A package file to the socket: the pool reads a chunk while the loop
+    sends the previous one, so a slow reader holds two buffers and no thread."""
+
+    def __init__(self, conn, body):
+        self.conn = conn
+        self.file = body.file
+        self.left = body.length           # bytes not yet asked of the pool
+        self.spare = [bytearray(_FILE_CHUNK), bytearray(_FILE_CHUNK)]
+        self.ready = None                 # (buffer, n) read and not yet sent
+        self.reading = False
+        self.sending = None               # buffer being sent
+        self.done = False
+        self._read_ahead()
+
+    def _read_ahead(self):
+        if self.reading or self.left <= 0 or not self.spare:
+            return
+        buf = self.spare.pop()
+        n = min(self.left, _FILE_CHUNK)
+        self.left -= n
+        self.reading = True
+        f = self.file
+
+        def job():
+            view = memoryview(buf)[:n]
+            got = 0
+            while got < n:                # an object store's body reads short
+                k = f.readinto(view[got:])
+                if not k:
+                    break
+                got += k
+            return buf, got, n
+        self.conn.server.pool.submit(job, self._read_done)
+
+    def _read_done(self, result, error):
+        self.reading = False
+        if self.done:
+            return
+        conn = self.conn
+        if error is not None or result[1] != result[2]:
+            log.error("reading %s for %s failed: %s",
+                      getattr(self.file, "name", "a blob in the object store"),
+                      conn.peer, error or "the blob ended early")
+            return conn.close()
+        buf, n, _ = result
+        self.ready = (buf, n)
+        if conn.state == STREAMING and not conn.out:
+            self.next()
+
+    def next(self):
+        """The previous chunk is sent: send the next one, or finish."""
+        conn = self.conn
+        if self.sending is not None:
+            self.spare.append(self.sending)
+            self.sending = None
+        if self.ready is not None:
+            buf, n = self.ready
+            self.ready = None
+            self.sending = buf
+            conn.out.append(memoryview(buf)[:n])
+            self._read_ahead()
+            return conn._flush()
+        if self.left <= 0 and not self.reading:
+            self.abandon()
+            conn.stream = None
+            return conn._written()
+        self._read_ahead()
+        conn._watch(0)                    # nothing to send until the pool reads
+
+    def abandon(self):
+        self.done = True
+        self.file.close()
+
+
+_TLS_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate presented",
+    "CERTIFICATE_VERIFY_FAILED": "client certificate not trusted",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust this server's certificate",
+    "TLSV1_ALERT_CERTIFICATE_UNKNOWN": "the client does not trust this server's certificate",
+    "UNSUPPORTED_PROTOCOL": "TLS version below 1.2",
+    "NO_SHARED_CIPHER": "no shared cipher",
+    "HTTP_REQUEST": "plain HTTP on the HTTPS port",
+    "WRONG_VERSION_NUMBER": "not a TLS client",
+}
+
+
+def _verify_reason(exc):
+    message = exc.verify_message or exc.reason or "verification failed"
+    if "expired" in message:
+        return f"client certificate expired ({message})"
+    # A self-signed certificate outside the store (never added, removed or
+    # revoked) fails as "self-signed certificate" or "unable to get local issuer".
+    return f"client certificate not trusted ({message})"
+
+
+def _tls_reason(exc):
+    return _TLS_REASONS.get(exc.reason, exc.reason or str(exc))

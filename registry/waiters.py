@@ -1,0 +1,135 @@
+"""Long-poll: `GET /1.0/applications?…&wait=SECONDS` held until the listing changes.
+
+A request whose If-None-Match names the current listing's ETag and that asks
+to wait is not answered at once. Its connection stays in the loop (no thread,
+no CPU: a socket, a timer and an entry here) until either
+
+* the package store changes: a publish or delete through this server calls
+  `check()` at once; a change made by another process is noticed by a
+  generation check every POLL_SECONDS (two stat calls, see gate.py). Each
+  waiter whose ETag no longer matches gets the new listing (200);
+* its time is up: 304 with the unchanged ETag.
+
+Every answer is authorised again first, so a certificate revoked while its
+request waited gets 403, not the listing.
+"""
+import logging
+
+from registry.errors import ApiError
+
+__all__ = ["Waiters", "parse_wait", "MAX_WAIT", "POLL_SECONDS"]
+
+log = logging.getLogger("aar.api")
+
+MAX_WAIT = 60
+POLL_SECONDS = 1.0
+
+
+def parse_wait(values):
+    """The `wait` query parameter in seconds (0 when absent); ApiError when bad."""
+    if not values:
+        return 0
+    value = values[-1]
+    if not value.isascii() or not value.isdigit() or len(value) > 3 \
+            or int(value) > MAX_WAIT:
+        raise ApiError.of("bad_request", f"wait must be whole seconds from 0 to "
+                          f"{MAX_WAIT}, not {value[:20]!r}")
+    return int(value)
+
+
+class _Waiter:
+    __slots__ = ("req", "key", "etags", "timer")
+
+    def __init__(self, req, key, etags, timer):
+        self.req = req
+        self.key = key
+        self.etags = etags
+        self.timer = timer
+
+
+class Waiters:
+    """The held listing requests of one server, by connection."""
+
+    def __init__(self, handler):
+        self._handler = handler
+        self._loop = handler.server.loop
+        self._waiting = {}                # Connection -> _Waiter
+        self._building = set()            # listing keys being built in the pool
+        self._generation = None
+        self._poll = None
+
+    def __len__(self):
+        return len(self._waiting)
+
+    def add(self, conn, req, key, etags, seconds):
+        """Hold conn's request for at most `seconds`; returns None (no reply yet)."""
+        timer = self._loop.call_later(seconds, self._expire, conn)
+        self._waiting[conn] = _Waiter(req, key, etags, timer)
+        conn.wait()
+        if self._poll is None:
+            self._generation = self._handler.generation.get()
+            self._poll = self._loop.call_later(POLL_SECONDS, self._tick)
+        return None
+
+    def forget(self, conn):
+        waiter = self._waiting.pop(conn, None)
+        if waiter is not None:
+            self._loop.cancel(waiter.timer)
+
+    def _expire(self, conn):
+        waiter = self._waiting.pop(conn, None)
+        if waiter is not None:
+            hit = self._handler.listing(waiter.key)
+            etag = hit[1] if hit is not None else waiter.etags[0]
+            self._answer(conn, waiter, None, etag)
+
+    def _tick(self):
+        """Notice changes made by other processes, while anyone waits."""
+        self._poll = None
+        if not self._waiting:
+            return
+        self._poll = self._loop.call_later(POLL_SECONDS, self._tick)
+        generation = self._handler.generation.get()
+        if generation != self._generation:
+            self.check()
+
+    def check(self):
+        """The store may have changed: answer every waiter whose listing did."""
+        self._generation = self._handler.generation.get()
+        keys = {w.key for w in self._waiting.values()}
+        for key in keys:
+            hit = self._handler.listing(key)
+            if hit is not None:
+                self._deliver(key, hit)
+            elif key not in self._building:
+                self._building.add(key)
+                self._handler.server.pool.submit(
+                    lambda key=key: self._handler.listing_cache.build(
+                        self._handler.packages, key),
+                    lambda hit, error, key=key: self._built(key, hit, error))
+
+    def _built(self, key, hit, error):
+        self._building.discard(key)
+        if error is not None:
+            log.error("building the listing for waiting requests failed: %s", error)
+            return                        # they get their 304 when time is up
+        self._deliver(key, hit)
+
+    def _deliver(self, key, hit):
+        for conn, waiter in list(self._waiting.items()):
+            if waiter.key == key and hit[1] not in waiter.etags:
+                del self._waiting[conn]
+                self._loop.cancel(waiter.timer)
+                self._answer(conn, waiter, hit, None)
+
+    def _answer(self, conn, waiter, hit, etag):
+        handler = self._handler
+        try:
+            handler.authorise(conn, waiter.req)
+        except ApiError as err:
+            reply = handler.error_reply(conn, waiter.req, err)
+            reply.close = True
+            return conn.reply(reply)
+        if hit is None:
+            return conn.reply(handler.listing_reply((b"", etag), [etag]))
+        conn.reply(handler.listing_reply(hit, waiter.etags))
