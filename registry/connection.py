@@ -24,12 +24,13 @@ import socket
 import ssl
 import time
 
+from registry.bodies import ClientGone, FileStream, Reply, UploadBody
 from registry.loop import ERRORS, READ, WRITE
 from registry.protocol import (MAX_DISCARD, ProtocolError, head_end, parse_head,
                                response_head)
 from trust.certs import fingerprint as der_fingerprint
 
-__all__ = ["Connection", "Reply", "FileBody"]
+__all__ = ["Connection"]
 
 log = logging.getLogger("aar.server")
 
@@ -42,36 +43,12 @@ HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, UPLOAD_DONE, WAITING, WRITING, STREAM
 # pending() that epoll would not announce.
 _RECV = 64 * 1024
 _JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
-_FILE_CHUNK = 1 << 20
+# Requests answered from one buffer before other connections get a turn: a
+# client that pipelines hundreds of requests cannot hold the loop for long.
+_TURN = 16
 _LINGER_SECONDS = 0.5
 _LINGER_BYTES = 256 * 1024
 _NEVER = float("inf")
-
-
-class FileBody:
-    """An open package file, positioned where sending starts: `length` bytes."""
-
-    __slots__ = ("file", "length")
-
-    def __init__(self, file, length):
-        self.file = file
-        self.length = length
-
-
-class Reply:
-    """A response: status, headers, and a body as bytes or as a FileBody."""
-
-    __slots__ = ("status", "body", "content_type", "headers", "close", "file", "length")
-
-    def __init__(self, status, body=b"", content_type=None, headers=(), close=False,
-                 file=None, length=None):
-        self.status = status
-        self.body = body
-        self.content_type = content_type
-        self.headers = headers
-        self.close = close
-        self.file = file
-        self.length = length              # Content-Length of a HEAD answer
 
 
 class Connection:
@@ -98,6 +75,7 @@ class Connection:
         self.lingered = 0
         self.dead = False                 # the peer vanished while a job ran
         self.body_unread = False          # an upload's body is still on the wire
+        self.processing = False           # _process is on the stack
         self.route = "other"              # the route template, for the metrics
         self.started = 0.0                # when the current request was dispatched
         self._read = sock.recv
@@ -212,8 +190,27 @@ class Connection:
         self._process()
 
     def _process(self):
-        """Serve the requests in buf for as long as answers go out at once."""
+        """Serve the requests in buf for as long as answers go out at once,
+        at most _TURN of them before the loop serves other connections."""
+        if self.processing:
+            return                        # an answer went out inside the loop below
+        self.processing = True
+        try:
+            self._serve_buffered()
+        finally:
+            self.processing = False
+
+    def _resume(self):
+        if self.state == READING and self.buf:
+            self._process()
+
+    def _serve_buffered(self):
+        served = 0
         while self.buf and self.state in (READING, DISCARD):
+            if served == _TURN:
+                self.loop.call_soon(self._resume)
+                return
+            served += 1
             if self.state == DISCARD:
                 n = min(self.discarding, len(self.buf))
                 self.request.body += self.buf[:n]
@@ -301,7 +298,7 @@ class Connection:
             if head_only:
                 file.file.close()
             else:
-                self.stream = _FileStream(self, file)
+                self.stream = FileStream(self, file)
         body = reply.body
         if head_only or not body:
             self.out.append(head)
@@ -359,6 +356,23 @@ class Connection:
         if self.buf:
             self._process()
 
+    # -- what FileStream calls ----------------------------------------------------------
+
+    def streaming_idle(self):
+        """True when a stream's next chunk could go out now."""
+        return self.state == STREAMING and not self.out
+
+    def send_more(self, chunk):
+        self.out.append(chunk)
+        self._flush()
+
+    def stream_done(self):
+        self.stream = None
+        self._written()
+
+    def stream_paused(self):
+        self._watch(0)                    # nothing to send until the pool reads
+
     def _unread(self):
         return bool(self.buf) or self.body_unread
 
@@ -406,7 +420,7 @@ class Connection:
         self.loop.remove(self.fd)
         self.sock.setblocking(True)
         self.sock.settimeout(self.server.settings.request_timeout)
-        body = _Body(self, self.request.body_length)
+        body = UploadBody(self, self.request.body_length)
         self.server.pool.submit(lambda: (job(body), body), self._upload_done)
 
     def _upload_done(self, result, error):
@@ -520,119 +534,6 @@ def _close_socket(sock):
         sock.close()
     except OSError:
         pass
-
-
-class ClientGone(Exception):
-    """The uploading client's socket failed or timed out (not a storage error)."""
-
-
-class _Body:
-    """An upload's body for the worker: blocking reads of at most `length` bytes."""
-
-    def __init__(self, conn, length):
-        self._conn = conn
-        self._left = length
-
-    def read(self, n):
-        n = min(n, self._left)
-        if n <= 0:
-            return b""
-        conn = self._conn
-        if conn.buf:
-            data = conn.buf[:n]
-            conn.buf = conn.buf[n:]
-        else:
-            try:
-                data = conn.sock.recv(n)
-            except OSError as exc:        # timeouts and TLS errors included
-                raise ClientGone(str(exc) or type(exc).__name__) from None
-        self._left -= len(data)
-        return data
-
-    def complete(self):
-        return self._left == 0
-
-    def send_continue(self):
-        """Answer `Expect: 100-continue` so that the client sends the body."""
-        try:
-            self._conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        except OSError as exc:
-            raise ClientGone(str(exc) or type(exc).__name__) from None
-
-
-class _FileStream:
-    """A package file to the socket: the pool reads a chunk while the loop
-    sends the previous one, so a slow reader holds two buffers and no thread."""
-
-    def __init__(self, conn, body):
-        self.conn = conn
-        self.file = body.file
-        self.left = body.length           # bytes not yet asked of the pool
-        self.spare = [bytearray(_FILE_CHUNK), bytearray(_FILE_CHUNK)]
-        self.ready = None                 # (buffer, n) read and not yet sent
-        self.reading = False
-        self.sending = None               # buffer being sent
-        self.done = False
-        self._read_ahead()
-
-    def _read_ahead(self):
-        if self.reading or self.left <= 0 or not self.spare:
-            return
-        buf = self.spare.pop()
-        n = min(self.left, _FILE_CHUNK)
-        self.left -= n
-        self.reading = True
-        f = self.file
-
-        def job():
-            view = memoryview(buf)[:n]
-            got = 0
-            while got < n:                # an object store's body reads short
-                k = f.readinto(view[got:])
-                if not k:
-                    break
-                got += k
-            return buf, got, n
-        self.conn.server.pool.submit(job, self._read_done)
-
-    def _read_done(self, result, error):
-        self.reading = False
-        if self.done:
-            return
-        conn = self.conn
-        if error is not None or result[1] != result[2]:
-            log.error("reading %s for %s failed: %s",
-                      getattr(self.file, "name", "a blob in the object store"),
-                      conn.peer, error or "the blob ended early")
-            return conn.close()
-        buf, n, _ = result
-        self.ready = (buf, n)
-        if conn.state == STREAMING and not conn.out:
-            self.next()
-
-    def next(self):
-        """The previous chunk is sent: send the next one, or finish."""
-        conn = self.conn
-        if self.sending is not None:
-            self.spare.append(self.sending)
-            self.sending = None
-        if self.ready is not None:
-            buf, n = self.ready
-            self.ready = None
-            self.sending = buf
-            conn.out.append(memoryview(buf)[:n])
-            self._read_ahead()
-            return conn._flush()
-        if self.left <= 0 and not self.reading:
-            self.abandon()
-            conn.stream = None
-            return conn._written()
-        self._read_ahead()
-        conn._watch(0)                    # nothing to send until the pool reads
-
-    def abandon(self):
-        self.done = True
-        self.file.close()
 
 
 _TLS_REASONS = {

@@ -31,7 +31,7 @@ import urllib.parse
 import names
 from version import VERSION
 from registry import join
-from registry.connection import Reply, FileBody
+from registry.bodies import FileBody, Reply
 from registry.errors import ApiError, envelope_error, envelope_sync
 from registry.gate import StatGate
 from registry.livetrust import Refusal

@@ -73,6 +73,10 @@ class Loop:
     def cancel(timer):
         timer[2] = None                      # dropped when it reaches the top
 
+    def call_soon(self, callback, *args):
+        """From the loop thread: run callback(*args) after this round's events."""
+        self._soon.append((callback, args))
+
     def call_soon_threadsafe(self, callback, *args):
         """From any thread: run callback(*args) on the loop soon."""
         self._soon.append((callback, args))

@@ -82,12 +82,13 @@ def test_install_from_the_zipapp_resource(machine, programs, ctx):
     assert os.access(installed, os.X_OK)
     assert (machine.prefix / "usr/local/bin/aar").resolve() == installed
     unit = (machine.prefix / "etc/systemd/system/aar.service").read_text()
-    assert f"ExecStart={machine.prefix}/usr/local/bin/aar serve --listen 0.0.0.0:3000" in unit
+    assert f"ExecStart={machine.prefix}/usr/local/bin/aar serve\n" in unit
     assert f"Environment=AAR_DATA_DIR={machine.aar_data}" in unit
     assert machine.calls() == ["systemctl daemon-reload", "systemctl enable aar.service",
                                "systemctl restart aar.service"]
     assert out.opened_ports == {testing.TCPPort(3000)}
-    assert (machine.aar_data / "conf/main.yaml").read_text() == "listen: 0.0.0.0:3000\n"
+    assert subprocess.run(["aar", "config", "get", "listen"], capture_output=True, text=True,
+                          check=True).stdout == "0.0.0.0:3000\n"
     # The service has not made its certificate yet (nothing runs systemd here).
     assert out.unit_status == testing.WaitingStatus(
         "waiting for the registry's first start to create certs/server.crt")
@@ -98,10 +99,8 @@ def test_install_from_the_snap_resource(machine, ctx, tmp_path):
     snap.write_bytes(b"hsqs" + bytes(60))  # a squashfs header: what snaps are
     state = testing.State(resources={testing.Resource(name="aar", path=snap)})
     ctx.run(ctx.on.install(), state)
-    stored = machine.calls()
-    assert stored[0].startswith("snap install --dangerous ") and stored[0].endswith("aar-resource") \
-        or stored[0] == f"snap install --dangerous {snap}"
-    assert stored[1:] == ["snap start --enable aar.daemon", "snap restart aar.daemon"]
+    assert machine.calls() == [f"snap install --dangerous {snap}",
+                               "snap start --enable aar.daemon", "snap restart aar.daemon"]
     assert not (machine.prefix / "etc/systemd/system/aar.service").exists()
 
 
@@ -137,9 +136,7 @@ def test_config_changed_moves_the_port_and_keeps_the_operators_settings(ready, c
     state = testing.State(config={"port": 3443}, relations={relation}, stored_states={stored("zipapp")})
     out = ctx.run(ctx.on.config_changed(), state)
 
-    assert conf.read_text() == "listen: 0.0.0.0:3443\nmetrics: 127.0.0.1:9300\n"
-    unit = (ready.prefix / "etc/systemd/system/aar.service").read_text()
-    assert "serve --listen 0.0.0.0:3443" in unit
+    assert conf.read_text() == 'listen: "0.0.0.0:3443"\nmetrics: 127.0.0.1:9300\n'
     assert ready.calls()[-1] == "systemctl restart aar.service"
     assert out.opened_ports == {testing.TCPPort(3443)}
     assert relation_of(out, relation).local_unit_data["port"] == "3443"
@@ -150,6 +147,31 @@ def test_config_changed_moves_the_port_and_keeps_the_operators_settings(ready, c
     calls = len(ready.calls())
     ctx.run(ctx.on.config_changed(), out)
     assert len(ready.calls()) == calls
+
+
+def test_metrics_address_is_set_and_removed(ready, ctx):
+    state = testing.State(config={"metrics": "127.0.0.1:9300"}, stored_states={stored("zipapp")})
+    out = ctx.run(ctx.on.config_changed(), state)
+    conf = ready.aar_data / "conf/main.yaml"
+    assert 'metrics: "127.0.0.1:9300"' in conf.read_text()
+    assert ready.calls()[-1] == "systemctl restart aar.service"
+    out = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, config={"metrics": ""}))
+    assert "metrics" not in conf.read_text()
+
+
+def test_a_bad_metrics_address_blocks_with_aars_message(ready, ctx):
+    out = ctx.run(ctx.on.config_changed(), testing.State(config={"metrics": "everywhere"}))
+    assert out.unit_status.name == "blocked"
+    assert out.unit_status.message.startswith("cannot configure or start the registry: aar config set failed")
+
+
+def test_remove_stops_the_service_and_keeps_the_data(ready, ctx, nodes):
+    relation = testing.Relation("client", remote_app_name="ams", remote_units_data={0: node(nodes[0], "client")})
+    state = ctx.run(ctx.on.relation_changed(relation, remote_unit=0),
+                    testing.State(relations={relation}, stored_states={stored("zipapp")}))
+    ctx.run(ctx.on.remove(), state)
+    assert ready.calls()[-1] == "systemctl disable --now aar.service"
+    assert trust_list() == {der_fp(nodes[0]): "client"}
 
 
 def test_a_bad_port_blocks(ready, ctx):

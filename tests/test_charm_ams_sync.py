@@ -250,3 +250,10 @@ def test_unusable_registry_data_blocks_with_the_reason(machine, ctx, aar_data):
     out, _ = relate(ctx, "registry-client", dict(aar_data, port="http"))
     assert out.unit_status == testing.BlockedStatus("aar/0 sent unusable data: port: 'http' is not a port number")
     assert settings()["registry.url"] == ""
+
+
+def test_remove_stops_the_loop_and_keeps_the_settings(machine, ctx, aar_data):
+    out, _ = relate(ctx, "registry-client", aar_data)
+    ctx.run(ctx.on.remove(), out)
+    assert machine.calls()[-1] == "systemctl disable --now ams-sync.service"
+    assert settings()["registry.url"] == "https://10.1.2.3:3000"

@@ -7,8 +7,6 @@ bench/slowpeers.py). Not timed: only that the answers arrive.
 import subprocess
 import sys
 
-import pytest
-
 from regserver import ROOT, Client, ProcessServer, aar
 
 sys.path.insert(0, str(ROOT / "bench"))
@@ -25,8 +23,6 @@ def _has_workers_option():
     return "--workers" in out
 
 
-@pytest.mark.xfail(strict=False, reason="the threaded server core gives each handshake and "
-                   "each idle trusted connection a worker; the one-loop core (issue 8) does not")
 def test_a_trusted_client_is_answered_while_slow_peers_hold_connections(tmp_path, certs):
     data = tmp_path / "aar"
     extra = ("--workers", str(WORKERS)) if _has_workers_option() else ()

@@ -43,7 +43,7 @@ class AarCharm(ops.CharmBase):
     def __init__(self, framework):
         super().__init__(framework)
         # added: {fingerprint: {"unit", "relation", "role"}} of what this charm trusted
-        self._stored.set_default(kind="", added={})
+        self._stored.set_default(kind="", started=False, metrics=False, added={})
         self.registry = Registry(os.environ)
         self.workload = workload.Workload(SERVICE, os.environ)
         observe = self.framework.observe
@@ -51,6 +51,7 @@ class AarCharm(ops.CharmBase):
         observe(self.on.upgrade_charm, self._on_install)
         observe(self.on.config_changed, self._on_config_changed)
         observe(self.on.update_status, self._refresh)
+        observe(self.on.remove, self._on_remove)
         for endpoint in aar_interface.ROLES:
             relation_events = self.on[endpoint]
             observe(relation_events.relation_joined, self._on_relation)
@@ -90,12 +91,20 @@ class AarCharm(ops.CharmBase):
             self.unit.status = ops.BlockedStatus(f"port {port} is not a port number (1-65535)")
             return
         try:
-            changed = self.registry.set_listen(self._listen())
+            wanted = {"listen": self._listen()}
+            metrics = self.config["metrics"].strip()
+            # An operator's own metrics line stays until the charm is told one.
+            if metrics or self._stored.metrics:
+                wanted["metrics"] = metrics
+            changed = self.registry.configure(**wanted)
+            self._stored.metrics = bool(metrics)
+            # `aar serve` reads conf/main.yaml at start, in the snap as from the unit.
             if self._stored.kind and (changed or isinstance(event, ops.UpgradeCharmEvent)
-                                      or not self.workload.unit_path.exists()):
-                self.workload.start(self._stored.kind, ["serve", "--listen", self._listen()])
-        except (OSError, workload.WorkloadError) as error:
-            self.unit.status = ops.BlockedStatus(f"cannot start the registry: {error}")
+                                      or not self._stored.started):
+                self.workload.start(self._stored.kind, ["serve"])
+                self._stored.started = True
+        except (RegistryError, workload.WorkloadError) as error:
+            self.unit.status = ops.BlockedStatus(f"cannot configure or start the registry: {error}")
             return
         self.unit.set_ports(port)
         self._refresh(event)
@@ -214,6 +223,15 @@ class AarCharm(ops.CharmBase):
             added[fingerprint] = {"unit": unit, "relation": relation_id, "role": role}
             logger.info("trusted %s as %s (%s)", fingerprint, role, unit)
         return problems
+
+    def _on_remove(self, _event):
+        """The unit goes: stop the service; the data directory stays (it is
+        the operator's to delete, and a redeploy picks it up)."""
+        if self._stored.kind:
+            try:
+                self.workload.stop(self._stored.kind)
+            except workload.WorkloadError as error:
+                logger.warning("%s", error)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -7,7 +7,6 @@ through the same variable, so the charm and `aar` always agree on it.
 import json
 import os
 import pathlib
-import re
 import shutil
 import subprocess
 
@@ -29,10 +28,6 @@ class Registry:
     @property
     def server_certificate_path(self):
         return self.data_dir / "certs" / "server.crt"
-
-    @property
-    def config_path(self):
-        return self.data_dir / "conf" / "main.yaml"
 
     def installed(self):
         return shutil.which("aar", path=self.env.get("PATH")) is not None
@@ -83,22 +78,12 @@ class Registry:
     def remove(self, fingerprint):
         self._aar("trust", "remove", "--yes", fingerprint)
 
-    def set_listen(self, address):
-        """Set `listen:` in conf/main.yaml, keeping every other line the
-        operator wrote there. True when the file changed."""
-        try:
-            text = self.config_path.read_text()
-        except FileNotFoundError:
-            text = ""
-        line = f"listen: {address}"
-        if re.search(r"^listen:.*$", text, re.M):
-            new = re.sub(r"^listen:.*$", line, text, count=1, flags=re.M)
-        else:
-            new = line + "\n" + text
-        if new == text:
-            return False
-        self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        temp = self.config_path.with_name(".main.yaml.charm")
-        temp.write_text(new)
-        os.replace(temp, self.config_path)
-        return True
+    def configure(self, **wanted):
+        """`aar config set KEY=VALUE` for each of listen, metrics that differs
+        from conf/main.yaml ("" removes the key); the rest of the file, which
+        the operator may have written, is `aar`'s to keep. True when changed."""
+        changes = [f"{key}={value}" for key, value in wanted.items()
+                   if self._aar("config", "get", key).strip() != value]
+        if changes:
+            self._aar("config", "set", *changes)
+        return bool(changes)

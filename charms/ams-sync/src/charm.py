@@ -51,6 +51,7 @@ class AmsSyncCharm(ops.CharmBase):
         observe(self.on.upgrade_charm, self._on_install)
         observe(self.on.config_changed, self._refresh)
         observe(self.on.update_status, self._refresh)
+        observe(self.on.remove, self._on_remove)
         for endpoint in ENDPOINTS:
             relation_events = self.on[endpoint]
             observe(relation_events.relation_joined, self._refresh)
@@ -168,6 +169,15 @@ class AmsSyncCharm(ops.CharmBase):
         if self._stored.kind:
             self.workload.stop(self._stored.kind)
         self._stored.configured = False
+
+    def _on_remove(self, _event):
+        """The unit goes: stop the service; the data directory stays (it is
+        the operator's to delete, and a redeploy picks it up)."""
+        if self._stored.kind:
+            try:
+                self.workload.stop(self._stored.kind)
+            except workload.WorkloadError as error:
+                logger.warning("%s", error)
 
 
 if __name__ == "__main__":  # pragma: no cover
