@@ -20,38 +20,29 @@ the handshake, the idle time between requests, the whole request head from
 its first byte, and each write that makes no progress.
 """
 import logging
-import socket
-import ssl
 import time
 
 from registry.bodies import ClientGone, FileStream, Reply, UploadBody
-from registry.loop import ERRORS, READ, WRITE
+from registry.loop import ERRORS, READ
 from registry.protocol import (MAX_DISCARD, ProtocolError, head_end, parse_head,
                                response_head)
+from registry.transport import (BUSY, CLOSED, DISCARD, HANDSHAKE, LINGER, READING,
+                                STREAMING, UPLOAD, UPLOAD_DONE, WAITING, WRITING,
+                                Transport, close_socket)
 from trust.certs import fingerprint as der_fingerprint
 
 __all__ = ["Connection"]
 
 log = logging.getLogger("aar.server")
 
-HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, UPLOAD_DONE, WAITING, WRITING, STREAMING, \
-    LINGER, CLOSED = ("handshake", "reading", "discard", "busy", "upload", "upload-done",
-                      "waiting", "writing", "streaming", "linger", "closed")
-
-# One TLS record holds at most 16 KiB and a read returns at most one record,
-# so a read this large always empties OpenSSL's buffer: nothing is ever left
-# pending() that epoll would not announce.
-_RECV = 64 * 1024
 _JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
 # Requests answered from one buffer before other connections get a turn: a
 # client that pipelines hundreds of requests cannot hold the loop for long.
 _TURN = 16
-_LINGER_SECONDS = 0.5
-_LINGER_BYTES = 256 * 1024
 _NEVER = float("inf")
 
 
-class Connection:
+class Connection(Transport):
     """A client socket from accept to close; `on_event` is called by the loop."""
 
     def __init__(self, server, sock, addr):
@@ -105,31 +96,8 @@ class Connection:
             self.dead = True
             self.loop.remove(self.fd)
 
-    def _watch(self, events):
-        if events != self.events:
-            self.events = events
-            self.loop.modify(self.fd, events)
-
-    # -- TLS handshake -----------------------------------------------------------
-
-    def handshake(self):
-        try:
-            self.sock.do_handshake()
-        except ssl.SSLWantReadError:
-            return self._watch(READ)
-        except ssl.SSLWantWriteError:
-            return self._watch(WRITE)
-        except ssl.SSLCertVerificationError as exc:
-            self.server.events.refused(self.peer, "untrusted",
-                                       "at TLS handshake: " + _verify_reason(exc))
-            return self.linger()
-        except ssl.SSLError as exc:
-            self.server.events.refused(self.peer, "tls",
-                                       "at TLS handshake: " + _tls_reason(exc))
-            return self.linger()
-        except OSError as exc:
-            log.debug("closing %s during TLS handshake: %s", self.peer, exc)
-            return self.close()
+    def _established(self):
+        """The TLS handshake is done: requests may come."""
         self.server.events.handshake(time.monotonic() - self.opened)
         der = self.sock.getpeercert(binary_form=True)
         # No certificate (the context is CERT_OPTIONAL for joining nodes):
@@ -149,25 +117,14 @@ class Connection:
                                          else settings.handshake_timeout)
         self._watch(READ)
 
-    # -- reading requests ----------------------------------------------------------
+    def _sent(self):
+        """Everything queued is written: the next chunk of a file, or the next request."""
+        if self.stream is not None:
+            self.state = STREAMING
+            return self.stream.next()
+        self._written()
 
-    def _recv(self):
-        """Bytes read, b"" at the end of the stream, None when none are ready."""
-        try:
-            return self._read(_RECV)
-        except (ssl.SSLWantReadError, BlockingIOError):
-            return None
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return b""                    # close_notify, or a TCP close without it
-        except ssl.SSLWantWriteError:
-            self._watch(WRITE)
-            return None
-        except ssl.SSLError as exc:
-            log.info("closing %s: TLS error: %s", self.peer, exc.reason or exc)
-            return b""
-        except OSError as exc:
-            log.debug("closing %s: %s", self.peer, exc)
-            return b""
+    # -- reading requests ----------------------------------------------------------
 
     def _readable(self):
         if self.events != READ:
@@ -313,37 +270,6 @@ class Connection:
         self.deadline = self.loop.now + self.server.settings.request_timeout
         self._flush()
 
-    def _flush(self):
-        out = self.out
-        write = self._write
-        while out:
-            data = out[0]
-            try:
-                sent = write(data)
-            except (ssl.SSLWantWriteError, BlockingIOError):
-                sent = 0
-            except ssl.SSLWantReadError:  # pragma: no cover - renegotiation
-                self._watch(READ)
-                return
-            except OSError as exc:
-                log.debug("closing %s: %s", self.peer, exc)
-                return self.close()
-            if sent < len(data):
-                # OpenSSL wants the same buffer again (no partial writes);
-                # the kernel's socket buffer took what it could.
-                if sent:
-                    out[0] = memoryview(data)[sent:]
-                self._watch(WRITE)
-                return
-            # Progress: a slow reader is cut off only after request_timeout
-            # without any.
-            self.deadline = self.loop.now + self.server.settings.request_timeout
-            out.pop(0)
-        if self.stream is not None:
-            self.state = STREAMING
-            return self.stream.next()
-        self._written()
-
     def _written(self):
         if self.close_after:
             return self.linger() if self._unread() else self.close()
@@ -425,7 +351,7 @@ class Connection:
 
     def _upload_done(self, result, error):
         if self.state == CLOSED:          # shut down while the worker read
-            return _close_socket(self.sock)
+            return close_socket(self.sock)
         self.state = BUSY
         try:
             self.sock.setblocking(False)
@@ -463,33 +389,6 @@ class Connection:
 
     # -- closing -------------------------------------------------------------------------
 
-    def linger(self):
-        """Close so that the client reads what we sent before anything else.
-
-        Closing with unread bytes makes the kernel answer with a reset, which
-        can overtake our last bytes (a TLS 1.3 client sends its request before
-        our alert arrives). So send FIN and read what is in flight, briefly.
-        """
-        try:
-            self.sock.shutdown(socket.SHUT_WR)
-        except OSError:
-            return self.close()
-        self.state = LINGER
-        self.buf = b""
-        self.deadline = self.loop.now + _LINGER_SECONDS
-        self._watch(READ)
-
-    def _linger_read(self):
-        try:
-            data = self.sock.recv(65536)
-        except (BlockingIOError, ssl.SSLWantReadError):
-            return
-        except OSError:
-            data = b""
-        self.lingered += len(data)
-        if not data or self.lingered > _LINGER_BYTES:
-            self.close()
-
     def close(self):
         if self.state == CLOSED:
             return
@@ -499,7 +398,7 @@ class Connection:
             self.stream = None
         if previous != UPLOAD:            # an upload's worker still has the socket
             self.loop.remove(self.fd)
-            _close_socket(self.sock)
+            close_socket(self.sock)
         self.server.forget(self, previous)
 
     def timed_out(self):
@@ -516,46 +415,3 @@ class Connection:
         elif state in (WRITING, STREAMING):
             log.info("closing %s: the client stopped reading", self.peer)
         self.close()
-
-    @property
-    def address(self):
-        host, port = self.addr[:2]
-        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-    @property
-    def peer(self):
-        host, port = self.addr[:2]
-        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        return f"{where} ({self.fingerprint[:12]})" if self.fingerprint else where
-
-
-def _close_socket(sock):
-    try:
-        sock.close()
-    except OSError:
-        pass
-
-
-_TLS_REASONS = {
-    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate presented",
-    "CERTIFICATE_VERIFY_FAILED": "client certificate not trusted",
-    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust this server's certificate",
-    "TLSV1_ALERT_CERTIFICATE_UNKNOWN": "the client does not trust this server's certificate",
-    "UNSUPPORTED_PROTOCOL": "TLS version below 1.2",
-    "NO_SHARED_CIPHER": "no shared cipher",
-    "HTTP_REQUEST": "plain HTTP on the HTTPS port",
-    "WRONG_VERSION_NUMBER": "not a TLS client",
-}
-
-
-def _verify_reason(exc):
-    message = exc.verify_message or exc.reason or "verification failed"
-    if "expired" in message:
-        return f"client certificate expired ({message})"
-    # A self-signed certificate outside the store (never added, removed or
-    # revoked) fails as "self-signed certificate" or "unable to get local issuer".
-    return f"client certificate not trusted ({message})"
-
-
-def _tls_reason(exc):
-    return _TLS_REASONS.get(exc.reason, exc.reason or str(exc))

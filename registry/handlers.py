@@ -22,7 +22,6 @@ Everything that may block (package metadata from the database, opening a
 package file, uploads, deletes) runs as a job in the worker pool and comes
 back as a Reply.
 """
-import hashlib
 import json
 import logging
 import re
@@ -30,22 +29,19 @@ import urllib.parse
 
 import names
 from version import VERSION
-from registry import join
+from registry import apiheaders, join
 from registry.bodies import FileBody, Reply
 from registry.errors import ApiError, envelope_error, envelope_sync
 from registry.gate import StatGate
 from registry.livetrust import Refusal
-from registry.waiters import Waiters, parse_wait
+from registry.waiters import ListingCache, Waiters, parse_wait
 
-__all__ = ["ApiHandler", "ListingCache"]
+__all__ = ["ApiHandler"]
 
 log = logging.getLogger("aar.api")
 
 _JSON = "application/json"
 _SHA256_RE = re.compile(r"[0-9a-f]{64}\Z")
-_RANGE_RE = re.compile(r"bytes=([0-9]*)-([0-9]*)\Z")
-_MAX_MANIFEST = 32 * 1024
-_LISTING_CACHE = 64
 
 
 def _dumps(obj):
@@ -231,7 +227,7 @@ class ApiHandler:
         tags = tuple(sorted({t.strip() for v in params.get("tags", [])
                              for t in v.split(",") if t.strip()}))
         wait = parse_wait(params.get("wait"))
-        etags = _etags(req.headers.get("if-none-match"))
+        etags = apiheaders.etags(req.headers.get("if-none-match"))
         key = (arch, tags)
         hit = self.listing_cache.get(self.generation.get(), key)
         if hit is None:
@@ -271,7 +267,7 @@ class ApiHandler:
         """A job: the package's head, and its open file for the loop to send."""
         pkg = self._package(app, version, arch)
         etag = '"%s"' % pkg["sha256"]
-        if etag in _etags(req.headers.get("if-none-match")):
+        if etag in apiheaders.etags(req.headers.get("if-none-match")):
             return Reply(304, headers=(("ETag", etag),))
         packages = self.packages
         url = packages.redirect_url(pkg) if req.method == "GET" else None
@@ -280,7 +276,7 @@ class ApiHandler:
             self.events.downloaded(conn.address, conn.fingerprint, pkg, 0, pkg["size"])
             return Reply(307, headers=(("Location", url), ("ETag", etag)))
         size = pkg["size"]
-        start, end = _range(req.headers.get("range"), size)
+        start, end = apiheaders.byte_range(req.headers.get("range"), size)
         headers = [("ETag", etag), ("Accept-Ranges", "bytes")]
         status = 200
         if req.headers.get("range"):
@@ -309,7 +305,7 @@ class ApiHandler:
         if not _SHA256_RE.match(digest):
             raise ApiError.of("bad_request", "X-Aar-Sha256 must hold the package's "
                               "sha256 as 64 hex digits")
-        manifest = _manifest(req.headers.get("x-aar-manifest"))
+        manifest = apiheaders.manifest(req.headers.get("x-aar-manifest"))
         expect = "100-continue" in req.headers.get("expect", "").lower()
         fingerprint = conn.fingerprint
         loop = self.server.loop
@@ -388,86 +384,3 @@ def _check(validate, value):
         return validate(value)
     except ValueError as exc:
         raise ApiError.of("bad_request", str(exc))
-
-
-def _manifest(raw):
-    if not raw:
-        return {}
-    if len(raw) > _MAX_MANIFEST:
-        raise ApiError.of("bad_request", "X-Aar-Manifest too large")
-    try:
-        manifest = json.loads(raw)
-    except RecursionError:
-        raise ApiError.of("bad_request", "X-Aar-Manifest is nested too deeply") from None
-    except ValueError as exc:
-        raise ApiError.of("bad_request", f"X-Aar-Manifest is not JSON: {exc}") from None
-    if not isinstance(manifest, dict):
-        raise ApiError.of("bad_request", "X-Aar-Manifest must be a JSON object")
-    return manifest
-
-
-def _range(value, size):
-    """(start, end) of the bytes to send; the whole package without a Range."""
-    if not value:
-        return 0, size
-    m = _RANGE_RE.match(value.strip())
-    if not m or m.group(1) == m.group(2) == "":
-        raise ApiError.of("range_not_satisfiable", f"unsupported Range {value[:60]!r}; "
-                          "use one range such as 'bytes=1024-'")
-    first, last = _offset(m.group(1)), _offset(m.group(2))
-    if first is None:                     # suffix: the last N bytes
-        start, end = max(0, size - last), size
-    else:
-        # An end past the size is clamped to it (RFC 9110 14.1.2).
-        start = first
-        end = min(size, last + 1) if last is not None else size
-    if start >= size or start >= end:
-        raise ApiError.of("range_not_satisfiable",
-                          f"Range {value[:60]!r} outside the package's {size} bytes")
-    return start, end
-
-
-def _offset(digits):
-    """A Range offset as an int, None when empty. An offset longer than an
-    int64 is refused rather than handed to int(), which raises past 4,300
-    digits."""
-    if not digits:
-        return None
-    if len(digits) > 18:
-        raise ApiError.of("bad_request", f"Range offset of {len(digits)} digits")
-    return int(digits)
-
-
-def _etags(header):
-    if not header:
-        return ()
-    return [t.strip() for t in header.split(",")]
-
-
-class ListingCache:
-    """Serialised listings by (store generation, (architecture, tags)).
-
-    A listing of a thousand applications costs milliseconds to build and
-    serialise, and AMS nodes ask for it every cycle; between two uploads the
-    answer is the same bytes, so it is built once. The ETag is a digest of the
-    bytes, which stays right across restarts.
-    """
-
-    def __init__(self):
-        self._entries = {}
-
-    def get(self, generation, key):
-        return self._entries.get((generation, key))
-
-    def build(self, packages, key):
-        """Build (body, etag) for key; called in a worker."""
-        generation = packages.generation()
-        hit = self._entries.get((generation, key))
-        if hit is None:
-            arch, tags = key
-            body = _dumps(envelope_sync(packages.list(architecture=arch, tags=tags)))
-            hit = (body, '"%s"' % hashlib.sha256(body).hexdigest()[:32])
-            if len(self._entries) >= _LISTING_CACHE:
-                self._entries.clear()     # atomic under the GIL, like the set below
-            self._entries[(generation, key)] = hit
-        return hit

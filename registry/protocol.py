@@ -87,11 +87,34 @@ def head_end(buf, start):
     return -1
 
 
+# Nodes ask the same thing again and again with the same head bytes (a
+# keep-alive agent's listing poll, a status probe): the parsed fields of
+# recent heads are kept, so a repeated head costs one dict lookup, not a
+# parse. Only what parsing would have accepted is kept, and never a large head.
+_PARSED = {}
+_PARSED_MAX = 256
+_PARSED_HEAD = 2048
+
+
 def parse_head(head):
     """The Request for a head (the bytes before the blank line).
 
     Raises ProtocolError for anything a server cannot answer safely.
     """
+    known = _PARSED.get(head)
+    if known is not None:
+        return Request(*known)
+    fields = _parse(head)
+    if len(head) <= _PARSED_HEAD:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[bytes(head)] = fields
+    return Request(*fields)
+
+
+def _parse(head):
+    """(method, target, version, headers, body length) of a head, checked.
+    The headers dict is shared by every request with the same head: read only."""
     if len(head) > MAX_HEAD:
         raise ProtocolError(431, "request head too large")
     if _CONTROL.search(head.replace(b"\r\n", b"\t")):
@@ -105,15 +128,17 @@ def parse_head(head):
     headers = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
-        if not sep or not name or name != name.strip():
+        # No whitespace around a field name (RFC 9112 5.1); tabs are all
+        # that _CONTROL left among the characters that could be there.
+        if not sep or not name or name[0] in " \t" or name[-1] in " \t":
             raise ProtocolError(400, f"bad header line {line[:80]!r}")
         name = name.lower()
-        value = value.strip()
+        value = value.strip(" \t")
         if name in headers:
             headers[name] = headers[name] + ", " + value
         else:
             headers[name] = value
-    return Request(parts[0], parts[1], parts[2], headers, _body_length(headers))
+    return parts[0], parts[1], parts[2], headers, _body_length(headers)
 
 
 def _body_length(headers):
@@ -133,36 +158,52 @@ def _body_length(headers):
     return int(length)
 
 
-class _DateCache:
-    """The Date header changes once a second; format it once a second."""
+class _HeadCache:
+    """Response heads differ only by their Date within a second: the heads of
+    small answers (status, info, errors, 304s, a listing and its ETag) are
+    built once a second, not once a request."""
 
-    __slots__ = ("second", "value")
+    __slots__ = ("second", "date", "heads")
 
     def __init__(self):
         self.second = 0
-        self.value = b""
+        self.date = b""
+        self.heads = {}
 
-    def header(self):
+    def now(self):
         now = int(time.time())
         if now != self.second:
-            self.value = ("Date: %s\r\n" % email.utils.formatdate(now, usegmt=True)).encode()
+            self.date = ("Date: %s\r\n" % email.utils.formatdate(now, usegmt=True)).encode()
+            self.heads = {}
             self.second = now
-        return self.value
+        return self.heads
 
 
-_date = _DateCache()
+_heads = _HeadCache()
 _STATUS_LINES = {}
 
 
 def response_head(status, content_type=None, length=None, headers=(), close=False,
                   server="aar"):
     """The bytes of a response's status line and headers, blank line included."""
+    heads = _heads.now()
+    if type(headers) is tuple and len(heads) < 256:
+        key = (status, content_type, length, headers, close, server)
+        head = heads.get(key)
+        if head is None:
+            head = heads[key] = _build_head(status, content_type, length, headers,
+                                            close, server)
+        return head
+    return _build_head(status, content_type, length, headers, close, server)
+
+
+def _build_head(status, content_type, length, headers, close, server):
     line = _STATUS_LINES.get((status, server))
     if line is None:
         line = b"HTTP/1.1 %d %s\r\nServer: %s\r\n" % (
             status, _REASONS.get(status, "Unknown").encode(), server.encode())
         _STATUS_LINES[(status, server)] = line
-    parts = [line, _date.header()]
+    parts = [line, _heads.date]
     if content_type:
         parts.append(b"Content-Type: " + content_type.encode() + b"\r\n")
     if length is not None:

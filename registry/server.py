@@ -29,6 +29,7 @@ import collections
 import logging
 import resource
 import socket
+import time
 
 from registry.connection import Connection, HANDSHAKE, READING
 from registry.events import Events
@@ -51,7 +52,8 @@ class Settings:
 
     def __init__(self, workers=32, handshake_timeout=10.0, idle_timeout=60.0,
                  request_timeout=60.0, max_package_size=64 << 30, backlog=1024,
-                 max_connections=None, max_per_address=None, max_handshakes=512):
+                 max_connections=None, max_per_address=None, max_handshakes=512,
+                 handshake_grace=1.0):
         self.workers = workers
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -59,8 +61,16 @@ class Settings:
         self.max_package_size = max_package_size
         self.backlog = backlog
         self.max_connections = max_connections or _fd_budget()
-        self.max_per_address = max_per_address or self.max_connections
+        # One address may hold a quarter of them: a NAT of many nodes fits,
+        # one misbehaving host cannot take every descriptor.
+        self.max_per_address = max_per_address or max(1024, self.max_connections // 4)
+        # Unfinished handshakes beyond max_handshakes: the oldest is closed if
+        # it has had handshake_grace seconds (a real client needs a round
+        # trip, milliseconds); a burst of fresh ones is let through, up to
+        # four times the limit, so a thousand nodes reconnecting at once
+        # are not turned away for being many.
         self.max_handshakes = max_handshakes
+        self.handshake_grace = handshake_grace
 
 
 def _fd_budget():
@@ -146,6 +156,8 @@ class RegistryServer:
     def server_close(self):
         self.socket.close()
         self.loop.close()
+        self.trust.close()
+        self.handler.generation.close()
 
     # -- admission ------------------------------------------------------------
 
@@ -177,8 +189,14 @@ class RegistryServer:
             return
         if len(self.handshaking) >= settings.max_handshakes:
             oldest = next(iter(self.handshaking))
-            log.info("closing %s: too many unfinished TLS handshakes", oldest.peer)
-            oldest.close()
+            if time.monotonic() - oldest.opened >= settings.handshake_grace:
+                log.info("closing %s: too many unfinished TLS handshakes", oldest.peer)
+                oldest.close()
+            elif len(self.handshaking) >= 4 * settings.max_handshakes:
+                log.warning("refused %s: too many unfinished TLS handshakes",
+                            _show(addr))
+                sock.close()
+                return
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

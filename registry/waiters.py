@@ -1,4 +1,7 @@
-"""Long-poll: `GET /1.0/applications?…&wait=SECONDS` held until the listing changes.
+"""Listings: their cache of serialised bytes, and requests held until they change.
+
+ListingCache keeps each listing's bytes and ETag per store generation.
+Long-poll: `GET /1.0/applications?…&wait=SECONDS` is held until the listing changes.
 
 A request whose If-None-Match names the current listing's ETag and that asks
 to wait is not answered at once. Its connection stays in the loop (no thread,
@@ -13,16 +16,19 @@ no CPU: a socket, a timer and an entry here) until either
 Every answer is authorised again first, so a certificate revoked while its
 request waited gets 403, not the listing.
 """
+import hashlib
+import json
 import logging
 
-from registry.errors import ApiError
+from registry.errors import ApiError, envelope_sync
 
-__all__ = ["Waiters", "parse_wait", "MAX_WAIT", "POLL_SECONDS"]
+__all__ = ["Waiters", "ListingCache", "parse_wait", "MAX_WAIT", "POLL_SECONDS"]
 
 log = logging.getLogger("aar.api")
 
 MAX_WAIT = 60
 POLL_SECONDS = 1.0
+_LISTING_CACHE = 64
 
 
 def parse_wait(values):
@@ -133,3 +139,33 @@ class Waiters:
         if hit is None:
             return conn.reply(handler.listing_reply((b"", etag), [etag]))
         conn.reply(handler.listing_reply(hit, waiter.etags))
+
+
+class ListingCache:
+    """Serialised listings by (store generation, (architecture, tags)).
+
+    A listing of a thousand applications costs milliseconds to build and
+    serialise, and AMS nodes ask for it every cycle; between two uploads the
+    answer is the same bytes, so it is built once. The ETag is a digest of the
+    bytes, which stays right across restarts.
+    """
+
+    def __init__(self):
+        self._entries = {}
+
+    def get(self, generation, key):
+        return self._entries.get((generation, key))
+
+    def build(self, packages, key):
+        """Build (body, etag) for key; called in a worker."""
+        generation = packages.generation()
+        hit = self._entries.get((generation, key))
+        if hit is None:
+            arch, tags = key
+            body = json.dumps(envelope_sync(packages.list(architecture=arch, tags=tags)),
+                              separators=(",", ":"), ensure_ascii=False).encode()
+            hit = (body, '"%s"' % hashlib.sha256(body).hexdigest()[:32])
+            if len(self._entries) >= _LISTING_CACHE:
+                self._entries.clear()     # atomic under the GIL, like the set below
+            self._entries[(generation, key)] = hit
+        return hit

@@ -23,7 +23,7 @@ def _closed(sock):
 
 def test_the_oldest_unfinished_handshakes_make_room(tmp_path, certs):
     from registry.server import Settings
-    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=2, max_handshakes=4))
+    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=2, max_handshakes=4, handshake_grace=0))
     try:
         srv.trust_cert(certs.client)
         peers = [_half_hello(srv.port) for _ in range(8)]

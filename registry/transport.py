@@ -1,0 +1,176 @@
+"""Non-blocking TLS on one socket, for the event loop: the layer beneath
+connection.py.
+
+It does the handshake (with the reasons a refused one is logged under),
+reads (None when nothing is ready, b"" at the end), writes a queue of
+buffers as far as the socket takes them, and closes so that the client reads
+our last bytes. What the bytes mean is Connection's business: it subclasses
+Transport and supplies `_established()` (the handshake is done), `_sent()`
+(the queue is empty) and `close()`.
+"""
+import logging
+import socket
+import ssl
+
+from registry.loop import READ, WRITE
+
+__all__ = ["Transport", "close_socket", "HANDSHAKE", "READING", "DISCARD", "BUSY", "UPLOAD",
+           "UPLOAD_DONE", "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
+
+log = logging.getLogger("aar.server")
+
+HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, UPLOAD_DONE, WAITING, WRITING, STREAMING, \
+    LINGER, CLOSED = ("handshake", "reading", "discard", "busy", "upload", "upload-done",
+                      "waiting", "writing", "streaming", "linger", "closed")
+
+# One TLS record holds at most 16 KiB and a read returns at most one record,
+# so a read this large always empties OpenSSL's buffer: nothing is ever left
+# pending() that epoll would not announce.
+_RECV = 64 * 1024
+_LINGER_SECONDS = 0.5
+_LINGER_BYTES = 256 * 1024
+
+
+class Transport:
+    """The socket half of a Connection (see the module's docstring)."""
+
+    def _watch(self, events):
+        if events != self.events:
+            self.events = events
+            self.loop.modify(self.fd, events)
+
+    def handshake(self):
+        try:
+            self.sock.do_handshake()
+        except ssl.SSLWantReadError:
+            return self._watch(READ)
+        except ssl.SSLWantWriteError:
+            return self._watch(WRITE)
+        except ssl.SSLCertVerificationError as exc:
+            self.server.events.refused(self.peer, "untrusted",
+                                       "at TLS handshake: " + _verify_reason(exc))
+            return self.linger()
+        except ssl.SSLError as exc:
+            self.server.events.refused(self.peer, "tls",
+                                       "at TLS handshake: " + _tls_reason(exc))
+            return self.linger()
+        except OSError as exc:
+            log.debug("closing %s during TLS handshake: %s", self.peer, exc)
+            return self.close()
+        self._established()
+
+    def _recv(self):
+        """Bytes read, b"" at the end of the stream, None when none are ready."""
+        try:
+            return self._read(_RECV)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return b""                    # close_notify, or a TCP close without it
+        except ssl.SSLWantWriteError:
+            self._watch(WRITE)
+            return None
+        except ssl.SSLError as exc:
+            log.info("closing %s: TLS error: %s", self.peer, exc.reason or exc)
+            return b""
+        except OSError as exc:
+            log.debug("closing %s: %s", self.peer, exc)
+            return b""
+
+    def _flush(self):
+        out = self.out
+        write = self._write
+        while out:
+            data = out[0]
+            try:
+                sent = write(data)
+            except (ssl.SSLWantWriteError, BlockingIOError):
+                sent = 0
+            except ssl.SSLWantReadError:  # pragma: no cover - renegotiation
+                self._watch(READ)
+                return
+            except OSError as exc:
+                log.debug("closing %s: %s", self.peer, exc)
+                return self.close()
+            if sent < len(data):
+                # OpenSSL wants the same buffer again (no partial writes);
+                # the kernel's socket buffer took what it could.
+                if sent:
+                    out[0] = memoryview(data)[sent:]
+                self._watch(WRITE)
+                return
+            # Progress: a slow reader is cut off only after request_timeout
+            # without any.
+            self.deadline = self.loop.now + self.server.settings.request_timeout
+            out.pop(0)
+        self._sent()
+
+    def linger(self):
+        """Close so that the client reads what we sent before anything else.
+
+        Closing with unread bytes makes the kernel answer with a reset, which
+        can overtake our last bytes (a TLS 1.3 client sends its request before
+        our alert arrives). So send FIN and read what is in flight, briefly.
+        """
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            return self.close()
+        self.state = LINGER
+        self.buf = b""
+        self.deadline = self.loop.now + _LINGER_SECONDS
+        self._watch(READ)
+
+    def _linger_read(self):
+        try:
+            data = self.sock.recv(65536)
+        except (BlockingIOError, ssl.SSLWantReadError):
+            return
+        except OSError:
+            data = b""
+        self.lingered += len(data)
+        if not data or self.lingered > _LINGER_BYTES:
+            self.close()
+
+    @property
+    def address(self):
+        host, port = self.addr[:2]
+        return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+    @property
+    def peer(self):
+        host, port = self.addr[:2]
+        where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        return f"{where} ({self.fingerprint[:12]})" if self.fingerprint else where
+
+
+def close_socket(sock):
+    try:
+        sock.close()
+    except OSError:
+        pass
+
+
+_TLS_REASONS = {
+    "PEER_DID_NOT_RETURN_A_CERTIFICATE": "no client certificate presented",
+    "CERTIFICATE_VERIFY_FAILED": "client certificate not trusted",
+    "TLSV1_ALERT_UNKNOWN_CA": "the client does not trust this server's certificate",
+    "TLSV1_ALERT_CERTIFICATE_UNKNOWN": "the client does not trust this server's certificate",
+    "UNSUPPORTED_PROTOCOL": "TLS version below 1.2",
+    "NO_SHARED_CIPHER": "no shared cipher",
+    "HTTP_REQUEST": "plain HTTP on the HTTPS port",
+    "WRONG_VERSION_NUMBER": "not a TLS client",
+}
+
+
+def _verify_reason(exc):
+    message = exc.verify_message or exc.reason or "verification failed"
+    if "expired" in message:
+        return f"client certificate expired ({message})"
+    # A self-signed certificate outside the store (never added, removed or
+    # revoked) fails as "self-signed certificate" or "unable to get local issuer".
+    return f"client certificate not trusted ({message})"
+
+
+def _tls_reason(exc):
+    return _TLS_REASONS.get(exc.reason, exc.reason or str(exc))
