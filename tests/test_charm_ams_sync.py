@@ -93,12 +93,17 @@ def test_install_from_the_snap_resource_makes_the_alias(machine, ctx, tmp_path):
 
 
 def test_config_sets_interval_and_filter(machine, ctx):
-    ctx.run(ctx.on.config_changed(),
-            testing.State(config={"update_interval": "5m", "filter": "arcade, demo"}))
+    # Set by hand before the charm was told anything: left alone.
+    subprocess.run(["ams-sync", "config", "set", "registry.update_interval", "10m"],
+                   check=True, capture_output=True)
+    ctx.run(ctx.on.config_changed(), testing.State())
+    assert settings()["registry.update_interval"] == "10m"
+    out = ctx.run(ctx.on.config_changed(),
+                  testing.State(config={"update_interval": "5m", "filter": "arcade, demo"}))
     shown = settings()
     assert (shown["registry.update_interval"], shown["registry.filter"]) == ("5m", "arcade,demo")
-    # Back to empty: the agent's defaults.
-    ctx.run(ctx.on.config_changed(), testing.State())
+    # Back to empty after the charm set them: the agent's defaults.
+    ctx.run(ctx.on.config_changed(), dataclasses.replace(out, config={}))
     shown = settings()
     assert (shown["registry.update_interval"], shown["registry.filter"]) == ("1h", "")
 

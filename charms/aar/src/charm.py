@@ -113,7 +113,9 @@ class AarCharm(ops.CharmBase):
 
     def _bind_address(self):
         binding = self.model.get_binding("client")
-        return binding.network.bind_address if binding else ipaddress.ip_address("127.0.0.1")
+        address = binding.network.bind_address if binding else None
+        # No address yet (Juju fills it in later): loopback until then.
+        return address or ipaddress.ip_address("127.0.0.1")
 
     def _address(self):
         return self.config["location"].strip() or str(self._bind_address())

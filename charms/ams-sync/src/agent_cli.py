@@ -45,8 +45,10 @@ class Agent:
 
     def client_certificate(self):
         """The node's registry client certificate (the agent makes it on first use)."""
-        self.settings()
-        return (self.data_dir / "registry" / "client.crt").read_text()
+        path = self.data_dir / "registry" / "client.crt"
+        if not path.exists():
+            self.settings()
+        return path.read_text()
 
     def trust_registry(self, pem):
         """Import the registry's certificate; returns the fingerprint ams-sync printed."""

@@ -43,7 +43,7 @@ class AmsSyncCharm(ops.CharmBase):
 
     def __init__(self, framework):
         super().__init__(framework)
-        self._stored.set_default(kind="", configured=False)
+        self._stored.set_default(kind="", configured=False, managed={})
         self.agent = Agent(os.environ)
         self.workload = workload.Workload(SERVICE, os.environ)
         observe = self.framework.observe
@@ -94,9 +94,7 @@ class AmsSyncCharm(ops.CharmBase):
 
     def _apply(self, event):
         current = self.agent.settings()  # also makes the client certificate on first use
-        interval = self.config["update_interval"].strip() or DEFAULT_INTERVAL
-        tags = ",".join(t.strip() for t in self.config["filter"].split(",") if t.strip())
-        self._set(current, {"registry.update_interval": interval, "registry.filter": tags})
+        self._set(current, self._options())
         live = self._live(event)
         if live["registry-client"] and live["registry-publisher"]:
             return ops.BlockedStatus(BOTH)
@@ -128,7 +126,24 @@ class AmsSyncCharm(ops.CharmBase):
         self._stored.configured = True
         return ops.ActiveStatus(SYNCING.format(
             verb="pulling from" if registry_mode == "pull" else "pushing to", url=url,
-            interval=interval, role=role))
+            interval=current["registry.update_interval"], role=role))
+
+    def _options(self):
+        """The settings the charm's options ask for. An empty option leaves what
+        the operator set by hand alone, unless the charm had set it (then the
+        agent's default comes back)."""
+        wanted = {}
+        interval = self.config["update_interval"].strip()
+        tags = ",".join(t.strip() for t in self.config["filter"].split(",") if t.strip())
+        for key, value, default in (("registry.update_interval", interval, DEFAULT_INTERVAL),
+                                    ("registry.filter", tags, "")):
+            if value or key in self._stored.managed:
+                wanted[key] = value or default
+            if value:
+                self._stored.managed[key] = True
+            else:
+                self._stored.managed.pop(key, None)
+        return wanted
 
     def _set(self, current, wanted):
         """Set what differs from current (the agent's normalised values);
@@ -137,6 +152,7 @@ class AmsSyncCharm(ops.CharmBase):
         for key, value in wanted.items():
             if current.get(key) != value:
                 self.agent.set(key, value)
+                current[key] = value
                 changed = True
         return changed
 
