@@ -271,7 +271,9 @@ def add_parser(cmds, common):
                        "in <data-dir>/conf/main.yaml, else 0.0.0.0:3000, every "
                        "interface; [::]:3000 for IPv6)")
     serve.add_argument("--workers", type=workers, default=32, metavar="N",
-                       help=f"worker threads serving requests, 1 to {MAX_WORKERS} (default 32)")
+                       help=f"worker threads for disk and database work (package reads, "
+                       f"uploads, deletes); connections are served by one event loop "
+                       f"whatever their number; 1 to {MAX_WORKERS} (default 32)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
                        metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
                        "there, e.g. 127.0.0.1:9300 (default: off)")
