@@ -2,7 +2,7 @@
 
 `aar trust add|remove|revoke` run in other processes and write the shelf; the
 server notices through the store's generation number, read through a StatGate
-(registry/gate.py) so that checking it on every request costs one stat call,
+(registry/gate.py) so that checking it on every request costs one fstat call,
 not a query, and stays exact. When it moves, the trusted records are read again and the
 TLS context is rebuilt, so that
 
@@ -104,6 +104,10 @@ class LiveTrust:
                 log.info("trust store changed: %d trusted certificate(s); "
                          "TLS context rebuilt", len(self._records))
             self._generation = generation
+
+    def close(self):
+        """Release the descriptor the generation check keeps open."""
+        self._gate.close()
 
     @property
     def context(self):

@@ -87,11 +87,34 @@ def head_end(buf, start):
     return -1
 
 
+# Nodes ask the same thing again and again with the same head bytes (a
+# keep-alive agent's listing poll, a status probe): the parsed fields of
+# recent heads are kept, so a repeated head costs one dict lookup, not a
+# parse. Only what parsing would have accepted is kept, and never a large head.
+_PARSED = {}
+_PARSED_MAX = 256
+_PARSED_HEAD = 2048
+
+
 def parse_head(head):
     """The Request for a head (the bytes before the blank line).
 
     Raises ProtocolError for anything a server cannot answer safely.
     """
+    known = _PARSED.get(head)
+    if known is not None:
+        return Request(*known)
+    fields = _parse(head)
+    if len(head) <= _PARSED_HEAD:
+        if len(_PARSED) >= _PARSED_MAX:
+            _PARSED.clear()
+        _PARSED[bytes(head)] = fields
+    return Request(*fields)
+
+
+def _parse(head):
+    """(method, target, version, headers, body length) of a head, checked.
+    The headers dict is shared by every request with the same head: read only."""
     if len(head) > MAX_HEAD:
         raise ProtocolError(431, "request head too large")
     if _CONTROL.search(head.replace(b"\r\n", b"\t")):
@@ -115,7 +138,7 @@ def parse_head(head):
             headers[name] = headers[name] + ", " + value
         else:
             headers[name] = value
-    return Request(parts[0], parts[1], parts[2], headers, _body_length(headers))
+    return parts[0], parts[1], parts[2], headers, _body_length(headers)
 
 
 def _body_length(headers):

@@ -61,7 +61,9 @@ class Settings:
         self.max_package_size = max_package_size
         self.backlog = backlog
         self.max_connections = max_connections or _fd_budget()
-        self.max_per_address = max_per_address or self.max_connections
+        # One address may hold a quarter of them: a NAT of many nodes fits,
+        # one misbehaving host cannot take every descriptor.
+        self.max_per_address = max_per_address or max(1024, self.max_connections // 4)
         # Unfinished handshakes beyond max_handshakes: the oldest is closed if
         # it has had handshake_grace seconds (a real client needs a round
         # trip, milliseconds); a burst of fresh ones is let through, up to
@@ -154,6 +156,8 @@ class RegistryServer:
     def server_close(self):
         self.socket.close()
         self.loop.close()
+        self.trust.close()
+        self.handler.generation.close()
 
     # -- admission ------------------------------------------------------------
 
