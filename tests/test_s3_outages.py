@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import pytest
 
@@ -58,6 +59,9 @@ def test_replica_killed_mid_multipart_upload(replicas, certs, swift, bucket):
     assert client.json("GET", "/1.0/applications")[1]["metadata"] == []
     client.close()
     # A replica started later aborts what the dead one left (here: any age).
+    # The store reports Initiated rounded up to the second: let it be past.
+    initiated = uploading()[0]["Initiated"].timestamp()
+    time.sleep(max(0.0, initiated + 1.5 - time.time()))
     (replicas.tmp / "a2").mkdir()
     replicas.data("a2", extra="    stale-uploads: 0\n")
     from regserver import ProcessServer
