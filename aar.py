@@ -1,6 +1,6 @@
 """aar: the application registry's command line.
 
-    aar serve [--data-dir D] [--listen ADDR:PORT] [--workers N]
+    aar serve [--data-dir D] [--listen ADDR:PORT] [--workers N] [--recover] [--new-identity]
     aar trust add [PATH] [-p|--publisher] [--name NAME] [-q|--quiet] [--init]
     aar trust list|ls [--format table|csv|json|yaml] [--revoked]
     aar trust remove|revoke FINGERPRINT [-y|--yes]

@@ -132,8 +132,19 @@ def _delete(args, ctx):
         else:
             count = sum(store.delete_package(p["name"], p["version"], p["architecture"])
                         for p in doomed)
+    _audit_deleted(args, doomed)
     print(DELETED.format(what=what, count=count), file=ctx.out)
     return 0
+
+
+def _audit_deleted(args, packages):
+    # The same record the server writes for an API delete, with who ran it.
+    from registry.audit import record_command
+    log = served_data_dir(args.data_dir).audit_log
+    for pkg in packages:
+        record_command(log, args.argv, "package.delete", application=pkg["name"],
+                       version=pkg["version"], architecture=pkg["architecture"],
+                       sha256=pkg["sha256"], size=pkg["size"])
 
 
 def add_parser(cmds, common):

@@ -41,9 +41,10 @@ def _row(record):
         detail = record["command"]
     else:
         detail = record.get("role") or ""
-    if record.get("event") == "package.write" and not record.get("command"):
+    if str(record.get("event", "")).startswith("package."):
         detail = f"{record.get('size')} bytes, sha256 {str(record.get('sha256'))[:12]}"
-        who = fp[:12] + (f" ({name})" if name else "")
+        if not record.get("command"):          # through the API: the certificate
+            who = fp[:12] + (f" ({name})" if name else "")
     return {"time": record.get("time", ""), "event": record.get("event", ""),
             "who": who, "subject": subject, "detail": detail}
 

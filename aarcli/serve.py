@@ -12,7 +12,6 @@ import signal
 import socket
 
 from registry.paths import DataDir
-from trust import certs
 
 from .common import CommandError
 
@@ -94,26 +93,63 @@ def _server_sans(host):
     return sorted(sans)
 
 
-def _ensure_server_cert(data, host, port, out):
-    if data.server_cert.exists() and data.server_key.exists():
-        return certs.load_certificate(data.server_cert)
-    from trust import openssl
-    openssl.create_key_and_cert(data.server_cert, data.server_key,
-                                common_name=f"aar@{socket.gethostname()}",
-                                sans=_server_sans(host))
-    cert = certs.load_certificate(data.server_cert)
-    print(FIRST_START.format(cert=data.server_cert, fp=cert.fingerprint, port=port),
-          file=out, flush=True)
-    return cert
+def _open_stores(args, data, conf, host, port, out):
+    """(packages, trust store, server certificate), each checked: a data
+    directory that lost something refuses to start (registry/startup.py),
+    before anything in it changed."""
+    from registry import backends
+    from registry.errors import ApiError
+    from registry.startup import server_identity
+    from trust.errors import TrustError
+
+    try:
+        packages = backends.open_packages(data, conf, recover=args.recover)
+    except backends.BackendError as exc:
+        raise CommandError(str(exc))
+    except ApiError as exc:                 # the data directory is in use
+        raise CommandError(exc.message)
+    except OSError as exc:
+        raise CommandError(BAD_DATA_DIR.format(path=exc.filename or data.root,
+                                               reason=exc.strerror or exc))
+    trust_store = None
+    try:
+        trust_store = backends.open_trust(data, conf, poll=1.0, recover=args.recover)
+        cert, created = server_identity(data, _server_sans(host),
+                                        len(trust_store.trusted()),
+                                        new_identity=args.new_identity)
+        backends.check_server_certificate(conf, cert.pem)
+    except (backends.BackendError, ApiError, TrustError, OSError) as exc:
+        packages.close()
+        if trust_store is not None:
+            trust_store.close()
+        if isinstance(exc, ApiError):
+            raise CommandError(exc.message)
+        if isinstance(exc, backends.BackendError):
+            raise CommandError(str(exc))
+        if isinstance(exc, OSError):
+            raise CommandError(BAD_DATA_DIR.format(path=exc.filename or data.root,
+                                                   reason=exc.strerror or exc))
+        raise
+    if created:
+        print(FIRST_START.format(cert=data.server_cert, fp=cert.fingerprint, port=port),
+              file=out, flush=True)
+    return packages, trust_store, cert
 
 
 def _data_dir(path):
+    # Only the directory itself: the package store checks blobs/ is still
+    # there before it makes anything (registry/recovery.py).
     data = DataDir(os.path.abspath(path))
     try:
-        return data.ensure()
+        data.root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if not data.root.is_dir():
+            raise NotADirectoryError(20, "Not a directory", str(data.root))
+        if not os.access(data.root, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied", str(data.root))
     except OSError as exc:
         where = exc.filename or data.root
         raise CommandError(BAD_DATA_DIR.format(path=where, reason=exc.strerror or exc))
+    return data
 
 
 def _metrics_address(text):
@@ -143,9 +179,9 @@ def _metrics(args, server, data, close):
 def _serve(args, out):
     from registry import backends
     from registry.audit import AuditLog
-    from registry.errors import ApiError
     from registry.events import Events
     from registry.handlers import ApiHandler
+    from registry.served import record_serving
     from registry.server import RegistryServer, Settings
 
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
@@ -162,26 +198,7 @@ def _serve(args, out):
             args.metrics_listen = _metrics_address(str(conf.get("metrics")))
         except argparse.ArgumentTypeError as exc:
             raise CommandError(f"{conf.path}: metrics: {exc}")
-    try:
-        cert = _ensure_server_cert(data, host, port, out)
-    except OSError as exc:
-        raise CommandError(BAD_DATA_DIR.format(path=exc.filename or data.certs_dir,
-                                               reason=exc.strerror or exc))
-    try:
-        backends.check_server_certificate(conf, cert.pem)
-        packages = backends.open_packages(data, conf)
-    except backends.BackendError as exc:
-        raise CommandError(str(exc))
-    except ApiError as exc:
-        raise CommandError(f"{exc.message}: is another `aar serve` running on it?")
-    except OSError as exc:
-        raise CommandError(BAD_DATA_DIR.format(path=exc.filename or data.root,
-                                               reason=exc.strerror or exc))
-    try:
-        trust_store = backends.open_trust(data, conf, poll=1.0)
-    except backends.BackendError as exc:
-        packages.close()
-        raise CommandError(str(exc))
+    packages, trust_store, cert = _open_stores(args, data, conf, host, port, out)
     settings = Settings(workers=args.workers)
     audit_log = AuditLog(data.audit_log)
     try:
@@ -210,6 +227,8 @@ def _serve(args, out):
     if ipaddress.ip_address(bound[0]).is_unspecified:
         log.info(EVERY_INTERFACE.format(address=show_address(bound[0], bound[1]),
                                         port=bound[1]))
+    # From here on a lost trust store, index or key is refused, not recreated.
+    record_serving(data, cert.fingerprint)
 
     def stop(signum, frame):
         log.info("signal %d: shutting down", signum)
@@ -248,11 +267,23 @@ def add_parser(cmds, common):
                        "in <data-dir>/conf/main.yaml, else 0.0.0.0:3000, every "
                        "interface; [::]:3000 for IPv6)")
     serve.add_argument("--workers", type=workers, default=32, metavar="N",
-                       help=f"worker threads serving requests, 1 to {MAX_WORKERS} (default 32)")
+                       help=f"worker threads for disk and database work (package reads, "
+                       f"uploads, deletes); connections are served by one event loop "
+                       f"whatever their number; 1 to {MAX_WORKERS} (default 32)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
                        metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
                        "there, e.g. 127.0.0.1:9300 (default: off)")
     serve.add_argument("-v", "--verbose", action="store_true",
                        help="log every request (debug level)")
+    serve.add_argument("--recover", action="store_true",
+                       help="start even though files were lost or damaged: set aside "
+                       "under DIR/quarantine/ every blob no package names, every "
+                       "package whose blob is gone, a lost or damaged packages.db or "
+                       "trust.db, and start without them (nothing is deleted)")
+    serve.add_argument("--new-identity", action="store_true",
+                       help="when the server key is lost, make a new key and "
+                       "certificate even though nodes pin the old one (a certificate "
+                       "left behind goes to DIR/quarantine/); every node must then be "
+                       "given the new certificate and fingerprint")
     serve.set_defaults(handler=lambda args, ctx: _serve(args, ctx.out))
     return serve

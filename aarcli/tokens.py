@@ -7,8 +7,10 @@
 
 `add` prints one line (trust/tokens.py has its format). The addresses it
 carries are the --address flags in order (a node tries them in turn), else
-this host's addresses on port 3000; pass --address whenever the nodes reach
-the registry by another name, address or port (a load balancer, NAT).
+`listen` of conf/main.yaml when it names one address, else this host's
+addresses, on the configured port (3000 by default); pass --address whenever
+the nodes reach the registry by another name, address or port (a load
+balancer, NAT).
 """
 import argparse
 import socket
@@ -30,7 +32,7 @@ NO_S3 = ("join tokens live in the data directory's trust store, and this registr
 
 
 def _local(args):
-    """The data directory, refusing a registry whose trust store is in S3."""
+    """(data directory, conf), refusing a registry whose trust store is in S3."""
     from registry import backends
     data = served_data_dir(args.data_dir)
     try:
@@ -39,7 +41,7 @@ def _local(args):
         raise CommandError(str(exc))
     if conf.s3 is not None:
         raise CommandError(NO_S3.format(path=conf.path))
-    return data
+    return data, conf
 
 __all__ = ["add_parser", "NO_SERVER_CERT", "REMOVED", "DEFAULT_PORT"]
 
@@ -72,12 +74,22 @@ def _address(text):
     return f"https://[{host}]:{port}" if ":" in host else f"https://{host}:{port}"
 
 
-def _own_urls():
-    """This host's non-loopback addresses (IPv4 first), else its name."""
+def _own_urls(conf):
+    """Where nodes find this registry by default: the `listen` address of
+    conf/main.yaml if it names one, else this host's non-loopback addresses
+    (IPv4 first), else its name; on the configured port, else 3000."""
+    host, port = "", DEFAULT_PORT
+    listen = conf.get("listen")
+    if listen:
+        host, _, text = str(listen).rpartition(":")
+        host = host.strip("[]")
+        port = int(text) if text.isdigit() else DEFAULT_PORT
+    if host and host not in ("0.0.0.0", "::"):
+        return [_address(f"[{host}]:{port}" if ":" in host else f"{host}:{port}")]
     name = socket.gethostname()
     found = []
     try:
-        for family, _, _, _, addr in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
+        for _, _, _, _, addr in socket.getaddrinfo(name, None, type=socket.SOCK_STREAM):
             ip = addr[0]
             if ip.startswith("127.") or ip == "::1" or ip in found:
                 continue
@@ -85,16 +97,16 @@ def _own_urls():
     except OSError:
         pass
     found.sort(key=lambda ip: ":" in ip)
-    return [_address(ip if ":" not in ip else f"[{ip}]") for ip in found] or \
-        [_address(name)]
+    return [_address(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}")
+            for ip in found] or [_address(f"{name}:{port}")]
 
 
 def _add(args, ctx):
-    data = _local(args)
+    data, conf = _local(args)
     if not data.server_cert.exists():
         raise TokenError(NO_SERVER_CERT.format(path=data.server_cert))
     fingerprint = certs.load_certificate(data.server_cert).fingerprint
-    urls = args.address or _own_urls()
+    urls = args.address or _own_urls(conf)
     with TrustStore(data.trust_db) as store:
         row, secret = Tokens(store).create(args.role, args.ttl, args.name or "")
     record_command(data.audit_log, args.argv, "token.add", token=row["id"],
@@ -106,7 +118,7 @@ def _add(args, ctx):
 
 
 def _list(args, ctx):
-    with TrustStore(_local(args).trust_db) as store:
+    with TrustStore(_local(args)[0].trust_db) as store:
         rows = Tokens(store).list()
     ctx.out.write(render(rows, _COLUMNS, args.format,
                      short={"used_by": lambda fp: (fp or "")[:12]}))
@@ -114,7 +126,7 @@ def _list(args, ctx):
 
 
 def _remove(args, ctx):
-    data = _local(args)
+    data, _ = _local(args)
     with TrustStore(data.trust_db) as store:
         row = Tokens(store).remove(args.id)
     record_command(data.audit_log, args.argv, "token.remove", token=row["id"],
@@ -149,7 +161,8 @@ def add_parser(tcmds, common):
     add.add_argument("--address", type=_address, action="append", default=[],
                      metavar="HOST[:PORT]",
                      help="how nodes reach this registry; repeat for several "
-                          "(default: this host's addresses, port 3000)")
+                          "(default: `listen` in conf/main.yaml if it names an address, "
+                          "else this host's addresses; its port, else 3000)")
     add.set_defaults(handler=_add, help_parser=add)
     ls = cmds.add_parser("list", help="List join tokens", parents=[common],
                          description="List join tokens and whether each is valid, "

@@ -69,6 +69,9 @@ def _audit(args, event, record, **extra):
 
 
 def _open(args, init=False):
+    # The same checks as `aar serve` (registry/startup.py): a lost or damaged
+    # trust store on a data directory that has served is refused, never
+    # silently recreated.
     from registry import backends
     try:
         conf = backends.load_config(args.data_dir)

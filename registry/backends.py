@@ -37,10 +37,15 @@ def s3_client(s3):
 
 
 def open_packages(data, conf, **local_options):
-    """The package store: PackageStore, or S3PackageStore with storage.s3."""
+    """The package store: PackageStore, or S3PackageStore with storage.s3.
+    A local store that lost its index or blobs is BackendError (StartRefused)."""
     if conf.s3 is None:
+        from registry.errors import StartRefused
         from registry.storage import PackageStore
-        return PackageStore(data, **local_options)
+        try:
+            return PackageStore(data, **local_options)
+        except StartRefused as exc:
+            raise BackendError(exc.message) from None
     from registry.s3store import S3PackageStore, StorageError
     try:
         return S3PackageStore(s3_client(conf.s3), conf.s3.prefix,
@@ -51,11 +56,16 @@ def open_packages(data, conf, **local_options):
         raise BackendError(str(exc)) from None
 
 
-def open_trust(data, conf, poll=None):
-    """The trust store: the data directory's trust.db, or the bucket's."""
+def open_trust(data, conf, poll=None, recover=False):
+    """The trust store: the data directory's trust.db (checked, see
+    registry/startup.py; ``recover`` sets a lost one aside), or the bucket's."""
     if conf.s3 is None:
-        from trust.store import TrustStore
-        return TrustStore(data.trust_db)
+        from registry.errors import StartRefused
+        from registry.startup import open_trust_store
+        try:
+            return open_trust_store(data, recover=recover)
+        except StartRefused as exc:
+            raise BackendError(exc.message) from None
     from registry.s3trust import S3TrustStore
     from trust.errors import StoreError
     try:

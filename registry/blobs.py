@@ -125,7 +125,8 @@ class BlobFiles:
             if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN):
                 raise
             raise ApiError.of("internal", f"data directory {self.datadir.root} "
-                              "is in use by another registry process") from None
+                              "is in use by another registry process: is another "
+                              "`aar serve` running on it?") from None
         self._lockfd = fd
 
     def unlock(self):

@@ -7,7 +7,7 @@ through ``envelope_error``. Keeping the table in one place means a status code
 can never drift between two handlers that report the same condition.
 """
 
-__all__ = ["ERRORS", "ApiError", "envelope_error", "envelope_sync"]
+__all__ = ["ERRORS", "ApiError", "StartRefused", "envelope_error", "envelope_sync"]
 
 # code -> (HTTP status, default message). Two codes may share a status (422):
 # the code tells the uploader which check failed, the status tells HTTP.
@@ -51,6 +51,15 @@ class ApiError(Exception):
 
     def __repr__(self):
         return f"ApiError({self.code!r}, {self.message!r})"
+
+
+class StartRefused(ApiError):
+    """The data directory is not fit to serve from, and repairing it would
+    lose data: the message says what is wrong and how to recover. Raised
+    before anything was changed; never reaches a client."""
+
+    def __init__(self, message: str):
+        super().__init__("internal", message)
 
 
 def envelope_error(err: ApiError) -> dict:

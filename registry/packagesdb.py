@@ -3,7 +3,8 @@
 One row per package, (name, version, architecture) its key; tags and the
 manifest are JSON text. A counters table holds the generation, bumped by every
 write transaction that changed a row: the listing cache (and the server's
-ETag) is keyed on it.
+ETag) is keyed on it. The pending table journals the blobs being committed
+or deleted, so that start-up recovery can tell its own leftovers from loss.
 
 Each thread has its own connection in WAL mode, so readers are never blocked
 by the one short write transaction. Transactions are explicit; registry/storage.py
@@ -36,6 +37,10 @@ _SCHEMA = (
     # Deleting asks "does any other row still use these bytes?".
     "CREATE INDEX IF NOT EXISTS packages_by_sha256 ON packages (sha256)",
     "CREATE TABLE IF NOT EXISTS counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+    # Digests of blobs being committed or deleted: a blob that no row names
+    # is provably a crash's leftover (and removed at start) only if its
+    # digest is here; any other such blob is set aside (registry/recovery.py).
+    "CREATE TABLE IF NOT EXISTS pending (sha256 TEXT PRIMARY KEY) WITHOUT ROWID",
 )
 COLUMNS = "name, version, architecture, size, sha256, created_at, publisher, tags, manifest"
 SELECT_GENERATION = "SELECT value FROM counters WHERE name = 'generation'"
@@ -79,17 +84,23 @@ class PackagesDB:
         return conn
 
     @contextlib.contextmanager
-    def transaction(self):
+    def transaction(self, journal=False):
         """One write transaction; bumps the generation if it changed any row.
 
+        ``journal=True`` is for the pending table alone: no generation bump
+        (no listing changed) and no fsync at commit. Losing such a commit to
+        a power cut is safe: recovery then sets the blob aside instead of
+        removing it. The next durable commit syncs it anyway (WAL order).
         The caller serialises writers (PackageStore's write lock).
         """
         conn = self.conn()
+        if journal:
+            conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("BEGIN IMMEDIATE")
         try:
             before = conn.total_changes
             yield conn
-            if conn.total_changes != before:
+            if conn.total_changes != before and not journal:
                 conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'generation'")
             conn.execute("COMMIT")
         except BaseException:
@@ -97,6 +108,9 @@ class PackagesDB:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+        finally:
+            if journal:
+                conn.execute("PRAGMA synchronous=FULL")
 
     def create_schema(self):
         """Create the tables if they are missing. The caller serialises writers."""

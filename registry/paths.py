@@ -4,6 +4,9 @@
     |-- certs/
     |   |-- server.crt                the registry's TLS certificate (made on first start)
     |   `-- server.key                its private key, mode 0600
+    |-- state.json                    written once the registry has served: from
+    |                                 then on a lost file is refused, not recreated
+    |                                 (registry/served.py)
     |-- trust.db                      the trust store (shelve over sqlite3), and the
     |                                 join tokens' table (hashes of their secrets)
     |-- logs/
@@ -13,13 +16,20 @@
     |   `-- sha256/
     |       `-- <2 hex>/
     |           `-- <64 hex>          one package's bytes, named by their sha256
-    `-- staging/
-        `-- upload-*                  uploads in flight; emptied at every start
+    |-- staging/
+    |   `-- upload-*                  uploads in flight; emptied at every start
+    `-- quarantine/
+        `-- <UTC timestamp>/          what a start-up recovery set aside instead of
+            |-- blobs/<64 hex>        deleting it: blobs no row names, and blobs
+            |-- rows.json             and rows that disagree; the operator decides
+            `-- packages.db, trust.db files replaced by `aar serve --recover`
 
 An upload is written under staging/ (the same filesystem as blobs/, so the
 final move is an atomic rename and never a copy) and only renamed into blobs/
 once its size and digest are checked. Blobs are content-addressed, so one file
 may back several packages; the two-hex fan-out keeps directories small.
+Start-up recovery (registry/recovery.py) deletes only what it can prove is its
+own garbage; anything else goes to quarantine/ or stops the start.
 
 The data directory is ``--data-dir``, else ``$AAR_DATA_DIR``, else
 ``$SNAP_COMMON`` (the snap's writable area), else ``/var/lib/aar`` for root
@@ -60,6 +70,14 @@ class DataDir:
     @property
     def server_key(self) -> pathlib.Path:
         return self.certs_dir / "server.key"
+
+    @property
+    def state_file(self) -> pathlib.Path:
+        return self.root / "state.json"
+
+    @property
+    def quarantine_dir(self) -> pathlib.Path:
+        return self.root / "quarantine"
 
     @property
     def trust_db(self) -> pathlib.Path:

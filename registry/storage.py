@@ -10,10 +10,14 @@ harmless at any instant:
   2. under the write lock: rename into blobs/ and fsync the directory,
      then insert the row in one short transaction.
 
-A crash in 1 leaves a staging file; a crash in 2 leaves a blob no row names.
-``recover()``, run at every open, removes both, so nothing of an interrupted
-upload is ever listed, and a row is never committed before its blob is durable.
-Deleting goes the other way (row first, then the blob), with the same result.
+A crash in 1 leaves a staging file; a crash in 2 leaves a blob no row names,
+whose digest step 2 first journals in the pending table. Deleting goes the
+other way: the row goes and the digest is journaled in one transaction, then
+the blob is unlinked. ``recover()`` (registry/recovery.py), run at every open,
+removes those leftovers and nothing it cannot prove is one: so nothing of an
+interrupted upload is ever listed, a row is never committed before its blob
+is durable, and a lost index or blob directory stops the start instead of
+being "repaired" into an empty registry.
 
 Readers use their own per-thread sqlite connection in WAL mode, so they are
 never blocked by an upload (it streams outside any transaction) nor by the
@@ -22,6 +26,7 @@ counter; the listing cache (and the server's ETag) is keyed on it.
 """
 
 import collections
+import contextlib
 import errno
 import json
 import logging
@@ -31,6 +36,7 @@ import time
 
 import names
 from cas import unlink_quiet
+from registry import recovery
 from registry.blobs import BlobFiles
 from registry.errors import ApiError
 from registry.packagesdb import COLUMNS, SELECT_GENERATION, PackagesDB, package_of_row
@@ -109,8 +115,11 @@ def build_listing(packages, architecture, wanted) -> list:
 class PackageStore:
     """Packages of one data directory. Thread-safe; one per process and directory."""
 
-    def __init__(self, datadir, *, read_only=False):
-        """read_only: only read, beside the server that owns the directory
+    def __init__(self, datadir, recover=False, *, read_only=False):
+        """Open (creating on a fresh directory) and recover; ``recover=True``
+        sets aside whatever recovery would otherwise refuse to start with.
+        Raises StartRefused (nothing changed) or ApiError (directory in use).
+        read_only: only read, beside the server that owns the directory
         (`aar application list`): no lock, no schema, no recovery, no writes."""
         self.datadir = datadir if isinstance(datadir, DataDir) else DataDir(datadir)
         self.read_only = read_only
@@ -119,6 +128,10 @@ class PackageStore:
             self._cache, self._cache_lock = collections.OrderedDict(), threading.Lock()
             self._blobs = None
             return
+        # Before ensure(): it would recreate a vanished blobs/ directory.
+        # One quarantine directory per start, made only if something goes there.
+        self._quarantine = recovery.Quarantine(self.datadir)
+        recovery.check_files(self.datadir, self._quarantine, force=recover)
         self.datadir.ensure()
         self._db = PackagesDB(self.datadir.packages_db)
         # Serialises the commit step (rename + row) against deletes, so a
@@ -131,7 +144,7 @@ class PackageStore:
             self._blobs.lock()
             with self._write_lock:
                 self._db.create_schema()
-            self.recover()
+            self.recover(force=recover)
         except BaseException:
             self.close()
             raise
@@ -282,14 +295,9 @@ class PackageStore:
         existing = self.get(app, version, arch)
         if existing is not None:
             return False, same_or_conflict(existing, sha256, length)
-        try:
+        with self._full_is_507(f"storing {app} {version} {arch}"):
             return self._put(app, version, arch, stream, length, sha256,
                              tags, manifest, publisher)
-        except (OSError, sqlite3.Error) as exc:
-            if _is_full(exc):
-                log.error("no space left storing %s %s %s: %s", app, version, arch, exc)
-                raise ApiError.of("insufficient_storage") from exc
-            raise
 
     def _put(self, app, version, arch, stream, length, sha256, tags, manifest, publisher):
         staged = self._blobs.stage(stream, length, sha256)
@@ -299,6 +307,8 @@ class PackageStore:
                 existing = self.get(app, version, arch)
                 if existing is not None:
                     return False, same_or_conflict(existing, sha256, length)
+                with self._db.transaction(journal=True) as conn:
+                    conn.execute("INSERT OR IGNORE INTO pending VALUES (?)", (sha256,))
                 self._blobs.commit(staged, sha256)
                 staged = None
                 created_at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -308,6 +318,7 @@ class PackageStore:
                     with self._db.transaction() as conn:
                         conn.execute(f"INSERT INTO packages ({COLUMNS})"
                                      " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", row)
+                        conn.execute("DELETE FROM pending WHERE sha256 = ?", (sha256,))
                 except BaseException:
                     self._drop_blob_if_unused(sha256)
                     raise
@@ -330,10 +341,46 @@ class PackageStore:
         if used is None and self._blobs.remove(sha256):
             log.info("removed blob %s: no package uses it", sha256)
 
+    @contextlib.contextmanager
+    def _full_is_507(self, what):
+        try:
+            yield
+        except (OSError, sqlite3.Error) as exc:
+            if _is_full(exc):
+                log.error("no space left %s: %s", what, exc)
+                raise ApiError.of("insufficient_storage") from exc
+            raise
+
+    def _journal_unused(self, conn, digests) -> list:
+        """In the deleting transaction: the digests no row uses any more,
+        journaled as pending so a crash before their unlink is provable."""
+        unused = [d for d in digests if conn.execute(
+            "SELECT 1 FROM packages WHERE sha256 = ? LIMIT 1", (d,)).fetchone() is None]
+        conn.executemany("INSERT OR IGNORE INTO pending VALUES (?)", [(d,) for d in unused])
+        return unused
+
+    def _remove_unused(self, digests):
+        """After the deleting commit: unlink the blobs, then their journal
+        entries. The delete is done by then; a full disk only leaves the
+        entries for the next start's recovery."""
+        for sha256 in digests:
+            if self._blobs.remove(sha256):
+                log.info("removed blob %s: no package uses it", sha256)
+        if digests:
+            try:
+                with self._db.transaction(journal=True) as conn:
+                    conn.executemany("DELETE FROM pending WHERE sha256 = ?",
+                                     [(d,) for d in digests])
+            except sqlite3.Error as exc:
+                if not _is_full(exc):
+                    raise
+                log.warning("no space left to clear the pending journal: %s", exc)
+
     def delete_package(self, app, version, arch) -> bool:
-        """Delete one package; False when there was none."""
+        """Delete one package; False when there was none.
+        Raises ApiError insufficient_storage when the disk is full."""
         self._check_writable()
-        with self._write_lock:
+        with self._write_lock, self._full_is_507(f"deleting {app} {version} {arch}"):
             with self._db.transaction() as conn:
                 row = conn.execute(
                     "SELECT sha256 FROM packages"
@@ -344,55 +391,36 @@ class PackageStore:
                 conn.execute("DELETE FROM packages"
                              " WHERE name = ? AND version = ? AND architecture = ?",
                              (app, version, arch))
+                unused = self._journal_unused(conn, [row[0]])
             log.debug("deleted %s %s %s", app, version, arch)
-            self._drop_blob_if_unused(row[0])
+            self._remove_unused(unused)
         return True
 
     def delete_application(self, app) -> int:
-        """Delete every package of ``app``; return how many there were."""
+        """Delete every package of ``app``; return how many there were.
+        Raises ApiError insufficient_storage when the disk is full."""
         self._check_writable()
-        with self._write_lock:
+        with self._write_lock, self._full_is_507(f"deleting application {app}"):
             with self._db.transaction() as conn:
                 digests = [r[0] for r in conn.execute(
                     "SELECT DISTINCT sha256 FROM packages WHERE name = ?", (app,))]
                 count = conn.execute("DELETE FROM packages WHERE name = ?",
                                      (app,)).rowcount
+                unused = self._journal_unused(conn, digests)
             if count:
                 log.debug("deleted application %s: %d package(s)", app, count)
-            for sha256 in digests:
-                self._drop_blob_if_unused(sha256)
+            self._remove_unused(unused)
         return count
 
     # -- recovery ---------------------------------------------------------
 
-    def recover(self) -> dict:
-        """Repair what a crash can leave; return counts of what was removed.
-
-        Empties staging/, drops rows whose blob is missing or has the wrong
-        size, then removes blobs no row names. Run at open; it must not run
-        while uploads are in flight (it would remove their staging files).
-        """
+    def recover(self, force=False) -> dict:
+        """Remove a crash's leftovers, set aside what no crash explains (see
+        registry/recovery.py); return counts of what was done. Raises
+        StartRefused, changing nothing, when that is more than a handful and
+        not ``force``. Must not run while uploads are in flight (it would
+        remove their staging files)."""
         self._check_writable()
-        counts = {"staging": 0, "rows": 0, "blobs": 0}
         with self._write_lock:
-            for name in self._blobs.clear_staging():
-                counts["staging"] += 1
-                log.warning("recovery: removed interrupted upload %s", name)
-            on_disk = self._blobs.scan()
-            rows = self._db.conn().execute(
-                "SELECT name, version, architecture, sha256, size FROM packages").fetchall()
-            broken = [r for r in rows if on_disk.get(r[3]) != r[4]]
-            if broken:
-                with self._db.transaction() as conn:
-                    for app, version, arch, sha256, size in broken:
-                        conn.execute("DELETE FROM packages WHERE name = ? AND version = ?"
-                                     " AND architecture = ?", (app, version, arch))
-                        log.error("recovery: dropped %s %s %s: blob %s is missing or "
-                                  "not %d bytes", app, version, arch, sha256, size)
-                counts["rows"] = len(broken)
-            used = {r[3] for r in rows} - {r[3] for r in broken}
-            for sha256 in on_disk.keys() - used:
-                self._blobs.remove(sha256)
-                counts["blobs"] += 1
-                log.warning("recovery: removed blob %s: no package uses it", sha256)
-        return counts
+            return recovery.recover(self._db, self._blobs, self.datadir,
+                                    self._quarantine, force=force)

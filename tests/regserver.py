@@ -93,15 +93,16 @@ class ThreadServer:
         if not self.data.server_cert.exists():
             openssl.create_key_and_cert(self.data.server_cert, self.data.server_key,
                                         common_name="test-registry",
-                                        sans=["IP:127.0.0.1"])
+                                        sans=["IP:127.0.0.1"], server=True)
         self.fingerprint = certs.load_certificate(self.data.server_cert).fingerprint
         self.trust = TrustStore(self.data.trust_db)
         self.packages = PackageStore(self.data)
+        self.audit = AuditLog(self.data.audit_log)
         self.server = RegistryServer(
             ("127.0.0.1", 0), ApiHandler, trust_store=self.trust, packages=self.packages,
             certfile=str(self.data.server_cert), keyfile=str(self.data.server_key),
             server_fingerprint=self.fingerprint, settings=settings or Settings(workers=8),
-            events=Events(AuditLog(self.data.audit_log)))
+            events=Events(self.audit))
         self.port = self.server.server_address[1]
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
         self.thread.start()
@@ -119,6 +120,7 @@ class ThreadServer:
         self.server.server_close()
         self.packages.close()
         self.trust.close()
+        self.audit.close()
 
 
 @pytest.fixture

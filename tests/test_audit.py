@@ -13,7 +13,7 @@ import pytest
 import aar
 from agentnodes import Node, aar_cli
 from regserver import Pipe, ThreadServer
-from registry.audit import AuditLog, parse_since, read
+from registry.audit import EVENTS, AuditLog, parse_since, read
 
 
 def _records(path):
@@ -131,9 +131,7 @@ def _one_of_each(registry, tmp_path, certs, caplog):
     by_event = {}
     for record in records:
         by_event.setdefault(record["event"], []).append(record)
-    assert sorted(by_event) == sorted([
-        "trust.add", "token.add", "token.use", "token.remove", "package.write",
-        "package.delete", "refusal", "trust.set-role", "trust.revoke", "trust.remove"])
+    assert sorted(by_event) == sorted(EVENTS)
     assert all(len(v) == 1 for v in by_event.values()), by_event
     one = {event: found[0] for event, found in by_event.items()}
     for event in ("trust.add", "token.add", "token.remove", "trust.set-role",
@@ -170,6 +168,8 @@ def _one_of_each(registry, tmp_path, certs, caplog):
     assert shown == records
     table = aar_cli(registry, "audit").out
     assert "package.write" in table and "game/3/arm64" in table
+    delete_row = next(line for line in table.splitlines() if "package.delete" in line)
+    assert _fp(certs.publisher)[:12] in delete_row and "10000 bytes" in delete_row
     assert aar_cli(registry, "audit", "--since", "2999-01-01", "--format", "csv").out \
         == "TIME,EVENT,WHO,SUBJECT,DETAIL\n"
 
@@ -196,3 +196,23 @@ def test_a_change_that_cannot_be_audited_says_so(tmp_path, certs):
                      str(data)], stdin=Pipe(), stdout=out, stderr=err)
     assert code == 1
     assert "trust.add done, but cannot write the audit log" in err.getvalue()
+
+
+def test_a_delete_on_the_registry_host_is_audited(tmp_path, certs):
+    registry = ThreadServer(tmp_path / "aar")
+    try:
+        registry.trust_cert(certs.publisher, "publisher")
+        payload = os.urandom(2000)
+        assert registry.client(certs.publisher).upload("demo", 1, "amd64", payload)[0] == 201
+    finally:
+        registry.stop()
+    out, err = io.StringIO(), io.StringIO()
+    code = aar.main(["application", "delete", "demo", "1", "amd64", "-y", "--data-dir",
+                     str(registry.data.root)], stdin=Pipe(), stdout=out, stderr=err)
+    assert code == 0, err.getvalue()
+    record = _records(registry.data.audit_log)[-1]
+    assert (record["event"], record["application"], record["version"],
+            record["architecture"], record["size"], record["sha256"]) == (
+        "package.delete", "demo", 1, "amd64", 2000, hashlib.sha256(payload).hexdigest())
+    assert record["command"].startswith("aar application delete demo 1 amd64")
+    assert record["uid"] == os.getuid()

@@ -356,3 +356,15 @@ def test_certificate_of_a_joined_node_is_named_in_the_store(registry, tmp_path):
     assert (record.name, record.role) == ("rack-3", "client")
     assert certs_mod.load_certificate(node.root / "registry" / "client.crt").fingerprint \
         == record.fingerprint
+
+
+def test_token_addresses_default_to_the_configured_listen(registry):
+    conf = registry.data.root / "conf"
+    conf.mkdir(exist_ok=True)
+    (conf / "main.yaml").write_text("listen: 192.0.2.7:4443\n")
+    token = Token.decode(aar_cli(registry, "trust", "token", "add").out.strip())
+    assert token.urls == ("https://192.0.2.7:4443",)
+    (conf / "main.yaml").write_text("listen: 0.0.0.0:4443\n")
+    token = Token.decode(aar_cli(registry, "trust", "token", "add").out.strip())
+    assert token.urls and all(u.endswith(":4443") for u in token.urls)
+    assert token.fingerprint == registry.fingerprint

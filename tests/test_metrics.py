@@ -339,3 +339,26 @@ def test_metric_names_follow_the_conventions():
                     assert name.endswith("_seconds"), name
                 if "byte" in name:
                     assert "_bytes" in name, name
+
+
+def test_metrics_address_from_the_configuration_file(tmp_path):
+    data = tmp_path / "aar"
+    mport = free_port()
+    (data / "conf").mkdir(parents=True)
+    (data / "conf" / "main.yaml").write_text(f"metrics: 127.0.0.1:{mport}\n")
+    server = ProcessServer(data)
+    try:
+        _wait_for(lambda: _listening(mport), "the metrics listener")
+        assert _get(mport, "/healthz")[:2] == (200, "ok\n")
+        samples, _ = scrape(mport)
+        assert ("aar_open_connections", ()) in samples
+    finally:
+        server.stop()
+
+
+def _listening(port):
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=1).close()
+        return True
+    except OSError:
+        return False

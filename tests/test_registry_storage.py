@@ -5,6 +5,7 @@ real subprocess killed mid-upload, a real (tiny) tmpfs for a full disk.
 """
 import hashlib
 import io
+import json
 import os
 import pathlib
 import signal
@@ -441,7 +442,14 @@ def test_recover_after_a_simulated_crash(datadir):
         assert not orphan.exists()
         assert stranger.exists()
         assert store.blob_path(sha(b"kept")).read_bytes() == b"kept"
-        assert store.recover() == {"staging": 0, "rows": 0, "blobs": 0}
+        assert store.recover() == {"staging": 0, "blobs": 0, "set_aside_blobs": 0,
+                                   "set_aside_rows": 0}
+    # Neither the orphan nor the lost package's row is a crash's doing: both
+    # were set aside, not deleted.
+    [quarantine] = (datadir.root / "quarantine").iterdir()
+    assert (quarantine / "blobs" / sha(b"orphan")).read_bytes() == b"orphan"
+    [row] = json.loads((quarantine / "rows.json").read_text())
+    assert (row["name"], row["sha256"]) == ("lost", sha(b"lost"))
 
 
 def test_recover_reports_what_it_removed(datadir, caplog):
@@ -454,8 +462,9 @@ def test_recover_reports_what_it_removed(datadir, caplog):
             assert store.list() == []
     messages = [r.getMessage() for r in caplog.records if r.name == "aar.storage"]
     assert any("upload-x" in m for m in messages)
-    assert any("dropped game 1 amd64" in m for m in messages)
-    assert any(sha(b"bytes") in m and "removed blob" in m for m in messages)
+    assert any("set game 1 amd64 aside" in m and sha(b"bytes") in m for m in messages)
+    [quarantine] = (datadir.root / "quarantine").iterdir()
+    assert (quarantine / "blobs" / sha(b"bytes")).read_bytes() == b"truncated"
 
 
 _CHILD = """

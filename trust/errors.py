@@ -7,7 +7,7 @@ show to an operator as is.
 
 __all__ = [
     "TrustError", "CertificateError", "PinMismatch", "StoreError",
-    "NotFound", "Ambiguous", "AlreadyExists", "Revoked", "TokenError",
+    "Damaged", "NotFound", "Ambiguous", "AlreadyExists", "Revoked", "TokenError",
 ]
 
 
@@ -25,6 +25,10 @@ class PinMismatch(TrustError):
 
 class StoreError(TrustError):
     """The trust store cannot do what was asked, or its file is unusable."""
+
+
+class Damaged(StoreError):
+    """The trust store's file is not a sound sqlite database."""
 
 
 class NotFound(StoreError):

@@ -29,11 +29,22 @@ _ERROR_LINE = re.compile(r"[0-9A-F]+:error:[0-9A-F]+:[^:]*:[^:]*:([^:]*):[^:]*:\
 _TIMEOUT = 120
 
 
-def create_key_and_cert(cert_path, key_path, common_name, sans=(), days=3650):
+# A TLS server's certificate is a leaf: it may not sign other certificates
+# (openssl req -x509 would otherwise mark it CA:TRUE), and it is only good for
+# serving TLS. The agent pins it by fingerprint, which none of this changes.
+_SERVER_EXTENSIONS = ("basicConstraints=critical,CA:FALSE",
+                      "keyUsage=critical,digitalSignature",
+                      "extendedKeyUsage=serverAuth")
+
+
+def create_key_and_cert(cert_path, key_path, common_name, sans=(), days=3650,
+                        server=False):
     """Write a new EC P-256 key (mode 0600) and a self-signed certificate.
 
     sans are subjectAltName entries such as "DNS:localhost" or
-    "IP:127.0.0.1". Returns the new certificate (trust.certs.Certificate).
+    "IP:127.0.0.1"; server=True makes a TLS server's leaf certificate
+    (CA:FALSE, serverAuth). Returns the new certificate
+    (trust.certs.Certificate).
     """
     subject = _subject(common_name)
     sans = list(sans)
@@ -60,6 +71,9 @@ def create_key_and_cert(cert_path, key_path, common_name, sans=(), days=3650):
                 "-days", str(days)]
         if sans:
             args += ["-addext", "subjectAltName=" + ",".join(sans)]
+        if server:
+            for extension in _SERVER_EXTENSIONS:
+                args += ["-addext", extension]
         _run(args)
         certificate = load_certificate(tmp_cert)
         os.chmod(tmp_key, 0o600)  # in case openssl replaced the file

@@ -27,11 +27,13 @@ import threading
 import time
 from collections.abc import MutableMapping
 
-from .errors import StoreError
+from .errors import Damaged, StoreError
 
-__all__ = ["SqliteMapping", "DEFAULT_TIMEOUT"]
+__all__ = ["SqliteMapping", "DEFAULT_TIMEOUT", "DAMAGED"]
 
 DEFAULT_TIMEOUT = 30.0
+DAMAGED = ("trust store {path} is damaged (integrity check: {detail}): restore "
+           "it from a backup")
 
 # The statements of CPython 3.13's Lib/dbm/sqlite3.py, byte for byte where it
 # matters: the CASTs make str and bytes keys the same BLOB.
@@ -114,6 +116,8 @@ class SqliteMapping(MutableMapping):
                 if not _is_busy(error) or time.monotonic() > deadline:
                     raise self._error(error) from None
                 time.sleep(0.05)
+            except sqlite3.DatabaseError as error:   # not a database, malformed
+                raise Damaged(DAMAGED.format(path=self.path, detail=error)) from None
             except sqlite3.Error as error:
                 raise self._error(error) from None
 
@@ -166,6 +170,18 @@ class SqliteMapping(MutableMapping):
                 with contextlib.suppress(StoreError):
                     self._execute("ROLLBACK")
                 raise
+
+    def check_integrity(self):
+        """StoreError naming the first problem unless sqlite's integrity_check
+        passes (the whole file is read: a trust store is small)."""
+        with self._lock:
+            try:
+                rows = self._cx.execute("PRAGMA integrity_check").fetchall()
+            except sqlite3.DatabaseError as error:
+                rows = [(str(error),)]
+        if [tuple(row) for row in rows] != [("ok",)]:
+            detail = "; ".join(str(row[0]) for row in rows[:3])
+            raise Damaged(DAMAGED.format(path=self.path, detail=detail))
 
     def data_version(self) -> int:
         """A number that changes after any commit: ours or another

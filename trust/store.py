@@ -71,7 +71,9 @@ def _now() -> str:
 class TrustStore:
     """The trust records in one file (created 0600 with its directory)."""
 
-    def __init__(self, path):
+    def __init__(self, path, check_integrity=False):
+        """Open (creating if missing) the store at path; with check_integrity,
+        refuse a damaged file (StoreError) instead of serving from it."""
         self.path = os.fspath(path)
         directory = os.path.dirname(os.path.abspath(self.path))
         try:
@@ -80,6 +82,12 @@ class TrustStore:
             raise StoreError(f"cannot create the directory of trust store "
                              f"{self.path}: {error.strerror or error}") from None
         self._map = SqliteMapping(self.path)
+        if check_integrity:
+            try:
+                self._map.check_integrity()
+            except StoreError:
+                self._map.close()
+                raise
         # writeback=False: every assignment goes straight to the database;
         # a cache would hide other processes' changes.
         self._shelf = shelve.Shelf(self._map, writeback=False)
