@@ -3,6 +3,7 @@ roles, the registry's applications seen from its host, help and completion."""
 import io
 import json
 import subprocess
+import time
 
 import pytest
 
@@ -41,7 +42,10 @@ def test_serve_on_a_file_as_data_dir_is_one_line(tmp_path):
 def test_serve_logs_absolute_paths_ipv6_in_brackets_and_every_interface(tmp_path):
     server = ProcessServer(tmp_path / "data")
     try:
-        out = server.output()
+        # The port accepts a moment before the start-up line is written: wait for it.
+        deadline = time.monotonic() + 30
+        while "serving https://" not in (out := server.output()) and time.monotonic() < deadline:
+            time.sleep(0.05)
         assert f"from {tmp_path / 'data'}" in out
         assert "every interface" not in out           # 127.0.0.1 is one address
     finally:

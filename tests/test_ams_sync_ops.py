@@ -107,7 +107,9 @@ def test_run_log_level(tmp_path, level):
                             stderr=subprocess.PIPE, text=True)
     try:
         seen = []
-        while not seen or "WARNING" not in seen[-1]:
+        # The cycle's summary and the reason ("unavailable") are two WARNING lines:
+        # interrupt only once the second has been written.
+        while not seen or "unavailable" not in seen[-1]:
             seen.append(proc.stderr.readline())
             assert seen[-1], "ams-sync run ended early"
         proc.send_signal(signal.SIGINT)
