@@ -95,6 +95,7 @@ class S3PackageStore:
         self._generation = 0
         self._listed_at = 0.0
         self._error = None
+        self._polling = not read_only
         self._lock = threading.Lock()
         self._cache = {}
         self._stop = threading.Event()
@@ -186,9 +187,12 @@ class S3PackageStore:
 
     def _current(self):
         with self._lock:
-            if self._error is not None and \
-                    time.monotonic() - self._listed_at > STALE_INDEX:
-                raise ApiError.of("unavailable", f"storage unavailable: {self._error}")
+            # A store that hangs raises nothing for minutes (timeouts, retries):
+            # the index's age, not only a failed listing, makes it unavailable.
+            age = time.monotonic() - self._listed_at
+            if self._polling and age > STALE_INDEX:
+                reason = self._error or f"the bucket has not been listed for {age:.0f}s"
+                raise ApiError.of("unavailable", f"storage unavailable: {reason}")
             return self._index, self._generation
 
     # -- reading ----------------------------------------------------------------

@@ -21,7 +21,8 @@ class Forwarder:
         lst.bind(("127.0.0.1", self.port))
         lst.listen(64)
         self.port = lst.getsockname()[1]
-        self._listener = lst
+        with self._lock:
+            self._listener = lst
         threading.Thread(target=self._accept, args=(lst,), daemon=True).start()
 
     def _accept(self, lst):
@@ -36,6 +37,10 @@ class Forwarder:
                 client.close()
                 continue
             with self._lock:
+                if lst is not self._listener:     # stopped meanwhile: never forward
+                    client.close()
+                    upstream.close()
+                    return
                 self._socks.update((client, upstream))
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
@@ -59,9 +64,16 @@ class Forwarder:
 
     def stop(self):
         """Refuse new connections and reset every open one."""
-        self._listener.close()
+        # close() alone does not wake a thread blocked in accept(): the kernel
+        # keeps the socket listening for it. shutdown() does (EINVAL).
         with self._lock:
+            lst, self._listener = self._listener, None
             socks, self._socks = self._socks, set()
+        try:
+            lst.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        lst.close()
         for s in socks:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
