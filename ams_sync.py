@@ -223,6 +223,9 @@ def _parser():
     create = _leaf(app, "create", "Add an application package", _app_create, common,
                    "Add a package (a directory, .zip or .tar.bz2 with manifest.yaml "
                    "at its root) as the next version of the application it names")
+    create.epilog = ("Examples:\n  ams-sync application create ./game        "
+                     "# a directory with manifest.yaml\n"
+                     "  ams-sync application create game.tar.bz2 --architecture arm64")
     create.add_argument("path", metavar="PATH")
     create.add_argument("--architecture", type=_arch, default=None, metavar="ARCH",
                         help=f"architecture of the package (default "

@@ -43,12 +43,14 @@ def _read(path):
         raise CommandError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
 
 
-def _value(text, key):
-    match = _line_of(key).search(text)
-    if match is None:
-        return ""
-    value = match.group(1).split(" #")[0].strip()
-    return value[1:-1] if value[:1] in "'\"" and value[-1:] == value[:1] else value
+def _parsed(text, path):
+    # The reader `aar serve` uses (registry/config.py), so what this command
+    # shows and accepts is what the server will read.
+    from registry.config import ConfigError, parse
+    try:
+        return parse(text, path)
+    except ConfigError as exc:
+        raise CommandError(str(exc))
 
 
 def _pair(text):
@@ -60,11 +62,19 @@ def _pair(text):
     if value:
         host, port = listen_address(value)     # both keys are ADDR:PORT
         value = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    if value and key == "metrics":
+        from metrics.listener import parse_listen
+        try:
+            parse_listen(value)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     return key, value
 
 
 def _get(args, ctx):
-    print(_value(_read(_path(args)), args.key), file=ctx.out)
+    path = _path(args)
+    value = _parsed(_read(path), path).get(args.key)
+    print("" if value is None else value, file=ctx.out)
     return 0
 
 
@@ -81,6 +91,7 @@ def _set(args, ctx):
             lines[at:at + 1] = new
         print((SET if value else UNSET).format(key=key, value=value), file=ctx.out)
     text = "".join(lines)
+    _parsed(text, path)             # never write a file the server cannot read
     if text != before:
         _write(path, text)
     return 0

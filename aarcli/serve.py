@@ -261,7 +261,11 @@ def _configured_listen(conf):
 def add_parser(cmds, common):
     serve = cmds.add_parser("serve", help="Run the registry server", parents=[common],
                             description="Run the registry server over mutual TLS. The first "
-                            "start creates the data directory and the server certificate.")
+                            "start creates the data directory and the server certificate.",
+                            epilog="Examples:\n  sudo aar serve                        "
+                            "# every interface, port 3000\n"
+                            "  aar serve --listen 192.168.1.10:3000\n"
+                            "  aar serve --listen [::]:3000          # IPv6 and IPv4")
     serve.add_argument("--listen", type=listen_address, default=None,
                        metavar="ADDR:PORT", help="address to listen on (default: `listen` "
                        "in <data-dir>/conf/main.yaml, else 0.0.0.0:3000, every "

@@ -75,6 +75,7 @@ class Watcher:
         self.sleep, self.backoff, self.clock = sleep, backoff, clock
         self.failures = 0           # failed held requests in a row
         self.supported = None       # does the registry hold requests? None: not known
+        self._refused = None        # the last refusal logged
         self._last = None           # when the last held request was sent
 
     def until(self, end, sync, tags):
@@ -103,7 +104,11 @@ class Watcher:
                 if not isinstance(error, (RegistryUnavailable, TrustError, OSError)):
                     # Refused (4xx), or an answer we cannot use: the registry
                     # will not wait for us before the next cycle.
-                    log.warning(WAIT_REFUSED.format(url=sync.client.url, error=error))
+                    message = WAIT_REFUSED.format(url=sync.client.url, error=error)
+                    # said once; the same refusal after every cycle is no news
+                    log.log(logging.DEBUG if message == self._refused else logging.WARNING,
+                            message)
+                    self._refused = message
                     self.sleep(max(0.0, end - self.clock()))
                     return
                 self.failures += 1

@@ -83,6 +83,7 @@ class ListingRegistry(FakeRegistry):
                    else 304 when the time asked is up;
         "ignore"   at once, as a registry that does not know `wait`;
         "fail"     502 at once, as a proxy that cuts held requests;
+        "refuse"   400 at once, as a registry that takes `wait` for a mistake;
         "forever"  held until stop(), to show what else ends a held request.
     """
 
@@ -124,6 +125,9 @@ class ListingRegistry(FakeRegistry):
         asked = handler.headers.get("If-None-Match")
         if wait and self.wait_mode == "fail":
             return self.send(handler, 502, b"<html>502 Bad Gateway</html>", close=True)
+        if wait and self.wait_mode == "refuse":
+            return self.send(handler, 400, b'{"type":"error","error":"unknown parameter wait",'
+                                           b'"error_code":400}')
         if wait and self.wait_mode in ("hold", "forever"):
             end = time.monotonic() + float(wait[0])
             with self._cond:

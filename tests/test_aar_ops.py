@@ -221,3 +221,31 @@ def test_config_set_get_keeps_the_rest_of_main_yaml(tmp_path):
     assert conf.stat().st_mode & 0o777 == 0o600
     code, _, err = run(["config", "set", "listen=::1:3000", "--data-dir", d])
     assert code == 2 and "brackets" in err
+
+
+def test_serve_listens_where_config_set_says(tmp_path):
+    from regserver import free_port, stop_process
+    import socket
+    import sys
+    import time
+    from regserver import ROOT
+    data = tmp_path / "data"
+    port = free_port()
+    assert run(["config", "set", f"listen=127.0.0.1:{port}", "--data-dir", str(data)])[0] == 0
+    log = open(tmp_path / "serve.log", "wb")
+    proc = subprocess.Popen([sys.executable, str(ROOT / "aar.py"), "serve", "--data-dir",
+                             str(data)], stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60          # a hang guard, not a measurement
+        while True:
+            assert proc.poll() is None, (tmp_path / "serve.log").read_text()
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+    finally:
+        stop_process(proc, timeout=10)
+        log.close()
+    assert f"serving https://127.0.0.1:{port}" in (tmp_path / "serve.log").read_text()

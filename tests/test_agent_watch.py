@@ -7,7 +7,6 @@ tests/fakeregistry.ListingRegistry, and against a real `aar serve`.
 """
 import contextlib
 import http.client
-import json
 import signal
 import subprocess
 import sys
@@ -17,7 +16,7 @@ import pytest
 
 from agent import loop as loop_mod
 from agent import watch as watch_mod
-from agentnodes import Node, aar_cli, nodes, registry  # noqa: F401 (fixtures)
+from agentnodes import Node, nodes, registry  # noqa: F401 (fixtures)
 from fakeregistry import ListingRegistry
 from regserver import ROOT, ProcessServer, client_context, stop_process
 
@@ -128,20 +127,24 @@ def test_config_set_cuts_a_held_request_short(tmp_path, registry, nodes, running
         assert run.stop() == 0
 
 
-def test_a_registry_that_ignores_wait_is_asked_once_per_interval(tmp_path, registry,  # noqa: F811
-                                                                 nodes, running):
+@pytest.mark.parametrize("mode, said", [
+    ("ignore", "does not hold listing requests"),
+    ("refuse", "refused to wait for changes: registry"),
+])
+def test_a_registry_without_wait_is_asked_once_per_interval(tmp_path, registry,  # noqa: F811
+                                                            nodes, running, mode, said):
     _, cli = nodes
     cli.ok("config", "set", "registry.update_interval", "4s")
-    with fake(registry, "ignore", cli) as srv:
+    with fake(registry, mode, cli) as srv:
         run = running(cli)
         poll(lambda: len(srv.cycles()) >= 4, "four cycles")
         cycles, waits = len(srv.cycles()), len(srv.waits())
         assert run.stop() == 0
         output = run.output()
     # One held request tried after each cycle, answered at once, then a
-    # plain sleep to the next cycle: never a request loop.
+    # plain sleep to the next cycle: never a request loop. Said once.
     assert 1 <= waits <= cycles, (cycles, waits)
-    assert output.count("does not hold listing requests") == 1, output
+    assert output.count(said) == 1, output
 
 
 @pytest.mark.parametrize("mode", ["fail"])

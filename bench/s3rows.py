@@ -1,0 +1,265 @@
+#!/usr/bin/env python3
+"""aar with S3 storage against the object store itself, side by side.
+
+    .venv/bin/python bench/s3rows.py [--size MiB] [--rounds N]
+
+Run from the test venv after ./test.sh has made .venv (boto3) and .venv-swift
+(OpenStack Swift). Starts Swift (s3api) on loopback and two `aar serve`
+replicas on one bucket (one redirecting downloads, one proxying them), plus a
+local-storage aar for the listing row, and prints:
+
+  S1 1 GiB download through a replica with redirect vs a GET of the object   >= 0.9
+  S2 1 GiB download through a replica proxying     vs a GET of the object   >= 0.8
+  S3 1 GiB upload through a replica (sha256 checked) vs boto3's multipart    >= 0.8
+  S4 listing of 1,000 packages, req/s: S3 storage vs local storage           >= 0.9
+
+Every download is read by the same client loop (1 MiB reads, discarded); the
+redirect row includes the registry's 307 and the second connection. Best of
+--rounds. Processes are stopped by PID at the end.
+"""
+import argparse
+import concurrent.futures
+import http.client
+import json
+import os
+import pathlib
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+HERE = pathlib.Path(__file__).resolve().parent
+REPO = HERE.parent
+sys.path[:0] = [str(HERE), str(REPO), str(REPO / "tests")]
+
+import benchlib as bl  # noqa: E402
+from report import Row, log, print_table  # noqa: E402
+from swiftaio import SwiftAIO  # noqa: E402
+
+MiB = 1 << 20
+
+
+def read_all(resp):
+    n = 0
+    while True:
+        chunk = resp.read(MiB)
+        if not chunk:
+            return n
+        n += len(chunk)
+
+
+def get_url(url):
+    u = urllib.parse.urlsplit(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
+    conn.request("GET", u.path + "?" + u.query)
+    resp = conn.getresponse()
+    assert resp.status == 200, resp.status
+    n = read_all(resp)
+    conn.close()
+    return n
+
+
+def timed(fn, rounds):
+    best = None
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        took = time.perf_counter() - start
+        best = took if best is None else min(best, took)
+    return best
+
+
+class Registry:
+    def __init__(self, work, name, cert_from, conf=None):
+        self.data = work / name
+        (self.data / "certs").mkdir(parents=True)
+        for f in ("server.crt", "server.key"):
+            (self.data / "certs" / f).write_bytes((cert_from / f).read_bytes())
+        os.chmod(self.data / "certs" / "server.key", 0o600)
+        if conf:
+            (self.data / "conf").mkdir()
+            (self.data / "conf" / "main.yaml").write_text(conf)
+        self.port = bl.free_port()
+        self.proc = None
+
+    def trust(self, client):
+        bl.run([sys.executable, str(REPO / "aar.py"), "trust", "add", "-p", "--init",
+                "--data-dir", str(self.data), str(client.cert)])
+
+    def start(self, client):
+        self.proc = bl.spawn([sys.executable, str(REPO / "aar.py"), "serve", "--data-dir",
+                              str(self.data), "--listen", f"127.0.0.1:{self.port}"],
+                             log=str(self.data) + ".log", cwd=str(REPO))
+        bl.wait_https(self.port, client, "/1.0/status", self.proc, timeout=60)
+
+    def conn(self, client):
+        return http.client.HTTPSConnection("127.0.0.1", self.port,
+                                           context=bl.client_context(client), timeout=300)
+
+
+def conf_for(swift, bucket, redirect):
+    return (f"storage:\n  s3:\n    endpoint: {swift.endpoint}\n    region: {swift.region}\n"
+            f"    bucket: {bucket}\n    access-key: \"{swift.access_key}\"\n"
+            f"    secret-access-key: \"{swift.secret_key}\"\n"
+            f"    redirect: {'true' if redirect else 'false'}\n")
+
+
+def listing_rate(reg, client, requests=1000, conns=4):
+    def worker(n):
+        c = reg.conn(client)
+        for _ in range(n):
+            c.request("GET", "/1.0/applications")
+            resp = c.getresponse()
+            resp.read()
+            assert resp.status == 200
+        c.close()
+    worker(20)                                   # warm the caches
+    start = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(conns) as pool:
+        list(pool.map(worker, [requests // conns] * conns))
+    return requests / (time.perf_counter() - start)
+
+
+def fill_bucket(swift, bucket, count):
+    """1,000 packages laid out in the bucket as replicas write them."""
+    from objstore import sigv4
+    from objstore.client import Endpoint, S3Client
+    client = S3Client(Endpoint(swift.endpoint, swift.region, bucket),
+                      sigv4.Credentials(swift.access_key, swift.secret_key, swift.region))
+    blob = b"x" * 1000
+    import hashlib
+    sha = hashlib.sha256(blob).hexdigest()
+    client.put(f"blobs/sha256/{sha}", blob)
+
+    def one(i):
+        name = f"app-{i:04d}"
+        record = {"name": name, "version": 1, "architecture": "amd64", "size": len(blob),
+                  "sha256": sha, "created_at": "2026-11-30T00:00:00Z", "publisher": "",
+                  "tags": ["bench"], "manifest": bl.manifest(name, 1, ["bench"])}
+        client.put(f"claims/{name}/1/amd64/{sha}", b"")
+        client.put(f"packages/{name}/1/amd64/{sha}.json", json.dumps(record).encode())
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        list(pool.map(one, range(count)))
+    return blob
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--size", type=int, default=1024, help="MiB moved per transfer row")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--apps", type=int, default=1000)
+    opts = ap.parse_args(argv)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="aar-s3bench-"))
+    swift = SwiftAIO(work / "swift")
+    rows = [Row("S1", f"{opts.size} MiB download, replica with redirect", "MiB/s", 0.9),
+            Row("S2", f"{opts.size} MiB download, replica proxying", "MiB/s", 0.8),
+            Row("S3", f"{opts.size} MiB upload, replica (sha256 checked)", "MiB/s", 0.8),
+            Row("S4", f"listing of {opts.apps} packages, S3 vs local", "req/s", 0.9)]
+    try:
+        log("starting swift")
+        swift.start()
+        s3 = swift.client()
+        for b in ("bench", "benchlist"):
+            s3.create_bucket(Bucket=b)
+        certs = work / "certs"
+        server = bl.make_cert(certs, "server", sans=["IP:127.0.0.1"])
+        client = bl.make_cert(certs, "client")
+        (work / "proto" / "certs").mkdir(parents=True)
+        for src, dst in ((server.cert, "server.crt"), (server.key, "server.key")):
+            (work / "proto" / "certs" / dst).write_bytes(src.read_bytes())
+        proto = work / "proto" / "certs"
+        redirect = Registry(work, "redirect", proto, conf_for(swift, "bench", True))
+        proxy = Registry(work, "proxy", proto, conf_for(swift, "bench", False))
+        redirect.trust(client)
+        for reg in (redirect, proxy):
+            reg.start(client)
+        big = work / "big"
+        size = opts.size * MiB
+        log(f"writing {opts.size} MiB")
+        sha = bl.random_file(big, size)
+
+        # S3: upload through the replica vs boto3 multipart to the same store.
+        def upload_aar():
+            c = redirect.conn(client)
+            with open(big, "rb") as f:
+                c.request("PUT", f"/1.0/applications/big/{upload_aar.n}/amd64/package",
+                          body=f, headers={"Content-Length": str(size),
+                                           "X-Aar-Sha256": sha})
+                resp = c.getresponse()
+                resp.read()
+            assert resp.status == 201, resp.status
+            upload_aar.n += 1
+            c.close()
+        upload_aar.n = 1
+        log("upload rows")
+        t_aar = timed(upload_aar, opts.rounds)
+        t_ref = timed(lambda: s3.upload_file(str(big), "bench", "ref/big"), opts.rounds)
+        rows[2].aar, rows[2].ref, rows[2].ref_name = size / MiB / t_aar, size / MiB / t_ref, \
+            "boto3 multipart"
+        ref_url = s3.generate_presigned_url("get_object", Params={"Bucket": "bench",
+                                                                   "Key": "ref/big"})
+
+        def via_redirect():
+            c = redirect.conn(client)
+            c.request("GET", "/1.0/applications/big/1/amd64/package")
+            resp = c.getresponse()
+            resp.read()
+            assert resp.status == 307, resp.status
+            c.close()
+            assert get_url(resp.getheader("Location")) == size
+
+        def via_proxy():
+            c = proxy.conn(client)
+            bl.wait_https(proxy.port, client, "/1.0/applications/big/1/amd64", timeout=30)
+            c.request("GET", "/1.0/applications/big/1/amd64/package")
+            resp = c.getresponse()
+            assert resp.status == 200 and read_all(resp) == size
+            c.close()
+        log("download rows")
+        t_ref = timed(lambda: get_url(ref_url), opts.rounds)
+        for row, fn in ((rows[0], via_redirect), (rows[1], via_proxy)):
+            row.aar = size / MiB / timed(fn, opts.rounds)
+            row.ref, row.ref_name = size / MiB / t_ref, "object GET"
+        for row in rows[:3]:
+            row.ratio = row.aar / row.ref
+
+        # S4: listing of 1,000 packages, S3 replica vs local storage.
+        log(f"filling {opts.apps} packages")
+        blob = fill_bucket(swift, "benchlist", opts.apps)
+        lister = Registry(work, "lister", proto, conf_for(swift, "benchlist", False))
+        local = Registry(work, "local", proto)
+        from registry.storage import PackageStore
+        import io
+        import hashlib
+        with PackageStore(local.data) as store:
+            for i in range(opts.apps):
+                name = f"app-{i:04d}"
+                store.put(name, 1, "amd64", io.BytesIO(blob), len(blob),
+                          hashlib.sha256(blob).hexdigest(), bl.manifest(name, 1, ["bench"]))
+        for reg in (lister, local):
+            reg.trust(client)
+            reg.start(client)
+        log("listing rows")
+        rates = {}
+        for reg in (lister, local, lister, local):
+            rates[reg] = max(rates.get(reg, 0), listing_rate(reg, client))
+        rows[3].aar, rows[3].ref, rows[3].ref_name = rates[lister], rates[local], "local aar"
+        rows[3].ratio = rows[3].aar / rows[3].ref
+    except (RuntimeError, OSError, subprocess.SubprocessError, AssertionError,
+            bl.Unavailable) as exc:
+        log(f"failed: {exc!r}")
+        for row in rows:
+            if row.ratio is None:
+                row.na = row.na or str(exc)[:120]
+    finally:
+        bl.stop_all()
+        swift.stop()
+    print_table(rows, ["aar with S3 storage (Swift s3api on loopback)"])
+    return 0
+
+
+if __name__ == "__main__":
+    threading.current_thread().name = "bench"
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""A TCP forwarder on 127.0.0.1 that can be cut and restored: an object store
+that goes away mid-transfer (and comes back on the same port) for the tests."""
+import socket
+import threading
+
+__all__ = ["Forwarder"]
+
+
+class Forwarder:
+    def __init__(self, target_port, port=0):
+        self.target = ("127.0.0.1", target_port)
+        self.port = port
+        self._lock = threading.Lock()
+        self._socks = set()
+        self._listener = None
+        self.start()
+
+    def start(self):
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", self.port))
+        lst.listen(64)
+        self.port = lst.getsockname()[1]
+        self._listener = lst
+        threading.Thread(target=self._accept, args=(lst,), daemon=True).start()
+
+    def _accept(self, lst):
+        while True:
+            try:
+                client, _ = lst.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._socks.update((client, upstream))
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst):
+        try:
+            while True:
+                data = src.recv(1 << 16)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def stop(self):
+        """Refuse new connections and reset every open one."""
+        self._listener.close()
+        with self._lock:
+            socks, self._socks = self._socks, set()
+        for s in socks:
+            try:
+                s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+                s.close()
+            except OSError:
+                pass
