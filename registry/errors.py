@@ -5,9 +5,15 @@ code, the HTTP status and a default message. Storage and handlers raise
 ``ApiError.of(code, message)``; only the server turns it into a response,
 through ``envelope_error``. Keeping the table in one place means a status code
 can never drift between two handlers that report the same condition.
+A full disk, however it shows (OSError or sqlite), becomes 507 here too.
 """
 
-__all__ = ["ERRORS", "ApiError", "StartRefused", "envelope_error", "envelope_sync"]
+import contextlib
+import errno
+import sqlite3
+
+__all__ = ["ERRORS", "ApiError", "StartRefused", "envelope_error", "envelope_sync",
+           "full_is_507", "is_full"]
 
 # code -> (HTTP status, default message). Two codes may share a status (422):
 # the code tells the uploader which check failed, the status tells HTTP.
@@ -60,6 +66,33 @@ class StartRefused(ApiError):
 
     def __init__(self, message: str):
         super().__init__("internal", message)
+
+
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13
+
+
+def is_full(exc) -> bool:
+    """True for "no space left": ENOSPC, EDQUOT, or sqlite's SQLITE_FULL."""
+    if isinstance(exc, OSError):
+        return exc.errno in _FULL_ERRNOS
+    if isinstance(exc, sqlite3.Error):
+        # sqlite_errorcode exists from Python 3.11; the message is the fallback.
+        return (getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
+                or "disk is full" in str(exc))
+    return False
+
+
+@contextlib.contextmanager
+def full_is_507(log, what):
+    """Turn a full disk inside the block into insufficient_storage (507)."""
+    try:
+        yield
+    except (OSError, sqlite3.Error) as exc:
+        if is_full(exc):
+            log.error("no space left %s: %s", what, exc)
+            raise ApiError.of("insufficient_storage") from exc
+        raise
 
 
 def envelope_error(err: ApiError) -> dict:

@@ -26,7 +26,7 @@ from registry.errors import StartRefused
 from registry.packagesdb import COLUMNS, package_of_row
 from registry.served import has_served
 
-__all__ = ["HANDFUL", "check_files", "recover", "Quarantine"]
+__all__ = ["HANDFUL", "check_files", "journal_unused", "recover", "Quarantine"]
 
 log = logging.getLogger("aar.storage")
 
@@ -132,6 +132,15 @@ def _set_aside_db(datadir, quarantine):
         if path.exists():
             target = quarantine.move(path, path.name)
             log.warning("recovery: set %s aside as %s", path, target)
+
+
+def journal_unused(conn, digests) -> list:
+    """In a deleting transaction: the digests no row uses any more, journaled
+    as pending, so that a crash before their unlink leaves provable garbage."""
+    unused = [d for d in digests if conn.execute(
+        "SELECT 1 FROM packages WHERE sha256 = ? LIMIT 1", (d,)).fetchone() is None]
+    conn.executemany("INSERT OR IGNORE INTO pending VALUES (?)", [(d,) for d in unused])
+    return unused
 
 
 def check_files(datadir, quarantine, force=False):

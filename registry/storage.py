@@ -26,8 +26,6 @@ counter; the listing cache (and the server's ETag) is keyed on it.
 """
 
 import collections
-import contextlib
-import errno
 import json
 import logging
 import sqlite3
@@ -38,7 +36,7 @@ import names
 from cas import unlink_quiet
 from registry import recovery
 from registry.blobs import BlobFiles
-from registry.errors import ApiError
+from registry.errors import ApiError, full_is_507, is_full
 from registry.packagesdb import COLUMNS, SELECT_GENERATION, PackagesDB, package_of_row
 from registry.paths import DataDir, is_sha256
 
@@ -47,19 +45,6 @@ __all__ = ["PackageStore", "build_listing", "same_or_conflict"]
 log = logging.getLogger("aar.storage")
 
 _LIST_CACHE_SIZE = 8
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
-_SQLITE_FULL = 13
-
-
-def _is_full(exc) -> bool:
-    if isinstance(exc, OSError):
-        return exc.errno in _FULL_ERRNOS
-    if isinstance(exc, sqlite3.Error):
-        # sqlite_errorcode exists from Python 3.11; the message is the fallback.
-        return (getattr(exc, "sqlite_errorcode", None) == _SQLITE_FULL
-                or "disk is full" in str(exc))
-    return False
-
 
 def _check_upload(app, version, arch, length, sha256, manifest):
     """Validate put()'s arguments; return (version, sha256, tags, manifest)."""
@@ -295,7 +280,7 @@ class PackageStore:
         existing = self.get(app, version, arch)
         if existing is not None:
             return False, same_or_conflict(existing, sha256, length)
-        with self._full_is_507(f"storing {app} {version} {arch}"):
+        with full_is_507(log, f"storing {app} {version} {arch}"):
             return self._put(app, version, arch, stream, length, sha256,
                              tags, manifest, publisher)
 
@@ -341,24 +326,6 @@ class PackageStore:
         if used is None and self._blobs.remove(sha256):
             log.info("removed blob %s: no package uses it", sha256)
 
-    @contextlib.contextmanager
-    def _full_is_507(self, what):
-        try:
-            yield
-        except (OSError, sqlite3.Error) as exc:
-            if _is_full(exc):
-                log.error("no space left %s: %s", what, exc)
-                raise ApiError.of("insufficient_storage") from exc
-            raise
-
-    def _journal_unused(self, conn, digests) -> list:
-        """In the deleting transaction: the digests no row uses any more,
-        journaled as pending so a crash before their unlink is provable."""
-        unused = [d for d in digests if conn.execute(
-            "SELECT 1 FROM packages WHERE sha256 = ? LIMIT 1", (d,)).fetchone() is None]
-        conn.executemany("INSERT OR IGNORE INTO pending VALUES (?)", [(d,) for d in unused])
-        return unused
-
     def _remove_unused(self, digests):
         """After the deleting commit: unlink the blobs, then their journal
         entries. The delete is done by then; a full disk only leaves the
@@ -372,7 +339,7 @@ class PackageStore:
                     conn.executemany("DELETE FROM pending WHERE sha256 = ?",
                                      [(d,) for d in digests])
             except sqlite3.Error as exc:
-                if not _is_full(exc):
+                if not is_full(exc):
                     raise
                 log.warning("no space left to clear the pending journal: %s", exc)
 
@@ -380,7 +347,7 @@ class PackageStore:
         """Delete one package; False when there was none.
         Raises ApiError insufficient_storage when the disk is full."""
         self._check_writable()
-        with self._write_lock, self._full_is_507(f"deleting {app} {version} {arch}"):
+        with self._write_lock, full_is_507(log, f"deleting {app} {version} {arch}"):
             with self._db.transaction() as conn:
                 row = conn.execute(
                     "SELECT sha256 FROM packages"
@@ -391,7 +358,7 @@ class PackageStore:
                 conn.execute("DELETE FROM packages"
                              " WHERE name = ? AND version = ? AND architecture = ?",
                              (app, version, arch))
-                unused = self._journal_unused(conn, [row[0]])
+                unused = recovery.journal_unused(conn, [row[0]])
             log.debug("deleted %s %s %s", app, version, arch)
             self._remove_unused(unused)
         return True
@@ -400,13 +367,13 @@ class PackageStore:
         """Delete every package of ``app``; return how many there were.
         Raises ApiError insufficient_storage when the disk is full."""
         self._check_writable()
-        with self._write_lock, self._full_is_507(f"deleting application {app}"):
+        with self._write_lock, full_is_507(log, f"deleting application {app}"):
             with self._db.transaction() as conn:
                 digests = [r[0] for r in conn.execute(
                     "SELECT DISTINCT sha256 FROM packages WHERE name = ?", (app,))]
                 count = conn.execute("DELETE FROM packages WHERE name = ?",
                                      (app,)).rowcount
-                unused = self._journal_unused(conn, digests)
+                unused = recovery.journal_unused(conn, digests)
             if count:
                 log.debug("deleted application %s: %d package(s)", app, count)
             self._remove_unused(unused)
