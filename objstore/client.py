@@ -302,9 +302,9 @@ class S3Client:
             raise S3Error(500, root.findtext("Code") or "InternalError",
                           root.findtext("Message") or "", f"complete upload {key}")
 
-    def abort_multipart(self, key, upload_id):
+    def abort_multipart(self, key, upload_id, attempts=None):
         self.request("DELETE", key, [("uploadId", upload_id)], ok=(200, 204, 404),
-                     what=f"abort upload {key}")
+                     what=f"abort upload {key}", attempts=attempts)
 
     def list_multipart(self, prefix):
         """In-progress uploads under prefix: [(key, upload_id, initiated)]."""

@@ -148,7 +148,9 @@ class Upload:
         if self.upload_id is None or self._done:
             return
         try:
-            self.client.abort_multipart(self.key, self.upload_id)
+            # Once: a store that fails now would hold the answer for a minute of
+            # retries; what stays is collected later (registry/s3gc.py).
+            self.client.abort_multipart(self.key, self.upload_id, attempts=1)
         except Exception:       # noqa: BLE001 - stale uploads are cleaned later
             pass
         self._done = True

@@ -4,12 +4,14 @@ S3 offers no "create if absent" we can rely on (Swift lets several concurrent
 `If-None-Match: *` PUTs win), so a package is committed in two phases that
 every replica judges the same way, keyed under the bucket's prefix:
 
-    claims/<app>/<version>/<arch>/<sha256>        phase 1: "I am publishing these bytes"
-    alive/<app>/<version>/<arch>/<sha256>         the claim's heartbeat while its push runs
+    claims/<app>/<version>/<arch>/<sha256>.<push>  phase 1: "I am publishing these bytes"
+    alive/<app>/<version>/<arch>/<sha256>.<push>   the claim's heartbeat while its push runs
     blobs/sha256/<sha256>                         the bytes, checked before they exist
     packages/<app>/<version>/<arch>/<sha256>.json phase 2: the record; only the winner writes it
 
-1. The pusher PUTs its claim, an empty object, when the upload starts, and
+1. The pusher PUTs its claim, an empty object named by the digest and a random
+   id of its own (so that no push ever rewrites or removes another's claim),
+   when the upload starts, and
    times that PUT. A claim whose PUT took longer than FAST seconds is
    withdrawn (503: try again): every claim that stays is visible within FAST
    of its LastModified. While the body's bytes flow, and while it commits,
@@ -22,8 +24,9 @@ every replica judges the same way, keyed under the bucket's prefix:
    Every claim with an earlier LastModified is visible by then (SETTLE >
    FAST + the 1 s granularity of Date and of some stores' LastModified +
    clock skew); every claim written later has a later LastModified.
-4. The claims are ordered by (LastModified, sha256). If the first is of its
-   bytes, the pusher completes the blob, writes the record and answers 201.
+4. The claims are ordered by (LastModified, sha256, id). If the first is of
+   its bytes (its own claim or another push's of the same bytes), the pusher
+   completes the blob, writes the record and answers 201.
    Otherwise it aborts its upload, deletes its claim and answers 409. Two
    different digests can never both be first, so at most one record per
    package ever exists, and readers simply list ``packages/``.
@@ -50,12 +53,12 @@ import email.utils
 
 __all__ = ["FAST", "SETTLE", "GRACE", "GC_DEADLINE", "HEARTBEAT", "STALE",
            "claim_prefix", "claim_key", "alive_key", "record_prefix", "record_key",
-           "parse_record_key", "parse_claim_key", "store_time", "date_time",
+           "parse_record_key", "parse_claim_key", "digest_of", "store_time", "date_time",
            "first_claim"]
 
 FAST = 1.5
 SETTLE = 3.0
-GRACE = 1.5
+GRACE = 1.0
 GC_DEADLINE = 0.5
 HEARTBEAT = 5.0
 STALE = 60.0
@@ -66,12 +69,12 @@ def claim_prefix(prefix, app=None, version=None, arch=None):
     return f"{prefix}claims/" + "".join(f"{p}/" for p in parts)
 
 
-def claim_key(prefix, app, version, arch, sha256):
-    return claim_prefix(prefix, app, version, arch) + sha256
+def claim_key(prefix, app, version, arch, sha256, push):
+    return claim_prefix(prefix, app, version, arch) + f"{sha256}.{push}"
 
 
-def alive_key(prefix, app, version, arch, sha256):
-    return f"{prefix}alive/{app}/{version}/{arch}/{sha256}"
+def alive_key(prefix, app, version, arch, sha256, push):
+    return f"{prefix}alive/{app}/{version}/{arch}/{sha256}.{push}"
 
 
 def record_prefix(prefix, app=None, version=None, arch=None):
@@ -92,11 +95,19 @@ def parse_record_key(prefix, key):
 
 
 def parse_claim_key(prefix, key, kind="claims"):
-    """(app, version, arch, sha256) of a claim (or heartbeat) key, or None."""
+    """(app, version, arch, sha256, push) of a claim (or heartbeat) key, or None."""
     parts = key[len(prefix) + len(kind) + 1:].split("/")
-    if len(parts) != 4 or not parts[1].isdigit() or len(parts[3]) != 64:
+    if len(parts) != 4 or not parts[1].isdigit():
         return None
-    return parts[0], int(parts[1]), parts[2], parts[3]
+    sha256, _, push = parts[3].partition(".")
+    if len(sha256) != 64:
+        return None
+    return parts[0], int(parts[1]), parts[2], sha256, push
+
+
+def digest_of(key):
+    """The sha256 a claim key names."""
+    return key.rsplit("/", 1)[1][:64]
 
 
 def store_time(text) -> float:
@@ -115,7 +126,7 @@ def date_time(header) -> float:
 
 
 def first_claim(items):
-    """The first of a package's claims by (LastModified, sha256), or None."""
+    """The first of a package's claims by (LastModified, sha256, id), or None."""
     best = None
     for item in items:
         order = (store_time(item["modified"]), item["key"].rsplit("/", 1)[1])

@@ -7,14 +7,15 @@ at the end either publishes the record (201) or withdraws (409 to a first
 claim of other bytes, or any failure), leaving no claim behind.
 
 A delete of the version may remove the claim of a push in flight (it removes
-the claims of the digest it deletes, which a re-push of the same bytes
-shares). The push then claims again and commits after the delete: the
+the claims of the digest it deletes, and a re-push of the same bytes has
+one). The push then claims again and commits after the delete: the
 delete removed what was published before, the push publishes after it.
 Only a store that keeps failing, or a version deleted again and again
 while one push commits, ends in 503.
 """
 import json
 import logging
+import os
 import threading
 import time
 
@@ -38,10 +39,11 @@ def stale_claim(client, prefix, item, date, stale):
     if parsed is None or now - claims.store_time(item["modified"]) < stale:
         return False
     alive = client.head(claims.alive_key(prefix, *parsed))
+    record = claims.record_key(prefix, *parsed[:4])
     if alive is not None and "last-modified" in alive and \
             now - claims.date_time(alive["last-modified"]) < stale:
         return False
-    if client.head(claims.record_key(prefix, *parsed)) is not None:
+    if client.head(record) is not None:
         return False
     log.warning("removing claim %s: no record and no heartbeat for %.0fs",
                 item["key"], stale)
@@ -56,8 +58,9 @@ class Push:
     def __init__(self, client, prefix, app, version, arch, sha256, stale=claims.STALE):
         self.client, self.prefix, self.stale = client, prefix, stale
         self.app, self.version, self.arch, self.sha256 = app, version, arch, sha256
-        self.claim = claims.claim_key(prefix, app, version, arch, sha256)
-        self.alive = claims.alive_key(prefix, app, version, arch, sha256)
+        push = os.urandom(6).hex()
+        self.claim = claims.claim_key(prefix, app, version, arch, sha256, push)
+        self.alive = claims.alive_key(prefix, app, version, arch, sha256, push)
         self.record_key = claims.record_key(prefix, app, version, arch, sha256)
         self.published = False
         self._claims = 0
@@ -138,7 +141,7 @@ class Push:
                 time.sleep(min(wait, claims.SETTLE + claims.GRACE) + 0.05)
                 continue
             first = claims.first_claim(items)
-            winner = first["key"].rsplit("/", 1)[1]
+            winner = claims.digest_of(first["key"])
             if winner == self.sha256:
                 return
             if stale_claim(self.client, self.prefix, first, date, self.stale):
@@ -173,9 +176,9 @@ class Push:
     def end(self):
         """Stop the heartbeat; remove the claim unless the record was written."""
         self._stop.set()
-        try:
-            self.client.delete(self.alive)
+        try:                          # once: what stays is collected (s3gc)
+            self.client.delete(self.alive, attempts=1)
             if not self.published:
-                self.client.delete(self.claim)
+                self.client.delete(self.claim, attempts=1)
         except (S3Error, Unreachable, OSError) as exc:
             log.warning("cleaning the claim %s: %s (collected later)", self.claim, exc)

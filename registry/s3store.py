@@ -324,7 +324,10 @@ class S3PackageStore:
                     self.client.delete(item["key"])
                     found.append(parsed)
             for parsed in found:
-                self.client.delete(claims.claim_key(self.prefix, *parsed))
+                for item in self.client.list(claims.claim_prefix(self.prefix,
+                                                                  *parsed[:3]))[0]:
+                    if claims.digest_of(item["key"]) == parsed[3]:
+                        self.client.delete(item["key"])
         except (S3Error, Unreachable) as exc:
             raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
         for parsed in found:
