@@ -8,6 +8,8 @@ host may be changing (keys under ``<prefix>trust/``):
     certs/<fp>/<inc>/role-<n>.json    a set-role: {"role": ...}; the latest counts
     revoked/<fp>.json                 a revocation: written once, never removed
 
+(A bucket written by the first S3 layout, one ``trust/<fp>.json`` per
+certificate, is still read: each such record counts as an incarnation.)
 `<inc>` is a fresh random id per add (an "incarnation"). A remove deletes
 the incarnation's objects; nothing but an add ever writes a record.json,
 and an add always picks a new id, so a set-role racing a remove can leave
@@ -50,6 +52,7 @@ POLL = 0.5             # seconds between the server's LISTs of trust/
 FRESH = 2.0            # older than this, the view is not used to authorise
 POLL_TIMEOUT = 1.5     # the poller's requests: a hanging bucket is an outage
 _ADDED = ("pem", "role", "name", "added_at", "not_after")
+_LEGACY = "first"          # the incarnation name of a record in the first layout
 _STORE_ERRORS = (S3Error, Unreachable, s3settle.TooSlow, s3settle.Vanished)
 
 
@@ -152,6 +155,9 @@ class S3TrustStore:
                     fp = parts[1][:-5]
                     records[fp] = Record(fingerprint=fp,
                                          **{f: value[f] for f in _FIELDS})
+            elif len(parts) == 1 and parts[0].endswith(".json") and set(_ADDED) <= set(value):
+                # The first S3 layout kept one trust/<fp>.json per certificate.
+                adds.setdefault(parts[0][:-5], []).append((ranks[key], _LEGACY, value))
             elif len(parts) == 4 and parts[0] == "certs":
                 fp, inc, leaf = parts[1:]
                 if leaf == "record.json" and set(_ADDED) <= set(value):
@@ -250,7 +256,8 @@ class S3TrustStore:
         # Every incarnation, records first: a role object left behind by a
         # racing set-role means nothing without its record.
         items, _ = self._call(self.client.list, self._certs(record.fingerprint))
-        keys = sorted((i["key"] for i in items), key=lambda k: not k.endswith("/record.json"))
+        keys = [f"{self.prefix}{record.fingerprint}.json"]       # the first layout's
+        keys += sorted((i["key"] for i in items), key=lambda k: not k.endswith("/record.json"))
         for key in keys:
             self._call(self.client.delete, key)
         self.refresh()

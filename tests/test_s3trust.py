@@ -158,3 +158,21 @@ def test_a_join_token_made_on_one_replica_is_used_once_through_either(replicas, 
     assert aar("trust", "token", "remove", token.id, data_dir=b.datadir).returncode == 0
     assert json.loads(aar("trust", "token", "list", "--format", "json",
                           data_dir=replicas.first).stdout) == []
+
+
+def test_records_of_the_first_layout_are_still_read_and_changed(swift, bucket, certs):
+    from registry.s3trust import S3TrustStore
+    from s3env import client_for
+    from trust.certs import load_certificate
+    cert = load_certificate(certs.client.cert)
+    old = {"pem": cert.pem, "role": "client", "name": "old", "added_at": "2026-11-30T10:00:00Z",
+           "not_after": "2027-11-30T10:00:00Z", "revoked_at": None}
+    client = client_for(swift, bucket)
+    client.put(f"registry/trust/{cert.fingerprint}.json", json.dumps(old).encode())
+    with S3TrustStore(client, "registry/") as store:
+        assert store.get(cert.fingerprint).name == "old"
+        assert store.set_role(cert.fingerprint, "publisher").role == "publisher"
+        assert store.get(cert.fingerprint).role == "publisher"
+        store.remove(cert.fingerprint)
+        assert store.get(cert.fingerprint) is None
+        assert client.list("registry/trust/")[0] == []
