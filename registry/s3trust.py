@@ -42,7 +42,8 @@ from registry import s3settle
 from registry.s3claims import SETTLE, date_time, store_time
 from trust.certs import Certificate
 from trust.errors import AlreadyExists, Revoked, StoreError
-from trust.store import ROLES, Record, _FIELDS, _now, _timestamp, check_role, pick
+from trust.store import (ROLES, Record, _FIELDS, _now, _timestamp, check_absent,
+                         check_role, pick)
 
 __all__ = ["S3TrustStore", "POLL", "FRESH"]
 
@@ -207,13 +208,7 @@ class S3TrustStore:
         return f"{self.prefix}certs/{fingerprint}/"
 
     def _absent(self, fingerprint):
-        existing = self._records.get(fingerprint)
-        if existing is not None and existing.revoked:
-            raise Revoked(f"certificate {fingerprint} was revoked at "
-                          f"{existing.revoked_at} and cannot be trusted again")
-        if existing is not None:
-            raise AlreadyExists(f"certificate {fingerprint} is already "
-                                f"trusted as {existing.role}")
+        check_absent(fingerprint, self._records.get(fingerprint))
 
     def add(self, cert, role, name=None):
         if not isinstance(cert, Certificate):
