@@ -228,8 +228,8 @@ class S3TrustStore:
                         revoked_at=None)
         mine = f"{self._certs(fp)}{secrets.token_hex(8)}/record.json"
         body = json.dumps({f: getattr(record, f) for f in _ADDED}, sort_keys=True)
-        items = self._call(s3settle.claim, self.client, mine, body.encode(),
-                           self._certs(fp))
+        items, _ = self._call(s3settle.claim, self.client, mine, body.encode(),
+                              self._certs(fp))
         first = s3settle.first(i for i in items if i["key"].endswith("/record.json"))
         if first["key"] != mine:          # another host added it first
             self._call(self.client.delete, mine)
