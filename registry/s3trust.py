@@ -126,20 +126,22 @@ class S3TrustStore:
                     continue          # removed between LIST and GET: not this round
                 try:
                     cached = (item["etag"], json.loads(body))
-                except ValueError:
+                except ValueError:      # kept as None: said once per ETag
                     log.error("trust object %s is not JSON: ignored", key)
-                    continue
+                    cached = (item["etag"], None)
             objects[key] = cached
         records, incarnations = self._view(objects, ranks)
         digest = hashlib.sha256("\n".join(f"{k} {e}" for k, (e, _) in
                                           sorted(objects.items())).encode()).digest()
         with self._lock:
+            if started < self._confirmed:
+                return                  # a newer LIST's view is in place already
             self._objects = objects
             self._records = records
             self._incarnations = incarnations
-            self._listed_at = date_time(date)
+            self._listed_at = date_time(date) if date else time.time()
             self._generation = int.from_bytes(digest[:7], "big")
-            self._confirmed = max(self._confirmed, started)
+            self._confirmed = started
             if self._outage is not None:
                 log.info("trust store answers again")
                 self._outage = None
