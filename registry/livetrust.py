@@ -79,11 +79,21 @@ class LiveTrust:
         self._records = {}
         self._revoked = {}
         self._context = None
-        self.refresh()
+        self._current()
 
     def refresh(self):
-        """Reload records and context if the store changed since the last look."""
+        """Reload records and context if the store changed since the last
+        look, asking the store itself (a store that cannot be read raises:
+        the health check counts on it). Any thread."""
+        self._reload(self._store.generation())
+
+    def _current(self):
+        """refresh() through the gate: the loop thread's per-request check."""
         generation = self._gate.get()
+        if generation != self._generation:
+            self._reload(generation)
+
+    def _reload(self, generation):
         if generation == self._generation:
             return
         with self._lock:
@@ -111,12 +121,14 @@ class LiveTrust:
 
     @property
     def context(self):
-        self.refresh()
+        self._current()
         return self._context
 
     def authorise(self, fingerprint):
         """Return the caller's role, or raise Refusal saying why not."""
-        self.refresh()
+        generation = self._gate.get()
+        if generation != self._generation:
+            self._reload(generation)
         entry = self._records.get(fingerprint)
         if entry is None:
             revoked = self._revoked.get(fingerprint)
