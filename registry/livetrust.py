@@ -2,8 +2,8 @@
 
 `aar trust add|remove|revoke` run in other processes and write the shelf; the
 server notices through the store's generation number, read through a StatGate
-(registry/gate.py) so that checking it on every request costs one fstat call,
-not a query, and stays exact. When it moves, the trusted records are read again and the
+(registry/gate.py) so that checking it on every request costs a comparison of
+a few mapped bytes, not a query, and stays exact. When it moves, the trusted records are read again and the
 TLS context is rebuilt, so that
 
 * new handshakes verify against the new set of certificates, and
