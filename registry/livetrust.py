@@ -34,6 +34,7 @@ import time
 
 from registry.gate import StatGate
 from trust import certs, tls
+from trust.errors import StoreError
 
 __all__ = ["LiveTrust", "Refusal"]
 
@@ -121,11 +122,16 @@ class LiveTrust:
 
     @property
     def context(self):
-        self._current()
+        try:
+            self._current()
+        except StoreError:
+            pass      # handshakes go on; authorise() refuses their requests (503)
         return self._context
 
     def authorise(self, fingerprint):
-        """Return the caller's role, or raise Refusal saying why not."""
+        """Return the caller's role, or raise Refusal saying why not; StoreError
+        when the trust store cannot be confirmed current (an object store's
+        store fails closed, registry/s3trust.py)."""
         generation = self._gate.get()
         if generation != self._generation:
             self._reload(generation)
@@ -153,5 +159,8 @@ class LiveTrust:
 
     def roles(self):
         """The role of every trusted certificate (for the metrics)."""
-        self.refresh()
+        try:
+            self.refresh()
+        except StoreError:
+            pass      # the last view: a scrape is no authorisation
         return [entry[0] for entry in self._records.values()]
