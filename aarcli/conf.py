@@ -2,6 +2,8 @@
 
     aar config get KEY                   empty when unset
     aar config set KEY=VALUE…            an empty VALUE removes the key
+    aar config set --stdin < pairs       KEY=VALUE lines, kept out of the
+                                         process list (secret keys)
 
 KEY is listen or metrics (ADDR:PORT), or one of storage.s3's keys that
 DESIGN.md fixes: storage.s3.endpoint, .region, .bucket, .prefix,
@@ -177,19 +179,44 @@ def _edit(lines, parts, text, lo, hi, indent):
         del lines[at]
 
 
+def _stdin_pairs(stdin):
+    """The KEY=VALUE lines of standard input; a bad one is a usage error."""
+    from cli.confirm import is_tty
+    if is_tty(stdin):
+        raise CommandError("--stdin reads KEY=VALUE lines from a pipe or file, "
+                           "not a terminal", status=2)
+    data = stdin.buffer.read(1 << 20) if hasattr(stdin, "buffer") else stdin.read(1 << 20)
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+    except UnicodeDecodeError:
+        raise CommandError("standard input is not UTF-8 text", status=2) from None
+    pairs = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                pairs.append(_pair(line))
+            except argparse.ArgumentTypeError as exc:
+                raise CommandError(f"standard input line {number}: {exc}", status=2) from None
+    return pairs
+
+
 def _set(args, ctx):
+    pairs = list(args.pairs) + (_stdin_pairs(ctx.stdin) if args.stdin else [])
+    if not pairs:
+        raise CommandError("nothing to set: give KEY=VALUE arguments (or lines on "
+                           "standard input with --stdin)", status=2)
     path = _path(args)
     before = _read(path)
     lines = before.splitlines(keepends=True)
-    for key, value in args.pairs:
+    for key, value in pairs:
         _edit(lines, key.split("."), _rendered(key, value) if value else None,
               0, len(lines), 0)
     text = "".join(lines)
     # Never write a file the server cannot read.
-    _parsed(text, path, storage=any(key in S3_KEYS for key, _ in args.pairs))
+    _parsed(text, path, storage=any(key in S3_KEYS for key, _ in pairs))
     if text != before:
         _write(path, text)
-    for key, value in args.pairs:
+    for key, value in pairs:
         shown = "(hidden)" if key == _SECRET else value
         print((SET if value else UNSET).format(key=key, value=shown), file=ctx.out)
     return 0
@@ -235,9 +262,12 @@ def add_parser(cmds, common):
         "credentials, here or in $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY).",
         epilog="Examples:\n  sudo aar config set listen=0.0.0.0:3000\n"
                "  sudo aar config set metrics=127.0.0.1:9300 listen=[::]:3000\n"
-               "  sudo aar config set storage.s3.bucket=aar storage.s3.region=us-east-1 \\\n"
-               "      storage.s3.access-key=AKIA… storage.s3.secret-access-key=…\n"
+               "  printf '%s\\n' storage.s3.bucket=aar storage.s3.access-key=AKIA… \\\n"
+               "      storage.s3.secret-access-key=… | sudo aar config set --stdin\n"
                "  sudo snap set aar listen=0.0.0.0:3000     # the same, in the snap")
-    st.add_argument("pairs", type=_pair, nargs="+", metavar="KEY=VALUE")
+    st.add_argument("pairs", type=_pair, nargs="*", metavar="KEY=VALUE")
+    st.add_argument("--stdin", action="store_true",
+                    help="also read KEY=VALUE lines from standard input, which, unlike "
+                    "arguments, other users cannot see in the process list")
     st.set_defaults(handler=_set)
     return group

@@ -269,6 +269,24 @@ def test_config_set_storage_s3_edits_its_section_only(tmp_path, monkeypatch):
         '    secret-access-key: "S"\n')
 
 
+def test_config_set_reads_secrets_from_stdin(tmp_path):
+    d = str(tmp_path / "d")
+    lines = b"storage.s3.bucket=aar\n\nstorage.s3.access-key=AK\nstorage.s3.secret-access-key=SK\n"
+    code, out, _ = run(["config", "set", "--stdin", "metrics=127.0.0.1:9300", "--data-dir", d],
+                       stdin=Pipe(lines))
+    assert code == 0 and "SK" not in out
+    from registry.config import load
+    conf = load(tmp_path / "d")
+    assert (conf.s3.bucket, conf.s3.secret_key, conf.get("metrics")) == ("aar", "SK", "127.0.0.1:9300")
+    before = (tmp_path / "d" / "conf" / "main.yaml").read_bytes()
+    code, _, err = run(["config", "set", "--stdin", "--data-dir", d],
+                       stdin=Pipe(b"storage.s3.region=eu\nstorage.s3.colour=red\n"))
+    assert code == 2 and "standard input line 2:" in err
+    assert (tmp_path / "d" / "conf" / "main.yaml").read_bytes() == before
+    code, _, err = run(["config", "set", "--data-dir", d])
+    assert code == 2 and "nothing to set" in err
+
+
 def test_serve_listens_where_config_set_says(tmp_path):
     from regserver import free_port, stop_process
     import socket

@@ -87,7 +87,9 @@ class Registry:
         changes = [f"{key}={value}" for key, value in wanted.items()
                    if self._aar("config", "get", key).strip() != value]
         if changes:
-            self._aar("config", "set", *changes)
+            # On standard input: a secret key in the arguments would be in
+            # every local user's process list.
+            self._aar("config", "set", "--stdin", stdin="".join(f"{c}\n" for c in changes))
         return bool(changes)
 
     @property
