@@ -34,6 +34,7 @@ import time
 
 from registry.gate import StatGate
 from trust import certs, tls
+from trust.errors import StoreError
 
 __all__ = ["LiveTrust", "Refusal"]
 
@@ -111,11 +112,16 @@ class LiveTrust:
 
     @property
     def context(self):
-        self.refresh()
+        try:
+            self.refresh()
+        except StoreError:
+            pass      # handshakes go on; authorise() refuses their requests (503)
         return self._context
 
     def authorise(self, fingerprint):
-        """Return the caller's role, or raise Refusal saying why not."""
+        """Return the caller's role, or raise Refusal saying why not; StoreError
+        when the trust store cannot be confirmed current (an object store's
+        store fails closed, registry/s3trust.py)."""
         self.refresh()
         entry = self._records.get(fingerprint)
         if entry is None:
@@ -141,5 +147,8 @@ class LiveTrust:
 
     def roles(self):
         """The role of every trusted certificate (for the metrics)."""
-        self.refresh()
+        try:
+            self.refresh()
+        except StoreError:
+            pass      # the last view: a scrape is no authorisation
         return [entry[0] for entry in self._records.values()]
