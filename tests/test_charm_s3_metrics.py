@@ -9,18 +9,19 @@ written and scraping the agent it runs.
 """
 import dataclasses
 import hashlib
+import json
 import os
 import shlex
+import shutil
 import ssl
 import subprocess
-import time
 import urllib.request
 
 import pytest
 
 from certs import make_cert
 from charmtools import (load_charm, machine, ops_testing as testing,  # noqa: F401
-                        programs, registry_certs)
+                        programs, ready, registry_certs, wait_for_port)
 from regserver import free_port, stop_process
 
 AarCharm = load_charm("aar", "AarCharm")
@@ -49,12 +50,6 @@ def s3_options(swift, bucket, **more):
                  "s3-secret-key": swift.secret_key}, **more)
 
 
-@pytest.fixture
-def ready(machine, registry_certs):
-    machine.give_registry_certs(registry_certs)
-    return machine
-
-
 # -- aar: S3 storage ----------------------------------------------------------------
 
 def test_s3_options_put_the_registry_in_the_bucket(ready, swift, bucket, certs, tmp_path):
@@ -76,11 +71,16 @@ def test_s3_options_put_the_registry_in_the_bucket(ready, swift, bucket, certs, 
     ca_file = aar_get("storage.s3.ca-file")
     assert open(ca_file).read().strip() == certs.server.pem.strip()
     assert ready.calls()[-1] == "systemctl restart aar.service"
-    # The relation's node is trusted in the bucket, where every replica reads it.
-    keys = [item["Key"] for item in swift.client().list_objects_v2(
-        Bucket=bucket, Prefix="registry/trust/").get("Contents", [])]
-    assert keys == [f"registry/trust/{der_fp(node.pem)}.json"]
+    # The relation's node is trusted in the bucket: another replica's data
+    # directory (the same main.yaml and certificate, nothing else) sees it.
     assert not (ready.aar_data / "trust.db").exists()
+    replica = tmp_path / "replica"
+    shutil.copytree(ready.aar_data / "certs", replica / "certs")
+    (replica / "conf").mkdir()
+    shutil.copy(conf, replica / "conf/main.yaml")
+    listed = subprocess.run(["aar", "trust", "list", "--format", "json", "--data-dir", replica],
+                            capture_output=True, text=True, check=True).stdout
+    assert {r["fingerprint"]: r["role"] for r in json.loads(listed)} == {der_fp(node.pem): "client"}
 
     # The same options again: nothing to restart.
     calls = len(ready.calls())
@@ -172,17 +172,9 @@ def test_metrics_listen_runs_the_agent_with_its_metrics(machine, programs, loopb
     agent = subprocess.Popen(shlex.split(command), stdin=subprocess.DEVNULL,
                              stdout=log, stderr=log)
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert agent.poll() is None, "ams-sync run exited"
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
-                    body = r.read().decode()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, "no metrics listener"
-                time.sleep(0.2)
-        assert "ams_sync_cycles_total" in body
+        wait_for_port(port, agent)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            assert "ams_sync_cycles_total" in answer.read().decode()
     finally:
         stop_process(agent, timeout=15)
         log.close()
