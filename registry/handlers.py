@@ -66,7 +66,7 @@ class ApiHandler:
         self.events = server.events
         self.listing_cache = ListingCache()
         server.join_gate = join.Gate()
-        # A local store's generation is a query: gate it on its WAL file. An
+        # A local store's generation is a query: gate it on its wal-index. An
         # object store keeps its own in memory (no path: read every time).
         datadir = getattr(self.packages, "datadir", None)
         self.generation = StatGate(getattr(datadir, "packages_db", None),
