@@ -22,7 +22,7 @@ import cas
 from cas import is_sha256, unlink_quiet
 from registry.errors import ApiError
 
-__all__ = ["BlobFiles", "CHUNK_SIZE"]
+__all__ = ["BlobFiles", "Staging", "CHUNK_SIZE"]
 
 log = logging.getLogger("aar.storage")
 
@@ -105,6 +105,54 @@ class _Writer:
             self._fd = None
 
 
+class Staging:
+    """One body on its way into staging/: write() its chunks in order (from
+    one thread at a time), then finish(), which checks its length and sha256
+    and makes it durable, or abort(). A failed write or finish aborts too, so
+    nothing of a failed upload stays behind."""
+
+    def __init__(self, staging_dir, length, sha256):
+        fd, self.path = tempfile.mkstemp(prefix="upload-", dir=staging_dir)
+        self.length = self.left = length
+        self._sha256 = sha256
+        self._digest = hashlib.sha256()
+        self._out = _Writer(fd, background=length > _BACKGROUND_FROM)
+
+    def write(self, chunk):
+        try:
+            if len(chunk) > self.left:
+                raise ApiError.of("size_mismatch", "more bytes than announced")
+            self._digest.update(chunk)
+            self._out.write(chunk)
+            self.left -= len(chunk)
+        except BaseException:
+            self.abort()
+            raise
+
+    def finish(self) -> str:
+        """The staging file's path, complete, checked and fsynced."""
+        try:
+            if self.left:
+                raise ApiError.of("size_mismatch", f"body ended after "
+                                  f"{self.length - self.left} of {self.length} bytes")
+            actual = self._digest.hexdigest()
+            if actual != self._sha256:
+                raise ApiError.of("digest_mismatch",
+                                  f"body has sha256 {actual}, not {self._sha256}")
+            self._out.finish()
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
+
+    def abort(self):
+        """Close and remove the staging file; a second call does nothing."""
+        if self._out is not None:
+            self._out.abandon()
+            self._out = None
+            unlink_quiet(self.path)
+
+
 class BlobFiles:
     """Staging and content-addressed blob files under one DataDir."""
 
@@ -137,40 +185,9 @@ class BlobFiles:
     def path(self, sha256):
         return self.datadir.blob_path(sha256)
 
-    def stage(self, stream, length, sha256) -> str:
-        """Copy exactly ``length`` bytes of ``stream`` into staging/, checked.
-
-        Returns the staging file's path. Raises ApiError size_mismatch or
-        digest_mismatch; the stream's own errors propagate. On any failure the
-        staging file is gone. Memory use is a few chunks whatever the length.
-        """
-        fd, path = tempfile.mkstemp(prefix="upload-", dir=self.datadir.staging_dir)
-        out = _Writer(fd, background=length > _BACKGROUND_FROM)
-        try:
-            digest = hashlib.sha256()
-            remaining = length
-            while remaining:
-                # Never ask for more than is left: the bytes after the body
-                # belong to whoever reads the stream next.
-                chunk = stream.read(min(CHUNK_SIZE, remaining))
-                if not chunk:
-                    raise ApiError.of("size_mismatch", f"body ended after "
-                                      f"{length - remaining} of {length} bytes")
-                if len(chunk) > remaining:
-                    raise ApiError.of("size_mismatch", "stream returned more than asked")
-                digest.update(chunk)
-                out.write(chunk)
-                remaining -= len(chunk)
-            actual = digest.hexdigest()
-            if actual != sha256:
-                raise ApiError.of("digest_mismatch",
-                                  f"body has sha256 {actual}, not {sha256}")
-            out.finish()
-        except BaseException:
-            out.abandon()
-            unlink_quiet(path)
-            raise
-        return path
+    def staging(self, length, sha256):
+        """A Staging file for a body that is pushed to it chunk by chunk."""
+        return Staging(self.datadir.staging_dir, length, sha256)
 
     def commit(self, staged, sha256):
         """Move a checked staging file to its blob path, durably."""
