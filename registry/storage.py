@@ -366,28 +366,30 @@ class PackageStore:
 
 class Incoming:
     """A package whose body is pushed in chunks (PackageStore.receive): a
-    Staging file, then the commit. A full disk is insufficient_storage."""
+    Staging file, made at the first write, then the commit. A full disk is
+    insufficient_storage; any failure leaves nothing behind."""
 
     def __init__(self, store, row):
         self.row = row                    # _commit's arguments after the file
-        app, version, arch, length, sha256 = row[:5]
+        app, version, arch, self.left = row[:4]
         self.what = f"storing {app} {version} {arch}"
         self._store = store
-        with full_is_507(log, self.what):
-            self._staging = store._blobs.staging(length, sha256)
+        self._staging = None
 
-    @property
-    def left(self):
-        return self._staging.left
+    def _file(self):
+        if self._staging is None:
+            self._staging = self._store._blobs.staging(*self.row[3:5])
+        return self._staging
 
     def write(self, chunk):
         with full_is_507(log, self.what):
-            self._staging.write(chunk)
+            self._file().write(chunk)
+        self.left = self._staging.left
 
     def finish(self) -> tuple:
         with full_is_507(log, self.what):
-            return self._store._commit(self._staging.finish(), *self.row)
+            return self._store._commit(self._file().finish(), *self.row)
 
     def abort(self):
-        self._staging.abort()
-
+        if self._staging is not None:
+            self._staging.abort()

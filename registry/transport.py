@@ -15,13 +15,13 @@ import ssl
 from registry.loop import READ, WRITE
 
 __all__ = ["Transport", "close_socket", "HANDSHAKE", "READING", "DISCARD", "BUSY", "UPLOAD",
-           "UPLOAD_DONE", "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
+           "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
 
 log = logging.getLogger("aar.server")
 
-HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, UPLOAD_DONE, WAITING, WRITING, STREAMING, \
-    LINGER, CLOSED = ("handshake", "reading", "discard", "busy", "upload", "upload-done",
-                      "waiting", "writing", "streaming", "linger", "closed")
+HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, WAITING, WRITING, STREAMING, LINGER, \
+    CLOSED = ("handshake", "reading", "discard", "busy", "upload", "waiting", "writing",
+              "streaming", "linger", "closed")
 
 # One TLS record holds at most 16 KiB and a read returns at most one record,
 # so a read this large always empties OpenSSL's buffer: nothing is ever left

@@ -88,7 +88,7 @@ def test_publishers_dripping_bodies_hold_no_worker(tmp_path, certs):
         # Requests that need the pool, while every dripper is mid-body.
         client = Client(server.port, certs.client, timeout=ANSWER_WITHIN)
         status, body, _ = client.json("GET", "/1.0/applications/game")
-        assert status == 200 and body["metadata"]["versions"][0]["version"] == "1"
+        assert status == 200 and body["metadata"]["versions"][0]["version"] == 1
         resp, got = client.request("GET", "/1.0/applications/game/1/amd64/package")
         assert resp.status == 200 and got == b"before"
         payload = os.urandom(3 << 20)
