@@ -13,10 +13,8 @@ import fcntl
 import hashlib
 import logging
 import os
-import queue
 import shutil
 import tempfile
-import threading
 
 import cas
 from cas import is_sha256, unlink_quiet
@@ -29,80 +27,11 @@ log = logging.getLogger("aar.storage")
 CHUNK_SIZE = 1 << 20
 
 
-# Uploads larger than this are written by a second thread, so that the disk
-# works while the request thread decrypts and hashes the next chunk (both
-# sides release the GIL). The queue bounds what waits in memory, and a
-# periodic fdatasync spreads the final fsync's flush over the upload.
-_BACKGROUND_FROM = 4 * CHUNK_SIZE
-_QUEUE_DEPTH = 8
+# A periodic fdatasync spreads the final fsync's flush over a large upload.
+# The chunks come one at a time: the server's loop decrypts the next one
+# while a worker hashes and writes this one (uploads.py), so no thread of
+# our own is needed here.
 _SYNC_EVERY = 64 * CHUNK_SIZE
-
-
-class _Writer:
-    """Writes chunks to a file descriptor, on a thread of its own if asked."""
-
-    def __init__(self, fd, background):
-        self._fd = fd
-        self._error = None
-        self._abandoned = False
-        self._unsynced = 0
-        self._queue = self._thread = None
-        if background:
-            self._queue = queue.Queue(maxsize=_QUEUE_DEPTH)
-            self._thread = threading.Thread(target=self._run, name="aar-blob-writer",
-                                            daemon=True)
-            self._thread.start()
-
-    def _put(self, chunk):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._fd, view):]
-        self._unsynced += len(chunk)
-        if self._unsynced >= _SYNC_EVERY:
-            os.fdatasync(self._fd)
-            self._unsynced = 0
-
-    def _run(self):
-        while True:
-            chunk = self._queue.get()
-            if chunk is None:
-                return
-            if self._error is None and not self._abandoned:
-                try:
-                    self._put(chunk)
-                except OSError as exc:      # ENOSPC, EIO: the reader raises it
-                    self._error = exc
-
-    def write(self, chunk):
-        if self._error is not None:
-            raise self._error
-        if self._queue is None:
-            self._put(chunk)
-        else:
-            self._queue.put(chunk)
-
-    def finish(self):
-        """Wait for every byte to be written, then fsync and close the file."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            raise self._error
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
-
-    def abandon(self):
-        """Stop writing and close the file (the caller removes it)."""
-        self._abandoned = True
-        if self._thread is not None:
-            self._queue.put(None)          # the thread drains without writing
-            self._thread.join()
-            self._thread = None
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
 
 
 class Staging:
@@ -112,19 +41,25 @@ class Staging:
     nothing of a failed upload stays behind."""
 
     def __init__(self, staging_dir, length, sha256):
-        fd, self.path = tempfile.mkstemp(prefix="upload-", dir=staging_dir)
+        self._fd, self.path = tempfile.mkstemp(prefix="upload-", dir=staging_dir)
         self.length = self.left = length
         self._sha256 = sha256
         self._digest = hashlib.sha256()
-        self._out = _Writer(fd, background=length > _BACKGROUND_FROM)
+        self._unsynced = 0
 
     def write(self, chunk):
         try:
             if len(chunk) > self.left:
                 raise ApiError.of("size_mismatch", "more bytes than announced")
             self._digest.update(chunk)
-            self._out.write(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._fd, view):]
             self.left -= len(chunk)
+            self._unsynced += len(chunk)
+            if self._unsynced >= _SYNC_EVERY:
+                os.fdatasync(self._fd)
+                self._unsynced = 0
         except BaseException:
             self.abort()
             raise
@@ -139,7 +74,9 @@ class Staging:
             if actual != self._sha256:
                 raise ApiError.of("digest_mismatch",
                                   f"body has sha256 {actual}, not {self._sha256}")
-            self._out.finish()
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
         except BaseException:
             self.abort()
             raise
@@ -147,9 +84,9 @@ class Staging:
 
     def abort(self):
         """Close and remove the staging file; a second call does nothing."""
-        if self._out is not None:
-            self._out.abandon()
-            self._out = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
             unlink_quiet(self.path)
 
 

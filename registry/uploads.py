@@ -29,6 +29,7 @@ log = logging.getLogger("aar.server")
 CHUNK = 1 << 20
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 _TURN = 16               # TLS records read per event before others get a turn
+_RECV_MAX = 64 * 1024    # the most one transport read returns (transport._RECV)
 _NEVER = float("inf")
 
 
@@ -59,15 +60,21 @@ class _Body:
 
     It is the connection's body half, as transport.py is its socket half: it
     reads through the connection's transport (`_recv`, `_watch`) and keeps
-    its deadline while the connection is in the UPLOAD state."""
+    its deadline while the connection is in the UPLOAD state. Two buffers,
+    made once: the loop fills one while the pool writes the other."""
 
     def __init__(self, conn, incoming, stored):
         self.conn = conn
         self.sink = incoming
         self.stored = stored
         self.left = conn.request.body_length      # bytes not yet read
-        self.chunk = bytearray()
-        self.writing = False                      # a chunk is in the pool
+        # A read returns at most _RECV_MAX bytes, so while a buffer holds
+        # less than CHUNK the next read fits.
+        self.size = min(self.left, CHUNK + _RECV_MAX)
+        self.buf = None                           # the buffer being filled
+        self.pos = 0                              # ... and how full it is
+        self.spare = []
+        self.writing = None                       # the buffer in the pool
         self.over = False                         # finished, failed or abandoned
         conn.server.events.uploads.inc()
 
@@ -75,60 +82,66 @@ class _Body:
         conn = self.conn
         conn.upload, conn.state = self, UPLOAD
         conn.deadline = conn.loop.now + conn.server.settings.request_timeout
-        if conn.buf:                              # read with the head
-            self._take(conn.buf)
         if expect and self.left:
             conn.send_more(_CONTINUE)             # its end calls readable()
         else:
             self._next()
 
     def readable(self):
-        """The socket has bytes: read what the chunk takes, then hand it on."""
+        """The socket has bytes: read what the buffer takes, then hand it on."""
         conn = self.conn
         for _ in range(_TURN):
-            if not self.left or len(self.chunk) >= CHUNK:
+            if not self.left or self.pos >= CHUNK:
                 break
             data = conn._recv()
             if data is None:
                 break
-            conn.deadline = conn.loop.now + conn.server.settings.request_timeout
             if not data:
                 log.info("closing %s: upload interrupted: the connection ended after "
                          "%d of %d bytes", conn.peer,
                          conn.request.body_length - self.left, conn.request.body_length)
                 return conn.close()
+            conn.deadline = conn.loop.now + conn.server.settings.request_timeout
             self._take(data)
         self._next()
 
     def _take(self, data):
-        if len(data) > self.left:                 # a pipelined next request
-            self.conn.buf = data[self.left:]
-            data = data[:self.left]
-        else:
-            self.conn.buf = b""
-        self.chunk += data
-        self.left -= len(data)
+        """Copy body bytes into the buffer; the rest (a request pipelined
+        behind the body, or what did not fit) waits in conn.buf."""
+        if self.buf is None:
+            self.buf = self.spare.pop() if self.spare else bytearray(self.size)
+        n = min(len(data), self.left, self.size - self.pos)
+        self.buf[self.pos:self.pos + n] = memoryview(data)[:n]
+        self.pos += n
+        self.left -= n
+        self.conn.buf = data[n:]
         if not self.left:
             self.conn.body_unread = False
 
     def _next(self):
-        """Send a full chunk (or the last) to the pool if none is there; read
-        on while there is room; finish when all is written."""
-        conn = self.conn
+        """Hand a full buffer (or the last) to the pool if it has none; read on
+        while there is room; finish when all is written."""
         if self.over:
             return
-        if not self.writing and self.chunk and (len(self.chunk) >= CHUNK or not self.left):
-            chunk, self.chunk = self.chunk, bytearray()
-            self.writing = True
-            self._submit(chunk)
-        if self.left and len(self.chunk) < CHUNK:
+        conn = self.conn
+        while True:
+            if self.pos and self.writing is None and (self.pos >= CHUNK or not self.left):
+                self.writing, self.buf, n = self.buf, None, self.pos
+                self.pos = 0
+                self._submit(memoryview(self.writing)[:n])
+            elif self.left and conn.buf and self.pos < CHUNK:
+                data, conn.buf = conn.buf, b""    # read with the head, or left over
+                self._take(data)
+            else:
+                break
+        if self.left and self.pos < CHUNK:
             if conn.events != READ:               # reading again after a pause
                 conn.deadline = conn.loop.now + conn.server.settings.request_timeout
                 conn._watch(READ)
         else:
             conn.deadline = _NEVER                # the wait is ours, not the client's
             conn._watch(0)                        # full, or the body is all here
-            if not self.left and not self.writing and not self.chunk:
+            if not self.left and self.writing is None and not self.pos:
                 self._finish()
 
     def _submit(self, chunk):
@@ -136,7 +149,8 @@ class _Body:
         self.conn.server.pool.submit(lambda: sink.write(chunk), self._written)
 
     def _written(self, result, error):
-        self.writing = False
+        self.spare.append(self.writing)
+        self.writing = None
         if self.over:                             # abandoned meanwhile
             return self._discard()
         if error is not None:
@@ -160,7 +174,7 @@ class _Body:
         """The connection closed before the body was all read."""
         if not self.over:
             self._end()
-            if not self.writing:
+            if self.writing is None:
                 self._discard()
 
     def _discard(self):
