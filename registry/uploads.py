@@ -1,18 +1,20 @@
 """An upload's body: the loop reads it, the pool writes it.
 
-    socket ──loop reads──► chunk (up to 1 MiB) ──pool──► Incoming.write (sha256, disk)
-       ▲ paused while one chunk is in the pool and the next is full (2 MiB at most)
+    socket ──loop reads──► buffer A (1 MiB) ──pool──► Incoming.write (sha256, disk)
+                           buffer B filling meanwhile; reading pauses when it is
+                           full and A is still in the pool (two buffers, no more)
     body complete ──pool──► Incoming.finish (checked, fsynced, committed) ──► Reply
 
-A publisher that sends its body slowly costs its socket and the chunk it has
-filled so far, never a worker: the pool sees a chunk only when it is full (or
-the body's last). The loop stops reading while the pool is behind, so memory
-stays flat however fast the client sends; the request timeout then does not
-run, since the wait is ours. Otherwise an upload that makes no progress for
-request_timeout is cut off, and its staging file removed.
+A publisher that sends its body slowly costs its socket and one buffer (the
+body's size, at most 1 MiB and a read), never a worker: the pool sees a
+buffer only when it is full or holds the body's end. The loop stops reading
+while the pool is behind, so memory stays flat however fast the client
+sends; the request timeout then does not run, since the wait is ours.
+Otherwise an upload that makes no progress for request_timeout is cut off,
+and its staging file removed.
 
 A store without `receive()` (the object store, whose multipart upload reads
-its body itself) gets the same chunks through a feed its `put()` reads in a
+its body itself) gets the same buffers through a feed its `put()` reads in a
 worker; that worker is held for the whole upload, as before.
 """
 import logging
