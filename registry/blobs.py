@@ -32,6 +32,7 @@ CHUNK_SIZE = 1 << 20
 # while a worker hashes and writes this one (uploads.py), so no thread of
 # our own is needed here.
 _SYNC_EVERY = 64 * CHUNK_SIZE
+_SLICE = 64 * 1024
 
 
 class Staging:
@@ -51,10 +52,14 @@ class Staging:
         try:
             if len(chunk) > self.left:
                 raise ApiError.of("size_mismatch", "more bytes than announced")
-            self._digest.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(self._fd, view):]
+            # Hash and write a slice at a time, so that the write copies
+            # bytes the hash has just brought into the CPU's cache.
+            whole = memoryview(chunk)
+            for start in range(0, len(whole), _SLICE):
+                view = whole[start:start + _SLICE]
+                self._digest.update(view)
+                while view:
+                    view = view[os.write(self._fd, view):]
             self.left -= len(chunk)
             self._unsynced += len(chunk)
             if self._unsynced >= _SYNC_EVERY:
