@@ -214,9 +214,9 @@ def _serve(args, out):
         raise CommandError(f"cannot listen on {show_address(host, port)}: {reason}")
 
     def close():
-        server.server_close()
         packages.close()
         trust_store.close()
+        server.server_close()             # after the stores: see its docstring
         audit_log.close()
 
     metrics = _metrics(args, server, data, close)

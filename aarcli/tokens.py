@@ -22,26 +22,24 @@ from registry.audit import record_command
 from trust import certs
 from trust.errors import TokenError
 from trust.store import ROLES, TrustStore
-from trust.tokens import Token, Tokens
+from trust.tokens import Token
 
 from .common import CommandError, served_data_dir
 
-NO_S3 = ("join tokens live in the data directory's trust store, and this registry "
-         "keeps its trust in S3 (storage.s3 in {path}): register nodes by hand "
-         "(aar trust add)")
 
 
-def _local(args):
-    """(data directory, conf), refusing a registry whose trust store is in S3."""
+def _open(args):
+    """(data directory, trust store): the data directory's trust.db, or the
+    bucket's store with storage.s3 (any replica's host then serves)."""
     from registry import backends
-    data = served_data_dir(args.data_dir)
     try:
-        conf = backends.load_config(data.root)
+        conf = backends.load_config(args.data_dir)
+        if conf.s3 is not None:
+            return served_data_dir(args.data_dir, True), conf, backends.open_trust(None, conf)
     except backends.BackendError as exc:
         raise CommandError(str(exc))
-    if conf.s3 is not None:
-        raise CommandError(NO_S3.format(path=conf.path))
-    return data, conf
+    data = served_data_dir(args.data_dir)
+    return data, conf, TrustStore(data.trust_db)
 
 __all__ = ["add_parser", "NO_SERVER_CERT", "REMOVED", "DEFAULT_PORT"]
 
@@ -102,13 +100,13 @@ def _own_urls(conf):
 
 
 def _add(args, ctx):
-    data, conf = _local(args)
-    if not data.server_cert.exists():
-        raise TokenError(NO_SERVER_CERT.format(path=data.server_cert))
-    fingerprint = certs.load_certificate(data.server_cert).fingerprint
-    urls = args.address or _own_urls(conf)
-    with TrustStore(data.trust_db) as store:
-        row, secret = Tokens(store).create(args.role, args.ttl, args.name or "")
+    data, conf, store = _open(args)
+    with store:
+        if not data.server_cert.exists():
+            raise TokenError(NO_SERVER_CERT.format(path=data.server_cert))
+        fingerprint = certs.load_certificate(data.server_cert).fingerprint
+        urls = args.address or _own_urls(conf)
+        row, secret = store.join_tokens().create(args.role, args.ttl, args.name or "")
     record_command(data.audit_log, args.argv, "token.add", token=row["id"],
                    role=row["role"], name=row["name"], expires_at=row["expires_at"],
                    urls=list(urls))
@@ -118,17 +116,17 @@ def _add(args, ctx):
 
 
 def _list(args, ctx):
-    with TrustStore(_local(args)[0].trust_db) as store:
-        rows = Tokens(store).list()
+    with _open(args)[2] as store:
+        rows = store.join_tokens().list()
     ctx.out.write(render(rows, _COLUMNS, args.format,
                      short={"used_by": lambda fp: (fp or "")[:12]}))
     return 0
 
 
 def _remove(args, ctx):
-    data, _ = _local(args)
-    with TrustStore(data.trust_db) as store:
-        row = Tokens(store).remove(args.id)
+    data, _, store = _open(args)
+    with store:
+        row = store.join_tokens().remove(args.id)
     record_command(data.audit_log, args.argv, "token.remove", token=row["id"],
                    role=row["role"], name=row["name"], state=row["state"])
     print(REMOVED.format(id=row["id"]), file=ctx.out)

@@ -8,9 +8,13 @@ Modules, one concern each:
     paths.py      the data directory: where every file lives, and the
                   registry client certificate made on first use
     config.py     registry.* settings in an atomically written JSON file
-    package.py    what a package may hold; staging and packing one
+    package.py    what a package may hold, checked on the staged file
+    staging.py    a package's bytes into staging/ (a directory packed), hashed
     blobs.py      content-addressed package files and their cleanup
-    appstore.py   the node's applications: versions in sqlite3, bytes in blobs
-    client.py, transfer.py, listing.py, sync.py, loop.py, commands.py
-                  talking to the registry: the sync engine and its commands
+    appsdb.py     apps.db: schema, migrations, transactions
+    appstore.py   the node's applications: versions in apps.db, bytes in blobs
+    client.py     the registry API over pinned mutual TLS
+    failures.py   what a failed request means, worded for the operator
+    transfer.py, listing.py, sync.py, loop.py, commands.py
+                  the sync engine and its commands
 """

@@ -15,27 +15,25 @@ an unreferenced file, never a listed version without its bytes; recover()
 sequence and cleanup takes it exclusively (blobs.py), so cleanup never
 removes the file of a write in progress, in this process or another.
 
-The package checks themselves (paths, links, manifest) live in package.py.
+The package checks themselves (paths, links, manifest) live in package.py,
+the making of the staged file in staging.py, and apps.db itself (schema,
+migrations, transactions) in appsdb.py.
 """
-import contextlib
 import datetime
 import json
-import os
-import sqlite3
-import threading
 
 import names
 
-from . import package
+from . import package, staging
+from .appsdb import SELECT_VERSIONS, AppsDB, version_record
 from .blobs import Blobs
 from .errors import Conflict, Immutable, IntegrityError, NotFound, PackageError, StoreError
 from .paths import DataDir, is_sha256
 
 __all__ = [
-    "AppStore", "MIGRATIONS", "ORIGINS",
+    "AppStore", "ORIGINS",
     "APP_NOT_FOUND", "VERSION_NOT_FOUND", "IMMUTABLE", "PULLED_NO_CREATE",
     "LOCAL_NO_IMPORT", "VERSION_CONFLICT", "CHECKSUM_MISMATCH", "NAME_MISMATCH",
-    "NEWER_SCHEMA", "DATABASE_ERROR",
 ]
 
 ORIGINS = ("local", "pulled")
@@ -52,51 +50,8 @@ VERSION_CONFLICT = ("application {name} version {version} already exists with "
 CHECKSUM_MISMATCH = ("package of {name} version {version} does not match its "
                      "sha256: expected {expected}, got {actual}")
 NAME_MISMATCH = "the package's manifest names {found}, expected {name}"
-NEWER_SCHEMA = ("{path} has schema version {found}, newer than this program "
-                "knows ({known}): upgrade ams-sync")
-DATABASE_ERROR = "application database {path}: {error}"
-
-# Each entry takes the schema from its index to index + 1, in one
-# transaction; PRAGMA user_version is the schema version. Append, never edit:
-# a node upgrades by running the entries it has not run yet.
-MIGRATIONS = [
-    (
-        """CREATE TABLE applications (
-            name TEXT PRIMARY KEY,
-            origin TEXT NOT NULL CHECK (origin IN ('local', 'pulled')),
-            next_version INTEGER NOT NULL,
-            created_at TEXT NOT NULL)""",
-        """CREATE TABLE versions (
-            name TEXT NOT NULL REFERENCES applications(name) ON DELETE CASCADE,
-            version INTEGER NOT NULL,
-            architecture TEXT NOT NULL,
-            sha256 TEXT NOT NULL,
-            size INTEGER NOT NULL,
-            manifest TEXT NOT NULL,
-            tags TEXT NOT NULL,
-            published INTEGER NOT NULL DEFAULT 0,
-            created_at TEXT NOT NULL,
-            PRIMARY KEY (name, version))""",
-        "CREATE INDEX versions_by_sha256 ON versions(sha256)",
-    ),
-]
-
-_SELECT = """SELECT v.*, a.origin FROM versions v JOIN applications a USING (name)"""
-
-
 def _now() -> str:
     return datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def _record(row) -> dict:
-    return {
-        "name": row["name"], "version": row["version"],
-        "architecture": row["architecture"], "sha256": row["sha256"],
-        "size": row["size"], "manifest": json.loads(row["manifest"]),
-        "tags": json.loads(row["tags"]), "published": bool(row["published"]),
-        "origin": row["origin"], "immutable": row["origin"] == "pulled",
-        "created_at": row["created_at"],
-    }
 
 
 def _check(check, value):
@@ -112,76 +67,21 @@ class AppStore:
     def __init__(self, data_dir):
         self.dirs = DataDir(data_dir).ensure()
         self._blobs = Blobs(self.dirs)
-        self._lock = threading.RLock()
-        path = str(self.dirs.apps_db)
-        # sqlite3 creates files with the umask's mode; the manifests are the
-        # operator's business, so the file is made 0600 first.
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        self._db = AppsDB(self.dirs.apps_db)
         try:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None,
-                                       check_same_thread=False)
-        except sqlite3.Error as error:
-            raise StoreError(DATABASE_ERROR.format(path=path, error=error)) from None
-        try:
-            self._db.row_factory = sqlite3.Row
-            for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
-                self._db.execute("PRAGMA " + pragma)
-            self._migrate()
             self.recover()
-        except BaseException as error:
+        except BaseException:
             self._db.close()
-            if isinstance(error, sqlite3.Error):
-                raise StoreError(DATABASE_ERROR.format(path=path, error=error)) from None
             raise
 
     def close(self):
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
-
-    # Plumbing
-
-    @contextlib.contextmanager
-    def _tx(self):
-        """One write transaction; BEGIN IMMEDIATE so that read-then-write
-        sequences (next version number) cannot interleave across processes.
-        """
-        with self._lock:
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                try:
-                    yield self._db
-                except BaseException:
-                    self._db.execute("ROLLBACK")
-                    raise
-                self._db.execute("COMMIT")
-            except sqlite3.Error as error:
-                raise StoreError(DATABASE_ERROR.format(path=self.dirs.apps_db,
-                                                       error=error)) from None
-
-    def _query(self, sql, args=()):
-        with self._lock:
-            try:
-                return self._db.execute(sql, args).fetchall()
-            except sqlite3.Error as error:
-                raise StoreError(DATABASE_ERROR.format(path=self.dirs.apps_db,
-                                                       error=error)) from None
-
-    def _migrate(self):
-        with self._tx() as db:
-            found = db.execute("PRAGMA user_version").fetchone()[0]
-            if found > len(MIGRATIONS):
-                raise StoreError(NEWER_SCHEMA.format(path=self.dirs.apps_db, found=found,
-                                                     known=len(MIGRATIONS)))
-            for statements in MIGRATIONS[found:]:
-                for statement in statements:
-                    db.execute(statement)
-            db.execute(f"PRAGMA user_version = {len(MIGRATIONS)}")
 
     def _application(self, db, name):
         return db.execute("SELECT * FROM applications WHERE name = ?", (name,)).fetchone()
@@ -198,20 +98,20 @@ class AppStore:
 
     def get(self, name, version) -> dict:
         """One version's record; NotFound if there is none."""
-        rows = self._query(_SELECT + " WHERE name = ? AND version = ?", (name, version))
+        rows = self._db.query(SELECT_VERSIONS + " WHERE name = ? AND version = ?", (name, version))
         if not rows:
             self.show(name)  # NotFound for the application, if that is what is missing
             raise NotFound(VERSION_NOT_FOUND.format(name=name, version=version))
-        return _record(rows[0])
+        return version_record(rows[0])
 
     def versions(self, name=None, published=None) -> list:
         """Version records sorted by (name, version); optionally filtered."""
-        sql, args = _SELECT + " WHERE 1", []
+        sql, args = SELECT_VERSIONS + " WHERE 1", []
         if name is not None:
             sql, args = sql + " AND name = ?", args + [name]
         if published is not None:
             sql, args = sql + " AND published = ?", args + [int(bool(published))]
-        return [_record(row) for row in self._query(sql + " ORDER BY name, version", args)]
+        return [version_record(row) for row in self._db.query(sql + " ORDER BY name, version", args)]
 
     def list(self) -> list:
         """Every application with its versions, sorted by name."""
@@ -219,13 +119,13 @@ class AppStore:
         for record in self.versions():
             by_name.setdefault(record["name"], []).append(record)
         return [self._app(app, by_name.get(app["name"], []))
-                for app in self._query("SELECT * FROM applications ORDER BY name")]
+                for app in self._db.query("SELECT * FROM applications ORDER BY name")]
 
     def index(self) -> list:
         """list() with only what a sync cycle compares: each application's
         name and origin, its versions' version, architecture and sha256."""
         apps = []
-        for row in self._query("SELECT a.name, a.origin, v.version, v.architecture, v.sha256"
+        for row in self._db.query("SELECT a.name, a.origin, v.version, v.architecture, v.sha256"
                                " FROM applications a LEFT JOIN versions v USING (name)"
                                " ORDER BY a.name, v.version"):
             if not apps or apps[-1]["name"] != row["name"]:
@@ -237,7 +137,7 @@ class AppStore:
 
     def show(self, name) -> dict:
         """One application with its versions; NotFound if there is none."""
-        apps = self._query("SELECT * FROM applications WHERE name = ?", (name,))
+        apps = self._db.query("SELECT * FROM applications WHERE name = ?", (name,))
         if not apps:
             raise NotFound(APP_NOT_FOUND.format(name=name))
         return self._app(apps[0], self.versions(name))
@@ -257,19 +157,19 @@ class AppStore:
     def create(self, path, architecture=None, progress=None) -> dict:
         """Add a package (directory, .zip or .tar.bz2) as the next version of
         the application its manifest names; return the new version's record.
-        progress(phase, done=None, total=None) hears every phase (package.stage,
+        progress(phase, done=None, total=None) hears every phase (staging.stage,
         package.inspect, then "importing").
         """
         arch = _check(names.check_arch, architecture or names.host_architecture())
         with self._blobs.writing():
-            staged, sha256, size = package.stage(path, self.dirs.staging_dir,
+            staged, sha256, size = staging.stage(path, self.dirs.staging_dir,
                                                  progress=progress)
             try:
                 manifest = package.inspect(staged, progress)
                 if progress is not None:
                     progress("importing")
                 name = manifest["name"]
-                existing = self._query("SELECT origin FROM applications WHERE name = ?",
+                existing = self._db.query("SELECT origin FROM applications WHERE name = ?",
                                        (name,))
                 if existing and existing[0]["origin"] == "pulled":
                     raise Immutable(PULLED_NO_CREATE.format(name=name))
@@ -277,7 +177,7 @@ class AppStore:
             except BaseException:
                 self._blobs.discard(staged)
                 raise
-            with self._tx() as db:
+            with self._db.transaction() as db:
                 app = self._application(db, name)
                 if app is not None and app["origin"] == "pulled":
                     raise Immutable(PULLED_NO_CREATE.format(name=name))
@@ -307,7 +207,7 @@ class AppStore:
         with self._blobs.writing():
             if self._known(name, version, sha256, origin):
                 return self.get(name, version)
-            staged, actual, size = package.stage(src_path, self.dirs.staging_dir,
+            staged, actual, size = staging.stage(src_path, self.dirs.staging_dir,
                                                  archive_only=True,
                                                  known_sha256=sha256 if verified else None,
                                                  progress=progress)
@@ -325,7 +225,7 @@ class AppStore:
             except BaseException:
                 self._blobs.discard(staged)
                 raise
-            with self._tx() as db:
+            with self._db.transaction() as db:
                 app = self._application(db, name)
                 if not self._known(name, version, sha256, origin):
                     self._insert(db, app, name, version, architecture, sha256, size,
@@ -335,8 +235,8 @@ class AppStore:
 
     def _known(self, name, version, sha256, origin) -> bool:
         """True if this exact version is stored; raise if it cannot be added."""
-        rows = self._query(_SELECT + " WHERE name = ? AND version = ?", (name, version))
-        apps = self._query("SELECT origin FROM applications WHERE name = ?", (name,))
+        rows = self._db.query(SELECT_VERSIONS + " WHERE name = ? AND version = ?", (name, version))
+        apps = self._db.query("SELECT origin FROM applications WHERE name = ?", (name,))
         if apps and apps[0]["origin"] != origin:
             raise Conflict(LOCAL_NO_IMPORT.format(name=name) if origin == "pulled"
                            else PULLED_NO_CREATE.format(name=name))
@@ -378,7 +278,7 @@ class AppStore:
 
     def _set_published(self, name, version, value, force, action):
         self._writable(name, version, force, action)
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute("UPDATE versions SET published = ? WHERE name = ? AND version = ?",
                        (int(value), name, version))
         return self.get(name, version)
@@ -386,7 +286,7 @@ class AppStore:
     def delete_version(self, name, version, force=False) -> dict:
         """Delete one version (its number is never given out again)."""
         record = self._writable(name, version, force, "delete")
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute("DELETE FROM versions WHERE name = ? AND version = ?", (name, version))
         self._collect()
         return record
@@ -394,7 +294,7 @@ class AppStore:
     def delete(self, name, force=False) -> dict:
         """Delete an application and all its versions; return what was deleted."""
         app = self._writable(name, None, force, "delete")
-        with self._tx() as db:
+        with self._db.transaction() as db:
             db.execute("DELETE FROM applications WHERE name = ?", (name,))
         self._collect()
         return app
@@ -409,5 +309,5 @@ class AppStore:
 
     def _collect(self, staging=False):
         self._blobs.collect(
-            lambda: [row[0] for row in self._query("SELECT DISTINCT sha256 FROM versions")],
+            lambda: [row[0] for row in self._db.query("SELECT DISTINCT sha256 FROM versions")],
             staging=staging)

@@ -1,7 +1,7 @@
 """Content-addressed package files under blobs/sha256/, and their cleanup.
 
 A blob only ever appears complete: it is written under staging/ and fsynced
-by its producer (package.stage), then commit() renames it into place and
+by its producer (staging.stage), then commit() renames it into place and
 fsyncs the directory. A blob no version refers to is garbage: a killed
 import leaves one, and so does deleting the last version that used it.
 

@@ -13,14 +13,14 @@ for downloads that run side by side; abort() breaks the connections of the
 client and of every clone it made.
 
 Every failure is an AgentError (the RegistryError family of agent/errors.py)
-with a one-line message for the operator; the subclasses let the sync engine
-decide what a failure means (a listing that failed in any way deletes nothing).
+with a one-line message for the operator, which failures.py words; the
+subclasses let the sync engine decide what a failure means (a listing that
+failed in any way deletes nothing).
 """
 import contextlib
 import http.client
 import json
 import os
-import re
 import socket
 import ssl
 import threading
@@ -31,37 +31,16 @@ import names
 from trust import tls
 from trust.errors import PinMismatch, TrustError
 
-from .errors import (AgentError, BadResponse, Cancelled, Forbidden, NotTrusted, PinError,
-                     RegistryConflict, RegistryError, RegistryNotFound,
-                     RegistryUnavailable)
+from . import failures
+from .errors import (AgentError, BadResponse, Cancelled, Forbidden, RegistryConflict,
+                     RegistryError, RegistryNotFound, RegistryUnavailable)
+from .failures import BAD_RESPONSE, CONFLICT, READ_ONLY
 from .listing import check_listing
-from .transfer import CANCELLED, CHUNK, SHRANK, Download, send_file
+from .transfer import CANCELLED, Download, send_file
 
-__all__ = [
-    "RegistryClient", "PIN_MISMATCH", "READ_ONLY", "NOT_TRUSTED", "UNAVAILABLE", "NOT_TLS",
-    "SERVER_ERROR", "BAD_RESPONSE", "REFUSED", "CONFLICT", "SHRANK", "CHUNK",
-]
+__all__ = ["RegistryClient"]
 
-PIN_MISMATCH = ("registry certificate does not match registry.fingerprint "
-                "(expected {expected}, got {actual}): nothing was sent")
-READ_ONLY = ("this node's certificate is trusted as a client (read-only); "
-             "push needs `aar trust add --publisher`")
-NOT_TRUSTED = ("the registry {url} refused this node's certificate {cert}: "
-               "{reason}; ask its operator to trust it (`aar trust add`). A revoked "
-               "certificate is never trusted again: delete {cert} and its key, and "
-               "the next ams-sync command makes a new one")
-UNAVAILABLE = "registry {url} unavailable: {reason}"
-SERVER_ERROR = "registry {url} unavailable: {method} {path} answered {status}: {error}"
-BAD_RESPONSE = "registry {url} sent a malformed answer to {method} {path}: {reason}"
-REFUSED = "registry {url} refused {method} {path}: {status} {error}"
-CONFLICT = ("the registry already holds {what} with other bytes: publish a new "
-            "version instead of changing this one")
 _MAX_JSON = 256 << 20      # a listing of many thousand versions fits easily
-NOT_TLS = ("it does not speak TLS there: the registry speaks HTTPS only; check "
-           "the port in registry.url")
-_NOT_TLS = ("WRONG_VERSION_NUMBER", "HTTP_REQUEST", "UNKNOWN_PROTOCOL", "RECORD_LAYER_FAILURE")
-_CERT_ALERTS = ("CERTIFICATE", "UNKNOWN_CA", "HANDSHAKE_FAILURE", "ACCESS_DENIED")
-_GOT_RE = re.compile(r"got ([0-9a-f]{64})")
 
 
 def _what(app, version, arch):
@@ -181,10 +160,7 @@ class RegistryClient:
                 return conn.getresponse()
             except PinMismatch as error:
                 self.close()
-                match = _GOT_RE.search(str(error))
-                raise PinError(PIN_MISMATCH.format(
-                    expected=self.fingerprint,
-                    actual=match.group(1) if match else "no certificate")) from None
+                raise failures.pin_mismatch(self.fingerprint, error) from None
             except AgentError:          # stopped, or the file to upload shrank
                 self.close()
                 raise
@@ -223,27 +199,8 @@ class RegistryClient:
                 raise error from None
 
     def _unavailable(self, error):
-        if isinstance(error, ssl.SSLError) and any(
-                alert in (error.reason or "") for alert in _CERT_ALERTS):
-            return NotTrusted(NOT_TRUSTED.format(url=self.url, cert=self.certfile,
-                                                 reason=f"TLS alert {error.reason}"))
-        if isinstance(error, TimeoutError):
-            reason = f"no answer within {self._read_timeout:g}s"
-        elif isinstance(error, ConnectionRefusedError):
-            reason = "connection refused"
-        elif isinstance(error, (http.client.RemoteDisconnected, ssl.SSLEOFError,
-                                ConnectionResetError, BrokenPipeError)):
-            reason = "the connection was closed before an answer"
-        elif isinstance(error, ssl.SSLError) and error.reason in _NOT_TLS:
-            # What a plain-HTTP server's answer looks like to a TLS client.
-            reason = NOT_TLS
-        elif isinstance(error, ssl.SSLError):
-            reason = f"TLS error {error.reason or error}"
-        elif isinstance(error, socket.gaierror):
-            reason = f"cannot resolve {self.host}: {error.strerror}"
-        else:
-            reason = getattr(error, "strerror", None) or str(error) or type(error).__name__
-        return RegistryUnavailable(UNAVAILABLE.format(url=self.url, reason=reason))
+        return failures.unavailable(self.url, self.host, self.certfile, self._read_timeout,
+                                    error)
 
     def _finish(self, resp):
         if resp.will_close:
@@ -278,22 +235,7 @@ class RegistryClient:
         except RegistryError:
             error = None
         error = str(error or resp.reason or "no reason given")[:300]
-        write = method in ("PUT", "DELETE")
-        if status == 403 and write and "read-only" in error:
-            raise Forbidden(READ_ONLY, status)
-        if status in (401, 403):
-            raise NotTrusted(NOT_TRUSTED.format(url=self.url, cert=self.certfile,
-                                                reason=error), status)
-        if status >= 500:
-            raise RegistryUnavailable(SERVER_ERROR.format(
-                url=self.url, method=method, path=path, status=status, error=error), status)
-        if status == 404:
-            raise RegistryNotFound(REFUSED.format(url=self.url, method=method, path=path,
-                                                  status=status, error=error), status)
-        if status == 409:
-            raise RegistryConflict(CONFLICT.format(what=what or path), status)
-        raise RegistryError(REFUSED.format(url=self.url, method=method, path=path,
-                                           status=status, error=error), status)
+        raise failures.refusal(self.url, self.certfile, method, path, status, error, what)
 
     def _metadata(self, method, path):
         resp = self._send(method, path, (("Accept", "application/json"),))

@@ -10,7 +10,7 @@
     |   |-- client.crt                this node's registry client certificate,
     |   |-- client.key                made on first use (CN "ams-<hostname>"), key 0600
     |   `-- client.{crt,key}.<UTC>.old  pairs replaced by `config client-cert renew`
-    |-- apps.db                       the node's applications (appstore.py, sqlite3 WAL)
+    |-- apps.db                       the node's applications (appsdb.py, sqlite3 WAL)
     |-- apps.lock                     writers hold it shared, blob cleanup exclusive
     |-- blobs/
     |   `-- sha256/

@@ -150,6 +150,7 @@ class Download:
             store = None
             if resp.status in _REDIRECTS and resp.getheader("Location"):
                 location = resp.getheader("Location")
+                resp.read(64 * 1024)       # done with it: the connection is free again
                 self.client._finish(resp)
                 try:
                     resp, store = _object_store(location, headers, self.client.timeout)

@@ -42,7 +42,7 @@ def listing_100(b, row):
         raise RuntimeError(f"aar GET /1.0/applications answered {status}")
     apps = json.loads(body)["metadata"]
     best = requestrows.keepalive_vs_nginx(b, row, nginx, "/1.0/applications", body,
-                                          "applications-100.json", b.p["list_requests"],
+                                          "applications-100.json", b.p["list100_requests"],
                                           aar=aar)
     row.notes += [f"{len(apps)} applications, {len(body):,} bytes per listing"] + \
         requestrows.cpu_notes(best, ["aar", "nginx"])

@@ -31,11 +31,16 @@ from aarproc import Aar  # noqa: E402
 from refs import DockerRegistry, Nginx  # noqa: E402
 from report import Row, log, print_table  # noqa: E402
 
-FULL = dict(small_requests=20000, list_requests=2000, newconn_requests=2000, apps=1000,
+# Request budgets: each measurement of rows 1, 2 and 7 lasts a few seconds on
+# a quiet machine (0.2-0.4 s was too short to be steady), the same for aar
+# and nginx.
+FULL = dict(small_requests=80000, list_requests=4000, list100_requests=20000,
+            newconn_requests=2000, apps=1000,
             big=bl.GiB, pull_count=20, pull_size=50 * 1000 * 1000, cap=20.0,
             transfer_timeout=300, rounds=3, idle=10.0, attack_requests=200,
             attack_timeout=10.0, attack_cap=60.0)
-QUICK = dict(small_requests=4000, list_requests=300, newconn_requests=400, apps=1000,
+QUICK = dict(small_requests=4000, list_requests=300, list100_requests=2000,
+             newconn_requests=400, apps=1000,
              big=64 * bl.MiB, pull_count=20, pull_size=4 * 1000 * 1000, cap=5.0,
              transfer_timeout=120, rounds=1, idle=5.0, attack_requests=50,
              attack_timeout=5.0, attack_cap=20.0)

@@ -164,6 +164,9 @@ class S3Client:
                 hdrs = {k.lower(): v for k, v in resp.getheaders()}
                 if resp.will_close:
                     self._drop_conn()
+            except ssl.SSLCertVerificationError as exc:
+                self._drop_conn()
+                raise self._untrusted(exc, what) from None   # no retry mends it
             except (OSError, http.client.HTTPException) as exc:
                 self._drop_conn()
                 error = Unreachable(f"{what}: {self.endpoint.url} unreachable: "
@@ -179,6 +182,15 @@ class S3Client:
             time.sleep(random.uniform(0, delay))
             delay = min(self.max_backoff, delay * 2)
         raise AssertionError("unreachable")
+
+    def _untrusted(self, exc, what):
+        why = getattr(exc, "verify_message", "") or str(exc)
+        if self.endpoint.ca_file:
+            fix = f"it is not signed by the CA in ca-file {self.endpoint.ca_file}"
+        else:
+            fix = "set storage.s3.ca-file to the CA that signed it"
+        return Unreachable(f"{what}: the TLS certificate of {self.endpoint.url} is "
+                           f"not trusted ({why}): {fix}")
 
     @staticmethod
     def _error(status, data, what):
@@ -258,6 +270,9 @@ class S3Client:
         try:
             conn.request("GET", url, headers=signed)
             resp = conn.getresponse()
+        except ssl.SSLCertVerificationError as exc:
+            conn.close()
+            raise self._untrusted(exc, f"GET {key}") from None
         except (OSError, http.client.HTTPException) as exc:
             conn.close()
             raise Unreachable(f"GET {key}: {self.endpoint.url} unreachable: {exc}") from None

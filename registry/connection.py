@@ -242,35 +242,37 @@ class Connection(Transport):
         if self.dead:
             return self.close()
         file = reply.file
+        body = reply.body
         length = file.length if file is not None else \
-            reply.length if reply.length is not None else len(reply.body)
-        head = response_head(reply.status, reply.content_type, length, reply.headers,
-                             close, self.server.server_version)
-        self.server.access_log(self, request, reply.status, length)
+            reply.length if reply.length is not None else len(body)
+        server = self.server
+        server.access_log(self, request, reply.status, length)
+        head_only = False
         if request is not None:
+            head_only = request.method == "HEAD"
             received = request.body_length if request.method == "PUT" and \
                 not self.body_unread else len(request.body)
-            self.server.events.request(
-                self.route, request.method, str(reply.status),
-                time.monotonic() - self.started, received,
-                0 if request.method == "HEAD" else length)
+            server.events.request(self.route, request.method, reply.status,
+                                  time.monotonic() - self.started, received,
+                                  0 if head_only else length)
         self.close_after = close
-        head_only = request is not None and request.method == "HEAD"
         if file is not None:
             if head_only:
                 file.file.close()
             else:
                 self.stream = FileStream(self, file)
-        body = reply.body
-        if head_only or not body:
-            self.out.append(head)
-        elif len(body) < _JOIN_BELOW:
-            self.out.append(head + body)
+        if head_only or not body or len(body) >= _JOIN_BELOW:
+            self.out.append(response_head(reply.status, reply.content_type, length,
+                                          reply.headers, close, server.server_version))
+            if not head_only and body:
+                # A large body (a listing of a thousand applications is
+                # ~0.5 MB) goes on its own: joining would copy it.
+                self.out.append(memoryview(body))
         else:
-            # Joining a large body (a listing of a thousand applications is
-            # ~0.5 MB) to its head would copy it for nothing.
-            self.out.append(head)
-            self.out.append(memoryview(body))
+            # Head and small body in one buffer: one TLS record, one write.
+            self.out.append(response_head(reply.status, reply.content_type, length,
+                                          reply.headers, close, server.server_version,
+                                          body))
         self.state = WRITING
         self.deadline = self.loop.now + self.server.settings.request_timeout
         self._flush()
@@ -283,7 +285,8 @@ class Connection(Transport):
         settings = self.server.settings
         self.deadline = self.loop.now + (settings.request_timeout if self.buf
                                          else settings.idle_timeout)
-        self._watch(READ)
+        if self.events != READ:
+            self._watch(READ)
         if self.buf:
             self._process()
 

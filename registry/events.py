@@ -46,6 +46,8 @@ class Events:
         self._received = m.counter("aar_received_bytes_total",
                                    "Request body bytes received")
         self._sent = m.counter("aar_sent_bytes_total", "Response body bytes sent")
+        self._received_total = self._received.labels()   # the families' one child
+        self._sent_total = self._sent.labels()
         self._handshake_seconds = m.histogram(
             "aar_tls_handshake_duration_seconds", "Duration of completed TLS handshakes")
         self._refusals = m.counter("aar_refusals_total", "Handshakes and requests "
@@ -65,6 +67,7 @@ class Events:
                                      "(counted per package, before deduplication)",
                                      collect=lambda: self._totals(1))
         self._server = None
+        self._per_request = {}               # (route, method, code) -> children
         for reason in REASONS:               # every reason shows, 0 until it happens
             self._refusals.labels(reason)
 
@@ -97,12 +100,19 @@ class Events:
         self._handshake_seconds.observe(seconds)
 
     def request(self, route, method, code, seconds, received, sent):
-        self._requests.labels(route, method, code).inc()
-        self._request_seconds.labels(route).observe(seconds)
+        # One lookup per request for both children (`labels` twice would
+        # build and hash two label tuples).
+        children = self._per_request.get((route, method, code))
+        if children is None:
+            children = self._per_request[(route, method, code)] = (
+                self._requests.labels(route, method, str(code)),
+                self._request_seconds.labels(route))
+        children[0].inc()
+        children[1].observe(seconds)
         if received:
-            self._received.inc(received)
+            self._received_total.inc(received)
         if sent:
-            self._sent.inc(sent)
+            self._sent_total.inc(sent)
 
     def storage_error(self):
         self._storage_errors.inc()

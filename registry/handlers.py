@@ -35,6 +35,7 @@ from registry.errors import ApiError, envelope_error, envelope_sync
 from registry.gate import StatGate
 from registry.livetrust import Refusal
 from registry.waiters import ListingCache, Waiters, parse_wait
+from trust.errors import StoreError
 
 __all__ = ["ApiHandler"]
 
@@ -65,7 +66,7 @@ class ApiHandler:
         self.events = server.events
         self.listing_cache = ListingCache()
         server.join_gate = join.Gate()
-        # A local store's generation is a query: gate it on its WAL file. An
+        # A local store's generation is a query: gate it on its wal-index. An
         # object store keeps its own in memory (no path: read every time).
         datadir = getattr(self.packages, "datadir", None)
         self.generation = StatGate(getattr(datadir, "packages_db", None),
@@ -120,6 +121,8 @@ class ApiHandler:
         fp = conn.fingerprint
         try:
             return self.trust.authorise(fp)
+        except StoreError as error:       # fail closed: logged once by the store
+            raise ApiError.of("unavailable", str(error)) from None
         except Refusal as refusal:
             self.events.refused(conn.address, refusal.code,
                                 f"{req.method} {req.target[:200]}: {refusal.reason}",

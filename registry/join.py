@@ -7,9 +7,10 @@
 The caller usually has no trusted certificate yet (the handlers let a caller
 without any certificate reach this endpoint and nothing else). It has already
 pinned us by the token's fingerprint before sending the secret. The token is
-checked and used, and the certificate trusted, in one transaction of the
-trust store (trust/tokens.py); the running server's trust view is refreshed at
-once, so the node's next connection gets in.
+checked and used, and the certificate trusted, all or nothing: in one
+transaction of the trust store (trust/tokens.py), or, with the trust store in
+S3, by a claim that only one node can win (registry/s3tokens.py). The running
+server's trust view is refreshed at once, so the node's next connection gets in.
 
 Guessing is rate-limited: every refused attempt costs a credit from the
 caller address's bucket and from a global one (so many addresses cannot
@@ -23,8 +24,8 @@ import time
 
 from registry.errors import ApiError
 from trust import certs
-from trust.errors import AlreadyExists, TrustError, Revoked
-from trust.tokens import TokenRefused, Tokens
+from trust.errors import AlreadyExists, StoreError, TrustError, Revoked
+from trust.tokens import TokenRefused
 
 __all__ = ["PATH", "MAX_BODY", "Gate", "join", "INVALID", "RATE_LIMITED"]
 
@@ -33,8 +34,6 @@ MAX_BODY = 64 * 1024
 INVALID = ("invalid join token: wrong, already used, expired or removed; "
            "ask the registry's operator for a new one (aar trust token add)")
 RATE_LIMITED = "too many failed join attempts; try again in a minute"
-NO_TOKENS = ("this registry keeps its trust store in S3 (storage.s3), which has no "
-             "join tokens: register the node by hand (aar trust add)")
 
 
 class _Bucket:
@@ -59,9 +58,9 @@ class Gate:
         self._tokens = None
 
     def tokens(self, store):
-        """The trust store's Tokens (its table is created once, here)."""
+        """The trust store's join tokens (made once, here)."""
         if self._tokens is None:
-            self._tokens = Tokens(store)
+            self._tokens = store.join_tokens()
         return self._tokens
 
     def _refill(self, bucket, burst, now):
@@ -110,8 +109,6 @@ def _parse(body):
 def join(server, address, body) -> dict:
     """Use a token for the certificate in body; the answer's metadata, or ApiError."""
     gate, events = server.join_gate, server.events
-    if not hasattr(server.trust_store, "transaction"):
-        raise ApiError.of("not_found", NO_TOKENS)
     if not gate.allowed(address):
         events.refused(address, "rate_limited", "join refused: too many failed attempts")
         raise ApiError.of("too_many_requests", RATE_LIMITED)
@@ -138,6 +135,9 @@ def join(server, address, body) -> dict:
             raise ApiError.of("forbidden", f"{error}: make a new client certificate "
                               "and join again") from None
         raise ApiError.of("conflict", str(error)) from None
+    except StoreError as error:
+        server.events.storage_error()
+        raise ApiError.of("unavailable", f"join failed: {error}") from None
     events.joined(address, token, record)
     server.trust.refresh()
     return {"role": record.role, "name": record.name, "fingerprint": record.fingerprint,

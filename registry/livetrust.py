@@ -2,8 +2,8 @@
 
 `aar trust add|remove|revoke` run in other processes and write the shelf; the
 server notices through the store's generation number, read through a StatGate
-(registry/gate.py) so that checking it on every request costs one fstat call,
-not a query, and stays exact. When it moves, the trusted records are read again and the
+(registry/gate.py) so that checking it on every request costs a comparison of
+a few mapped bytes, not a query, and stays exact. When it moves, the trusted records are read again and the
 TLS context is rebuilt, so that
 
 * new handshakes verify against the new set of certificates, and
@@ -34,6 +34,7 @@ import time
 
 from registry.gate import StatGate
 from trust import certs, tls
+from trust.errors import StoreError
 
 __all__ = ["LiveTrust", "Refusal"]
 
@@ -79,11 +80,21 @@ class LiveTrust:
         self._records = {}
         self._revoked = {}
         self._context = None
-        self.refresh()
+        self._current()
 
     def refresh(self):
-        """Reload records and context if the store changed since the last look."""
+        """Reload records and context if the store changed since the last
+        look, asking the store itself (a store that cannot be read raises:
+        the health check counts on it). Any thread."""
+        self._reload(self._store.generation())
+
+    def _current(self):
+        """refresh() through the gate: the loop thread's per-request check."""
         generation = self._gate.get()
+        if generation != self._generation:
+            self._reload(generation)
+
+    def _reload(self, generation):
         if generation == self._generation:
             return
         with self._lock:
@@ -111,12 +122,19 @@ class LiveTrust:
 
     @property
     def context(self):
-        self.refresh()
+        try:
+            self._current()
+        except StoreError:
+            pass      # handshakes go on; authorise() refuses their requests (503)
         return self._context
 
     def authorise(self, fingerprint):
-        """Return the caller's role, or raise Refusal saying why not."""
-        self.refresh()
+        """Return the caller's role, or raise Refusal saying why not; StoreError
+        when the trust store cannot be confirmed current (an object store's
+        store fails closed, registry/s3trust.py)."""
+        generation = self._gate.get()
+        if generation != self._generation:
+            self._reload(generation)
         entry = self._records.get(fingerprint)
         if entry is None:
             revoked = self._revoked.get(fingerprint)
@@ -141,5 +159,8 @@ class LiveTrust:
 
     def roles(self):
         """The role of every trusted certificate (for the metrics)."""
-        self.refresh()
+        try:
+            self.refresh()
+        except StoreError:
+            pass      # the last view: a scrape is no authorisation
         return [entry[0] for entry in self._records.values()]

@@ -50,18 +50,14 @@ class Request:
 
     __slots__ = ("method", "target", "version", "headers", "body_length", "close", "body")
 
-    def __init__(self, method, target, version, headers, body_length):
+    def __init__(self, method, target, version, headers, body_length, close):
         self.method = method
         self.target = target
         self.version = version
         self.headers = headers
         self.body_length = body_length          # None: chunked (refused)
+        self.close = close                      # the client asked to close after this
         self.body = b""                         # a small body read with the head
-        connection = headers.get("connection", "").lower()
-        if version == "HTTP/1.0":
-            self.close = "keep-alive" not in connection
-        else:
-            self.close = "close" in connection
 
     @property
     def line(self):
@@ -113,8 +109,9 @@ def parse_head(head):
 
 
 def _parse(head):
-    """(method, target, version, headers, body length) of a head, checked.
-    The headers dict is shared by every request with the same head: read only."""
+    """(method, target, version, headers, body length, close) of a head,
+    checked. The headers dict is shared by every request with the same head:
+    read only."""
     if len(head) > MAX_HEAD:
         raise ProtocolError(431, "request head too large")
     if _CONTROL.search(head.replace(b"\r\n", b"\t")):
@@ -138,7 +135,10 @@ def _parse(head):
             headers[name] = headers[name] + ", " + value
         else:
             headers[name] = value
-    return parts[0], parts[1], parts[2], headers, _body_length(headers)
+    connection = headers.get("connection", "").lower()
+    close = "keep-alive" not in connection if parts[2] == "HTTP/1.0" else \
+        "close" in connection
+    return parts[0], parts[1], parts[2], headers, _body_length(headers), close
 
 
 def _body_length(headers):
@@ -159,42 +159,58 @@ def _body_length(headers):
 
 
 class _HeadCache:
-    """Response heads differ only by their Date within a second: the heads of
-    small answers (status, info, errors, 304s, a listing and its ETag) are
-    built once a second, not once a request."""
+    """Responses differ only by their Date within a second: the heads of
+    small answers (status, info, errors, 304s, a listing and its ETag), and
+    with a small body the whole answer, are built once a second, not once a
+    request. `room` bounds the body bytes kept in one second."""
 
-    __slots__ = ("second", "date", "heads")
+    __slots__ = ("second", "date", "heads", "room")
 
     def __init__(self):
         self.second = 0
         self.date = b""
         self.heads = {}
+        self.room = 0
 
     def now(self):
         now = int(time.time())
         if now != self.second:
             self.date = ("Date: %s\r\n" % email.utils.formatdate(now, usegmt=True)).encode()
             self.heads = {}
+            self.room = _CACHED_BODIES
             self.second = now
         return self.heads
 
 
 _heads = _HeadCache()
 _STATUS_LINES = {}
+_CACHED_HEADS = 256
+_CACHED_BODIES = 1 << 20
 
 
 def response_head(status, content_type=None, length=None, headers=(), close=False,
-                  server="aar"):
-    """The bytes of a response's status line and headers, blank line included."""
+                  server="aar", body=b""):
+    """The bytes of a response's status line and headers, blank line
+    included, followed by `body` (a small one: the caller sends a large body
+    on its own rather than copy it here)."""
     heads = _heads.now()
-    if type(headers) is tuple and len(heads) < 256:
-        key = (status, content_type, length, headers, close, server)
+    if type(headers) is tuple and type(body) is bytes and len(heads) < _CACHED_HEADS:
+        # The body is part of the key: a listing's bytes are one object
+        # while it is cached, so its hash is computed once and a hit
+        # compares identity.
+        key = (status, content_type, length, headers, close, server, body)
         head = heads.get(key)
         if head is None:
-            head = heads[key] = _build_head(status, content_type, length, headers,
-                                            close, server)
+            head = _build_head(status, content_type, length, headers, close, server)
+            if body:
+                head += body
+                if len(body) > _heads.room:
+                    return head
+                _heads.room -= len(body)
+            heads[key] = head
         return head
-    return _build_head(status, content_type, length, headers, close, server)
+    head = _build_head(status, content_type, length, headers, close, server)
+    return head + body if body else head
 
 
 def _build_head(status, content_type, length, headers, close, server):

@@ -158,6 +158,9 @@ class RegistryServer:
         return self._stopping
 
     def server_close(self):
+        """Release the socket, the loop and the generation gates: after the
+        package and trust stores are closed (the gates map the stores' -shm
+        files, and closing those before sqlite does drops its locks: gate.py)."""
         self.socket.close()
         self.loop.close()
         self.trust.close()

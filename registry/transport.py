@@ -13,6 +13,7 @@ import socket
 import ssl
 
 from registry.loop import READ, WRITE
+from registry.plainhttp import answer_plain_http
 
 __all__ = ["Transport", "close_socket", "HANDSHAKE", "READING", "DISCARD", "BUSY", "UPLOAD",
            "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
@@ -53,6 +54,8 @@ class Transport:
         except ssl.SSLError as exc:
             self.server.events.refused(self.peer, "tls",
                                        "at TLS handshake: " + _tls_reason(exc))
+            if exc.reason == "HTTP_REQUEST":
+                answer_plain_http(self.sock)    # say why, in words curl shows
             return self.linger()
         except OSError as exc:
             log.debug("closing %s during TLS handshake: %s", self.peer, exc)

@@ -9,7 +9,7 @@ no CPU: a socket, a timer and an entry here) until either
 
 * the package store changes: a publish or delete through this server calls
   `check()` at once; a change made by another process is noticed by a
-  generation check every POLL_SECONDS (two stat calls, see gate.py). Each
+  generation check every POLL_SECONDS (no system call, see gate.py). Each
   waiter whose ETag no longer matches gets the new listing (200);
 * its time is up: 304 with the unchanged ETag.
 

@@ -109,6 +109,29 @@ class Node:
         return version
 
 
+def race_to_join(roots, token_of):
+    """Nodes at roots (certificates made first) run `registry join` at once,
+    node i with token_of(i); their Nodes and Results."""
+    import threading
+    from agent.paths import DataDir
+    nodes = [Node(root) for root in roots]
+    for node in nodes:                     # certificates made before the start line
+        node.root.mkdir()
+        DataDir(node.root).client_certificate()
+    results = [None] * len(nodes)
+    start = threading.Barrier(len(nodes))
+
+    def go(i):
+        start.wait()
+        results[i] = nodes[i]("registry", "join", token_of(i))
+    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(nodes))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    return nodes, results
+
+
 @pytest.fixture
 def nodes(tmp_path, registry):
     """(publisher, client) nodes, both registered with the registry."""

@@ -6,7 +6,7 @@ what operators feed the programs: PEM files written by openssl, EC P-256 keys.
 import pathlib
 import subprocess
 
-__all__ = ["CertPair", "make_cert"]
+__all__ = ["CertPair", "make_cert", "make_ca", "make_signed"]
 
 
 class CertPair:
@@ -54,4 +54,34 @@ def make_cert(directory, name, *, days=365, expired=False, sans=None,
             ext = ["-addext", "subjectAltName=" + ",".join(sans)]
         _run(["openssl", "req", "-x509", *keyopts, "-nodes", "-keyout", str(key),
               "-out", str(cert), "-subj", f"/CN={name}", "-days", str(days), *ext])
+    return CertPair(cert, key)
+
+
+def make_ca(directory, name) -> CertPair:
+    """A certificate authority: `<name>.crt` (CA:TRUE, keyCertSign) and its key."""
+    directory = pathlib.Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    _run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+          "-nodes", "-keyout", str(key), "-out", str(cert), "-subj", f"/CN={name}",
+          "-days", "30", "-addext", "basicConstraints=critical,CA:TRUE",
+          "-addext", "keyUsage=critical,keyCertSign,cRLSign"])
+    return CertPair(cert, key)
+
+
+def make_signed(directory, name, ca: CertPair, sans) -> CertPair:
+    """A server certificate for sans (e.g. ["IP:127.0.0.1"]) signed by ca, with
+    the extensions strict verification wants (Python 3.13's default)."""
+    directory = pathlib.Path(directory)
+    cert, key = directory / f"{name}.crt", directory / f"{name}.key"
+    csr, ext = directory / f"{name}.csr", directory / f"{name}.ext"
+    ext.write_text(f"subjectAltName={','.join(sans)}\nbasicConstraints=critical,CA:FALSE\n"
+                   "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth\n"
+                   "authorityKeyIdentifier=keyid\nsubjectKeyIdentifier=hash\n")
+    _run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+          "-nodes", "-keyout", str(key), "-out", str(csr), "-subj", f"/CN={name}"])
+    _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(ca.cert), "-CAkey",
+          str(ca.key), "-CAcreateserial", "-days", "30", "-extfile", str(ext),
+          "-out", str(cert)])
+    csr.unlink()
     return CertPair(cert, key)

@@ -117,9 +117,9 @@ class ThreadServer:
     def stop(self):
         self.server.shutdown()
         self.thread.join(timeout=10)
-        self.server.server_close()
         self.packages.close()
         self.trust.close()
+        self.server.server_close()        # after the stores (registry/gate.py)
         self.audit.close()
 
 

@@ -1,5 +1,6 @@
 """A TCP forwarder on 127.0.0.1 that can be cut and restored: an object store
-that goes away mid-transfer (and comes back on the same port) for the tests."""
+that goes away mid-transfer (and comes back on the same port), or hangs, for
+the tests."""
 import socket
 import threading
 
@@ -80,3 +81,24 @@ class Forwarder:
                 s.close()
             except OSError:
                 pass
+
+    def hang(self):
+        """Become an object store that hangs: cut every connection, then take
+        new ones on the same port and never answer (stop() ends it)."""
+        self.stop()
+        lst = socket.socket()
+        lst.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        lst.bind(("127.0.0.1", self.port))
+        lst.listen(64)
+        with self._lock:
+            self._listener = lst
+
+        def swallow():
+            while True:
+                try:
+                    client, _ = lst.accept()
+                except OSError:
+                    return
+                with self._lock:
+                    self._socks.add(client)     # held open, never read
+        threading.Thread(target=swallow, daemon=True).start()

@@ -11,7 +11,7 @@ import tarfile
 import pytest
 
 import names
-from agent import appstore
+from agent import appsdb, appstore
 from agent.appstore import AppStore
 from agent.errors import (Conflict, Immutable, IntegrityError, ManifestError, NotFound,
                           PackageError, StoreError)
@@ -261,15 +261,15 @@ def test_import_grows_the_next_local_number(store, tmp_path):
 def test_schema_version_and_migrations(tmp_path, monkeypatch):
     AppStore(tmp_path / "d").close()
     db = sqlite3.connect(tmp_path / "d" / "apps.db")
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(appstore.MIGRATIONS)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(appsdb.MIGRATIONS)
     db.close()
-    monkeypatch.setattr(appstore, "MIGRATIONS", appstore.MIGRATIONS + [
+    monkeypatch.setattr(appsdb, "MIGRATIONS", appsdb.MIGRATIONS + [
         ("ALTER TABLE versions ADD COLUMN pushed_to_registry INTEGER NOT NULL DEFAULT 0",)])
     AppStore(tmp_path / "d").close()
     db = sqlite3.connect(tmp_path / "d" / "apps.db")
     columns = [row[1] for row in db.execute("PRAGMA table_info(versions)")]
     assert "pushed_to_registry" in columns
-    assert db.execute("PRAGMA user_version").fetchone()[0] == len(appstore.MIGRATIONS)
+    assert db.execute("PRAGMA user_version").fetchone()[0] == len(appsdb.MIGRATIONS)
     db.close()
 
 
@@ -325,7 +325,7 @@ def test_recover_waits_for_live_writers(tmp_path):
 # killed: no sleeps or timing in the test, the kill lands exactly there.
 CHILD = r"""
 import sys
-from agent import appstore, blobs, package
+from agent import appstore, blobs, staging
 point, data, src, sha256 = sys.argv[1:5]
 
 def stop(*args, **kwargs):
@@ -337,7 +337,7 @@ if point == "copy":
         out.write(b"BZh9" + bytes(1000))
         out.flush()
         stop()
-    package._copy = package._pack = half_written
+    staging._copy = staging._pack = half_written
 elif point == "commit":
     blobs.Blobs.commit = stop
 elif point == "insert":
@@ -413,11 +413,11 @@ def test_staging_file_with_bad_bytes(store, tmp_path):
 
 
 def test_a_verified_download_is_not_read_again_for_its_digest(store, tmp_path, monkeypatch):
-    from agent import package
+    from agent import staging
     source = make_zip(tmp_path / "dl.zip")
     read = []
-    real = package._digest
-    monkeypatch.setattr(package, "_digest", lambda file: read.append(file) or real(file))
+    real = staging._digest
+    monkeypatch.setattr(staging, "_digest", lambda file: read.append(file) or real(file))
     with store.staging_file() as staged:
         with open(staged, "wb") as out:
             out.write(source.read_bytes())
@@ -462,5 +462,5 @@ def test_damaged_database(tmp_path):
     (tmp_path / "d" / "apps.db").write_bytes(b"garbage" * 200)
     with pytest.raises(StoreError) as info:
         AppStore(tmp_path / "d")
-    assert str(info.value).startswith(appstore.DATABASE_ERROR.format(
+    assert str(info.value).startswith(appsdb.DATABASE_ERROR.format(
         path=tmp_path / "d" / "apps.db", error=""))

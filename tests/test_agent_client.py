@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from agent import client as client_mod
+from agent import failures
 from agent import transfer
 from agent.client import RegistryClient
 from agent.errors import (BadResponse, Cancelled, Forbidden, IntegrityError, NotTrusted,
@@ -82,7 +82,7 @@ def test_same_bytes_again_is_a_no_op_and_other_bytes_conflict(registry, certs, t
         assert c.upload("game", 0, "amd64", path, sha, {}) is False
         with pytest.raises(RegistryConflict) as err:
             c.upload("game", 0, "amd64", other, other_sha, {})
-        assert str(err.value) == client_mod.CONFLICT.format(what="game/0/amd64")
+        assert str(err.value) == failures.CONFLICT.format(what="game/0/amd64")
 
 
 def test_unchanged_listing_costs_one_request_answered_304(registry, certs, tmp_path, access):
@@ -137,7 +137,7 @@ def test_a_client_certificate_cannot_write(registry, certs, tmp_path):
         with connect(registry, certs.client) as c:
             with pytest.raises(Forbidden) as err:
                 c.upload("game", 1, "amd64", path, sha, {})
-            assert str(err.value) == client_mod.READ_ONLY
+            assert str(err.value) == failures.READ_ONLY
     with connect(registry, certs.client) as c:
         with pytest.raises(Forbidden, match="aar trust add --publisher"):
             c.delete("game", 0, "amd64")
@@ -153,7 +153,7 @@ def test_wrong_fingerprint_sends_nothing(registry, certs, tmp_path, access):
     for call in calls:
         with pytest.raises(PinError) as err:
             call()
-        assert str(err.value) == client_mod.PIN_MISMATCH.format(
+        assert str(err.value) == failures.PIN_MISMATCH.format(
             expected=wrong, actual=registry.fingerprint)
     assert access == []
 

@@ -1,4 +1,4 @@
-"""agent.package: what a package may hold, checked on the staged copy.
+"""agent.package and agent.staging: what a package may hold, checked on the staged copy.
 
 The helpers at the top build packages the way operators (and attackers) do,
 with zipfile and tarfile; test_agent_appstore.py uses them too.
@@ -12,7 +12,7 @@ import zipfile
 
 import pytest
 
-from agent import manifest, package
+from agent import manifest, package, staging
 from agent.errors import ManifestError, PackageError
 
 MANIFEST = b"name: game\ntags: [arcade]\n"
@@ -73,9 +73,9 @@ def make_tar(path, entries=None):
 
 def check(path, tmp_path):
     """stage + inspect, as the store does; the staging file is removed."""
-    staging = tmp_path / "staging"
-    staging.mkdir(exist_ok=True)
-    staged, sha256, size = package.stage(path, staging)
+    staging_dir = tmp_path / "staging"
+    staging_dir.mkdir(exist_ok=True)
+    staged, sha256, size = staging.stage(path, staging_dir)
     try:
         return package.inspect(staged), sha256, size
     finally:
@@ -104,7 +104,7 @@ def test_directory_packing_is_deterministic(tmp_path):
 def test_packed_directory_contents(tmp_path):
     make_dir(tmp_path / "pkg", {"manifest.yaml": MANIFEST, "bin/run": b"#!/bin/sh\n"})
     os.chmod(tmp_path / "pkg" / "bin" / "run", 0o700)
-    staged, _, _ = package.stage(tmp_path / "pkg", tmp_path)
+    staged, _, _ = staging.stage(tmp_path / "pkg", tmp_path)
     with tarfile.open(staged) as archive:
         infos = {info.name: info for info in archive.getmembers()}
     assert sorted(infos) == ["bin", "bin/run", "manifest.yaml"]
@@ -115,9 +115,9 @@ def test_packed_directory_contents(tmp_path):
 def test_zip_is_stored_as_given(tmp_path):
     path = make_zip(tmp_path / "game.zip", [("./manifest.yaml", MANIFEST), ("a/", b""),
                                             ("a/b", b"x"), zip_link("a/l", "b")])
-    staging = tmp_path / "staging"
-    staging.mkdir()
-    staged, _, size = package.stage(path, staging)
+    staging_dir = tmp_path / "staging"
+    staging_dir.mkdir()
+    staged, _, size = staging.stage(path, staging_dir)
     assert open(staged, "rb").read() == path.read_bytes() and size == path.stat().st_size
     assert package.inspect(staged)["name"] == "game"
 
@@ -317,12 +317,12 @@ def test_not_a_package(tmp_path, name):
         path.write_bytes(b"x")
     (tmp_path / "staging").mkdir()
     with pytest.raises(PackageError) as info:
-        package.stage(path, tmp_path / "staging")
-    assert str(info.value) == package.NOT_A_PACKAGE.format(path=path)
+        staging.stage(path, tmp_path / "staging")
+    assert str(info.value) == staging.NOT_A_PACKAGE.format(path=path)
     assert os.listdir(tmp_path / "staging") == []
 
 
 def test_archive_only_refuses_directories(tmp_path):
     make_dir(tmp_path / "pkg")
     with pytest.raises(PackageError):
-        package.stage(tmp_path / "pkg", tmp_path, archive_only=True)
+        staging.stage(tmp_path / "pkg", tmp_path, archive_only=True)

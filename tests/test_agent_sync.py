@@ -9,7 +9,7 @@ import subprocess
 import sys
 import zipfile
 
-from agent import client as client_mod
+from agent import failures
 from agent import commands, sync
 from agentnodes import Node, nodes, registry  # noqa: F401 (fixtures)
 from fakeregistry import CuttingProxy, FakeRegistry
@@ -124,7 +124,7 @@ def test_a_client_role_pushing_gets_a_clear_error(tmp_path, registry):
     node.add_app(tmp_path, "game")
     result = node("sync")
     assert result.code == 1
-    assert client_mod.READ_ONLY in result.err
+    assert failures.READ_ONLY in result.err
     assert listed(registry) == set()
 
 
@@ -141,7 +141,7 @@ def test_wrong_fingerprint_is_refused_and_nothing_changes(tmp_path, registry, no
         access.clear()
         result = node("sync")
         assert result.code == 1
-        assert client_mod.PIN_MISMATCH.format(expected=wrong, actual=registry.fingerprint) \
+        assert failures.PIN_MISMATCH.format(expected=wrong, actual=registry.fingerprint) \
             in result.err
         assert access == []                                    # not one request
     assert listed(registry) == {("game", 0)}

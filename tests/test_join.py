@@ -16,7 +16,7 @@ import threading
 
 import pytest
 
-from agentnodes import Node, aar_cli
+from agentnodes import Node, aar_cli, race_to_join
 from regserver import ROOT, Client, ProcessServer, ThreadServer, client_context, free_port
 from registry import join as join_mod
 from trust import certs as certs_mod
@@ -177,22 +177,7 @@ def test_not_a_token(registry, tmp_path):
 
 def test_two_nodes_racing_for_one_token_one_wins(registry, tmp_path):
     token = _token(registry)
-    nodes = [Node(tmp_path / f"n{i}") for i in range(6)]
-    for node in nodes:                     # certificates made before the start line
-        node.root.mkdir()
-        from agent.paths import DataDir
-        DataDir(node.root).client_certificate()
-    results = [None] * len(nodes)
-    start = threading.Barrier(len(nodes))
-
-    def go(i):
-        start.wait()
-        results[i] = nodes[i]("registry", "join", token)
-    threads = [threading.Thread(target=go, args=(i,)) for i in range(len(nodes))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    nodes, results = race_to_join([tmp_path / f"n{i}" for i in range(6)], lambda i: token)
     assert sorted(r.code for r in results) == [0] + [1] * (len(nodes) - 1)
     assert len(_trusted(registry)) == 1
     winner = nodes[[r.code for r in results].index(0)]

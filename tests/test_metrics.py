@@ -237,8 +237,8 @@ def test_healthz_is_503_when_the_trust_store_is_unusable(tmp_path):
         listener.stop()
         srv.server.shutdown()
         srv.thread.join(10)
-        srv.server.server_close()
         srv.packages.close()
+        srv.server.server_close()
 
 
 def test_serve_refuses_a_taken_metrics_port(tmp_path):

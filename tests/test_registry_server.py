@@ -1,8 +1,10 @@
 """The registry over real mutual TLS: who gets in, what the API answers."""
 import hashlib
 import json
+import shutil
 import socket
 import ssl
+import subprocess
 import time
 
 import pytest
@@ -82,6 +84,53 @@ def test_refused_clients_read_the_alert_not_a_reset(registry, certs, caplog):
                     tls.recv(100)
                 assert "ALERT" in err.value.reason
     assert any("not trusted" in r.getMessage() for r in caplog.records)
+
+
+def _plain_http(port, head):
+    """Send head over plain TCP to the HTTPS port; (status line, headers, body) read."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw:
+        raw.sendall(head)
+        answer = b""
+        while chunk := raw.recv(4096):
+            answer += chunk
+    top, _, body = answer.partition(b"\r\n\r\n")
+    lines = top.decode("ascii").split("\r\n")
+    headers = dict(line.split(": ", 1) for line in lines[1:])
+    assert int(headers["Content-Length"]) == len(body)
+    return lines[0], headers, body.decode("utf-8")
+
+
+@pytest.mark.parametrize("host, shown", [
+    ("registry.example.net", "registry.example.net"),        # the name the caller used
+    ("127.0.0.1:{port}", "127.0.0.1"),
+    (None, "127.0.0.1"),                                      # no Host: where it arrived
+    ("evil.net/<script>", "127.0.0.1"),                       # nothing odd is echoed
+])
+def test_plain_http_on_the_https_port_is_told_to_use_https(registry, certs, caplog,
+                                                           host, shown):
+    port = registry.port
+    head = b"GET /1.0/status HTTP/1.1\r\n"
+    if host is not None:
+        head += b"Host: " + host.format(port=port).encode() + b"\r\n"
+    status, headers, body = _plain_http(port, head + b"Accept: */*\r\n\r\n")
+    assert status == "HTTP/1.1 400 Bad Request"
+    assert headers["Content-Type"].startswith("text/plain")
+    assert headers["Connection"] == "close"
+    assert "plain HTTP request was sent to an HTTPS port" in body
+    assert f"Use https://{shown}:{port} " in body and "<" not in body
+    assert any("plain HTTP on the HTTPS port" in r.getMessage() for r in caplog.records)
+    # The registry goes on serving its TLS clients.
+    assert registry.client(certs.client).json("GET", "/1.0/status")[0] == 200
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_on_http_reads_why(registry):
+    url = f"http://127.0.0.1:{registry.port}/1.0/status"
+    result = subprocess.run(["curl", "-sS", "-i", "--max-time", "20", url],
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("HTTP/1.1 400 Bad Request")
+    assert f"Use https://127.0.0.1:{registry.port} " in result.stdout
 
 
 def test_revocation_ends_open_keepalive_and_resumed_sessions(registry, certs, tmp_path):

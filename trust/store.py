@@ -21,7 +21,7 @@ from .certs import Certificate
 from .errors import AlreadyExists, Ambiguous, NotFound, Revoked, StoreError
 from .sqlmap import SqliteMapping
 
-__all__ = ["ROLES", "Record", "TrustStore", "check_role"]
+__all__ = ["ROLES", "Record", "TrustStore", "check_role", "pick"]
 
 ROLES = ("client", "publisher")
 _FIELDS = ("pem", "role", "name", "added_at", "not_after", "revoked_at")
@@ -58,6 +58,18 @@ def check_role(role) -> str:
     if role not in ROLES:
         raise ValueError(f"invalid role {role!r}: expected 'client' or 'publisher'")
     return role
+
+
+def pick(wanted, fingerprints) -> str:
+    """The one of fingerprints that starts with wanted; NotFound or Ambiguous."""
+    matches = sorted(fp for fp in fingerprints if fp.startswith(wanted))
+    if not matches:
+        raise NotFound(f"no certificate with a fingerprint starting {wanted} "
+                       "in the trust store")
+    if len(matches) > 1:
+        raise Ambiguous(f"{len(matches)} certificates have fingerprints starting "
+                        f"{wanted}; give more digits")
+    return matches[0]
 
 
 def _timestamp(moment: datetime.datetime) -> str:
@@ -113,15 +125,7 @@ class TrustStore:
             if wanted not in self._map:
                 raise NotFound(f"no certificate with fingerprint {wanted} in the trust store")
             return wanted
-        matches = sorted(key.decode("utf-8", "replace") for key in self._map
-                         if key.startswith(wanted.encode("ascii")))
-        if not matches:
-            raise NotFound(f"no certificate with a fingerprint starting {wanted} "
-                           "in the trust store")
-        if len(matches) > 1:
-            raise Ambiguous(f"{len(matches)} certificates have fingerprints starting "
-                            f"{wanted}; give more digits")
-        return matches[0]
+        return pick(wanted, (key.decode("utf-8", "replace") for key in self._map))
 
     def records(self, revoked=False) -> list:
         """Trusted records; with revoked=True the revoked ones too. Oldest first."""
@@ -213,6 +217,11 @@ class TrustStore:
         """Run one SQL statement on the store's database; its rows."""
         self._check_open()
         return self._map.execute(sql, params, write)
+
+    def join_tokens(self):
+        """The join tokens kept in this store's database (trust/tokens.py)."""
+        from .tokens import Tokens      # it imports this module
+        return Tokens(self)
 
     def close(self):
         if not self._closed:

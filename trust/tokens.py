@@ -22,7 +22,8 @@ from names import check_fingerprint
 from .errors import NotFound, TokenError, TrustError
 from .store import check_role
 
-__all__ = ["Token", "Tokens", "TokenError", "TokenRefused", "PREFIX", "REFUSALS"]
+__all__ = ["Token", "Tokens", "TokenError", "TokenRefused", "PREFIX", "REFUSALS",
+           "new_token", "check", "public"]
 
 PREFIX = "aar1."
 _MAX_TOKEN = 4096
@@ -96,6 +97,46 @@ class Token:
         return token
 
 
+def new_token(role, ttl_seconds, name="") -> tuple:
+    """(row with the secret's hash, secret) of a new token, in any store."""
+    check_role(role)
+    now = _utcnow()
+    secret = secrets.token_urlsafe(32)
+    row = {"id": secrets.token_hex(6), "hash": _hash(secret), "role": role,
+           "name": name or "", "created_at": _stamp(now),
+           "expires_at": _stamp(now + datetime.timedelta(seconds=ttl_seconds)),
+           "used_at": None, "used_by": None}
+    return row, secret
+
+
+def check(row, token_id, secret) -> str:
+    """The time of use if the token row may be used with secret, else raise
+    TokenRefused (row None: no such token)."""
+    if row is None:
+        raise TokenRefused("unknown", token_id)
+    # compare_digest: timing must not tell how much of a guess matched.
+    if not hmac.compare_digest(row["hash"], _hash(secret)):
+        raise TokenRefused("wrong_secret", token_id)
+    if row["used_at"]:
+        raise TokenRefused("used", token_id)
+    now = _stamp(_utcnow())
+    if row["expires_at"] <= now:
+        raise TokenRefused("expired", token_id)
+    return now
+
+
+def public(row) -> dict:
+    """A token row as shown: without the hash, with its state."""
+    row = {k: v for k, v in row.items() if k != "hash"}
+    if row["used_at"]:
+        row["state"] = "used"
+    elif row["expires_at"] <= _stamp(_utcnow()):
+        row["state"] = "expired"
+    else:
+        row["state"] = "valid"
+    return row
+
+
 def _hash(secret) -> str:
     return hashlib.sha256(secret.encode("utf-8", "replace")).hexdigest()
 
@@ -117,25 +158,18 @@ class Tokens:
 
     def create(self, role, ttl_seconds, name="") -> tuple:
         """A new token's (row without the hash, secret)."""
-        check_role(role)
-        now = _utcnow()
-        secret = secrets.token_urlsafe(32)
-        row = {"id": secrets.token_hex(6), "role": role, "name": name or "",
-               "created_at": _stamp(now),
-               "expires_at": _stamp(now + datetime.timedelta(seconds=ttl_seconds)),
-               "used_at": None, "used_by": None}
+        row, secret = new_token(role, ttl_seconds, name)
         self._store.execute(
             "INSERT INTO JoinTokens (id, hash, role, name, created_at, expires_at)"
             " VALUES (?, ?, ?, ?, ?, ?)",
-            (row["id"], _hash(secret), role, row["name"], row["created_at"],
-             row["expires_at"]), write=True)
-        return row, secret
+            tuple(row[c] for c in _COLUMNS[:6]), write=True)
+        return public(row), secret
 
     def list(self) -> list:
         """Every token (oldest first) with its state: valid, used or expired."""
         rows = self._store.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM JoinTokens ORDER BY created_at, id")
-        return [self._public(dict(zip(_COLUMNS, r))) for r in rows]
+        return [public(dict(zip(_COLUMNS, r))) for r in rows]
 
     def remove(self, token_id) -> dict:
         """Delete a token (used or not); NotFound if there is none."""
@@ -145,7 +179,7 @@ class Tokens:
                 raise NotFound(f"no join token {token_id}: see `aar trust token list`")
             self._store.execute("DELETE FROM JoinTokens WHERE id = ?", (token_id,),
                                 write=True)
-        return self._public(row)
+        return public(row)
 
     def redeem(self, token_id, secret, cert) -> tuple:
         """Use the token to trust cert: (token row, trust Record), all or nothing.
@@ -155,34 +189,15 @@ class Tokens:
         """
         with self._store.transaction():
             row = self._get(token_id) if isinstance(token_id, str) else None
-            if row is None:
-                raise TokenRefused("unknown", token_id)
-            # compare_digest: timing must not tell how much of a guess matched.
-            if not hmac.compare_digest(row["hash"], _hash(secret)):
-                raise TokenRefused("wrong_secret", token_id)
-            if row["used_at"]:
-                raise TokenRefused("used", token_id)
-            now = _stamp(_utcnow())
-            if row["expires_at"] <= now:
-                raise TokenRefused("expired", token_id)
+            now = check(row, token_id, secret)
             record = self._store.add(cert, row["role"], name=row["name"] or None)
             self._store.execute("UPDATE JoinTokens SET used_at = ?, used_by = ? WHERE id = ?",
                                 (now, record.fingerprint, token_id), write=True)
         row.update(used_at=now, used_by=record.fingerprint)
-        return self._public(row), record
+        return public(row), record
 
     def _get(self, token_id):
         rows = self._store.execute(
             f"SELECT {', '.join(_COLUMNS)} FROM JoinTokens WHERE id = ?", (token_id,))
         return dict(zip(_COLUMNS, rows[0])) if rows else None
 
-    @staticmethod
-    def _public(row) -> dict:
-        row = {k: v for k, v in row.items() if k != "hash"}
-        if row["used_at"]:
-            row["state"] = "used"
-        elif row["expires_at"] <= _stamp(_utcnow()):
-            row["state"] = "expired"
-        else:
-            row["state"] = "valid"
-        return row
