@@ -77,6 +77,13 @@ class Drippers:
 def test_publishers_dripping_bodies_hold_no_worker(tmp_path, certs):
     data = tmp_path / "aar"
     server = ProcessServer(data, extra=("--workers", str(WORKERS)))
+    try:
+        _while_drippers_drip(server, data, certs)
+    finally:
+        server.stop()
+
+
+def _while_drippers_drip(server, data, certs):
     for pair, role in ((certs.publisher, ["-p"]), (certs.client, [])):
         added = aar("trust", "add", *role, str(pair.cert), data_dir=data)
         assert added.returncode == 0, added.stderr
@@ -109,7 +116,6 @@ def test_publishers_dripping_bodies_hold_no_worker(tmp_path, certs):
             break
         time.sleep(0.1)
     assert list((data / "staging").iterdir()) == []
-    server.stop()
 
 
 def test_a_stalled_upload_is_cut_off_and_leaves_nothing(tmp_path, certs, caplog):
