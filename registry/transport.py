@@ -41,8 +41,12 @@ class Transport:
             self.loop.modify(self.fd, events)
 
     def handshake(self):
+        # The C object's do_handshake, as for reads and writes: SSLSocket's
+        # wrapper also resets the socket's timeout (a system call) each time,
+        # and a peer that drips its ClientHello makes one call per byte.
+        tls = getattr(self.sock, "_sslobj", None) or self.sock
         try:
-            self.sock.do_handshake()
+            tls.do_handshake()
         except ssl.SSLWantReadError:
             return self._watch(READ)
         except ssl.SSLWantWriteError:
