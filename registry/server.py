@@ -33,6 +33,7 @@ import socket
 import time
 
 from registry.connection import Connection, HANDSHAKE, READING
+from registry.transport import HELLO
 from registry.events import Events
 from registry.livetrust import LiveTrust
 from registry.loop import READ, Loop, Pool
@@ -210,18 +211,16 @@ class RegistryServer:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = self.trust.context.wrap_socket(sock, server_side=True,
-                                                 do_handshake_on_connect=False)
         except OSError as exc:
             log.debug("closing %s before its handshake: %s", _show(addr), exc)
             sock.close()
             return
-        conn = Connection(self, tls, addr)
+        conn = Connection(self, sock, addr)     # TLS once its ClientHello is here
         self.events.connection_opened()
         self.connections.add(conn)
         self.handshaking[conn] = None
         self.per_address[host] += 1
-        self.loop.add(conn.fd, conn, READ)
+        self.loop.add(conn.fd, conn, HELLO)
         # With TCP_DEFER_ACCEPT the ClientHello is usually here already.
         conn.handshake()
 
