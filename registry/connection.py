@@ -26,9 +26,9 @@ from registry.bodies import ClientGone, FileStream, Reply, UploadBody
 from registry.loop import ERRORS, READ
 from registry.protocol import (MAX_DISCARD, ProtocolError, head_end, parse_head,
                                response_head)
-from registry.transport import (BUSY, CLOSED, DISCARD, HANDSHAKE, HELLO, LINGER,
-                                READING, STREAMING, UPLOAD, UPLOAD_DONE, WAITING,
-                                WRITING, Transport, close_socket)
+from registry.transport import (BUSY, CLOSED, DISCARD, HANDSHAKE, LINGER, READING,
+                                STREAMING, UPLOAD, UPLOAD_DONE, WAITING, WRITING,
+                                Transport, close_socket)
 from trust.certs import fingerprint as der_fingerprint
 
 __all__ = ["Connection"]
@@ -58,7 +58,7 @@ class Connection(Transport):
         self.fingerprint = None
         self.deadline = self.loop.now + server.settings.handshake_timeout
         self.opened = time.monotonic()
-        self.events = HELLO
+        self.events = READ
         self.request = None
         self.discarding = 0
         self.out = []                     # buffers waiting to be written

@@ -33,7 +33,6 @@ import socket
 import time
 
 from registry.connection import Connection, HANDSHAKE, READING
-from registry.transport import HELLO
 from registry.events import Events
 from registry.livetrust import LiveTrust
 from registry.loop import READ, Loop, Pool
@@ -220,7 +219,7 @@ class RegistryServer:
         self.connections.add(conn)
         self.handshaking[conn] = None
         self.per_address[host] += 1
-        self.loop.add(conn.fd, conn, HELLO)
+        self.loop.add(conn.fd, conn, READ)
         # With TCP_DEFER_ACCEPT the ClientHello is usually here already.
         conn.handshake()
 

@@ -30,7 +30,7 @@ HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, UPLOAD_DONE, WAITING, WRITING, STREAM
 # so a read this large always empties OpenSSL's buffer: nothing is ever left
 # pending() that epoll would not announce.
 _RECV = 64 * 1024
-# Until the ClientHello is all here, only new bytes are announced: they are
+# While a ClientHello is incomplete, only new bytes are announced: they are
 # peeked at, not read, so a level-triggered watch would fire on and on.
 HELLO = READ | select.EPOLLET
 # A TLS record: a 5-byte header, then at most 16 KiB (+ 2 KiB of expansion).
@@ -97,6 +97,7 @@ class Transport:
         if _peeked[0] == 0x16:            # a handshake record: all of it here?
             need = 5 + int.from_bytes(_peeked[3:5], "big") if n >= 5 else 5
             if n < min(need, _RECORD_MAX):
+                self._watch(HELLO)        # from now on, only new bytes
                 return False
         try:
             self.sock = self.server.trust.context.wrap_socket(
