@@ -146,13 +146,14 @@ class S3Client:
         return url, signed
 
     def request(self, method, key="", params=(), headers=None, body=b"",
-                ok=(200,), what=None):
+                ok=(200,), what=None, attempts=None):
         """One request with retries; returns Response (body read) or raises."""
         what = what or f"{method} {key or self.endpoint.bucket}"
         params = list(params)
         payload = sigv4.UNSIGNED if body else sigv4.EMPTY_SHA256
         delay = self.backoff
-        for attempt in range(1, self.attempts + 1):
+        attempts = attempts or self.attempts
+        for attempt in range(1, attempts + 1):
             url, signed = self._signed(method, key, params, headers, payload)
             if body:
                 signed["content-length"] = str(len(body))
@@ -177,7 +178,7 @@ class S3Client:
                     return Response(resp.status, hdrs, data)
                 error = self._error(resp.status, data, what)
                 retry = resp.status in _RETRY_STATUS or error.code in _RETRY_CODES
-            if not retry or attempt == self.attempts:
+            if not retry or attempt == attempts:
                 raise error
             time.sleep(random.uniform(0, delay))
             delay = min(self.max_backoff, delay * 2)
@@ -231,8 +232,10 @@ class S3Client:
                 return None
             raise
 
-    def delete(self, key):
-        self.request("DELETE", key, ok=(200, 204, 404))
+    def delete(self, key, attempts=None):
+        """Delete an object (absent is fine); ``attempts=1``: no retry, when a
+        late repetition could delete what another writer put there since."""
+        self.request("DELETE", key, ok=(200, 204, 404), attempts=attempts)
 
     def list(self, prefix, delimiter=None, page_size=None):
         """Every object under prefix as dicts {key, etag, size, modified};
@@ -314,9 +317,9 @@ class S3Client:
             raise S3Error(500, root.findtext("Code") or "InternalError",
                           root.findtext("Message") or "", f"complete upload {key}")
 
-    def abort_multipart(self, key, upload_id):
+    def abort_multipart(self, key, upload_id, attempts=None):
         self.request("DELETE", key, [("uploadId", upload_id)], ok=(200, 204, 404),
-                     what=f"abort upload {key}")
+                     what=f"abort upload {key}", attempts=attempts)
 
     def list_multipart(self, prefix):
         """In-progress uploads under prefix: [(key, upload_id, initiated)]."""

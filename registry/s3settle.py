@@ -7,7 +7,7 @@ contender PUTs its own object under a shared prefix, waits until every
 earlier PUT must be visible, then LISTs the prefix; every contender sees the
 same objects and orders them the same way, by (LastModified, key).
 
-    claim(client, key, body, prefix) -> the settled listing of prefix
+    claim(client, key, body, prefix) -> (settled listing of prefix, store's time)
 
 A PUT slower than s3claims.FAST is withdrawn (TooSlow): every object that
 stays was visible within FAST of its LastModified, and SETTLE is larger
@@ -38,8 +38,9 @@ def first(items):
     return min(items, key=order, default=None)
 
 
-def claim(client, key, body, prefix) -> list:
-    """PUT key, wait until it is settled, and return prefix's listing then."""
+def claim(client, key, body, prefix) -> tuple:
+    """PUT key, wait until it is settled; prefix's listing then, and the
+    store's clock (epoch seconds) at that listing."""
     started = time.monotonic()
     client.put(key, body)
     took = time.monotonic() - started
@@ -52,7 +53,8 @@ def claim(client, key, body, prefix) -> list:
         own = next((i for i in items if i["key"] == key), None)
         if own is None:
             raise Vanished(f"{key} was deleted meanwhile; try again")
-        wait = store_time(own["modified"]) + SETTLE - date_time(date)
+        now = date_time(date)
+        wait = store_time(own["modified"]) + SETTLE - now
         if wait <= 0:
-            return items
+            return items, now
         time.sleep(min(wait, SETTLE) + 0.05)

@@ -25,7 +25,9 @@ import time
 from objstore import upload
 from objstore.client import S3Error, Unreachable
 from registry import s3claims as claims
+from registry import s3gc
 from registry.errors import ApiError
+from registry.s3commit import Push
 from registry.storage import _check_upload, build_listing, same_or_conflict
 
 __all__ = ["S3PackageStore", "StorageError"]
@@ -33,6 +35,9 @@ __all__ = ["S3PackageStore", "StorageError"]
 log = logging.getLogger("aar.storage")
 
 POLL = 1.0
+GC_EVERY = 60.0
+BLOB_AGE = 600.0
+_RECOVER_BUDGET = 10_000
 STALE_INDEX = 10.0
 _FETCHERS = 8
 _LIST_CACHE_SIZE = 8
@@ -83,13 +88,14 @@ class S3PackageStore:
 
     def __init__(self, client, prefix="", redirect=True, presign_expiry=300,
                  stale_uploads=86400.0, stale_claims=claims.STALE, poll=POLL,
-                 read_only=False):
+                 read_only=False, blob_age=BLOB_AGE, gc_every=GC_EVERY):
         self.client = client
         self.prefix = prefix
         self.redirect = redirect
         self.presign_expiry = presign_expiry
         self.stale_uploads = stale_uploads
         self.stale_claims = stale_claims
+        self.blob_age = blob_age
         self._records = {}            # key -> (etag, record); records never change
         self._index = {}
         self._generation = 0
@@ -108,7 +114,7 @@ class S3PackageStore:
         except _STORE_ERRORS as exc:
             raise StorageError(f"S3 storage unusable ({where}): {exc}") from None
         if not read_only:
-            threading.Thread(target=self._poll, args=(poll,), name="aar-s3-index",
+            threading.Thread(target=self._poll, args=(poll, gc_every), name="aar-s3-index",
                              daemon=True).start()
 
     def close(self):
@@ -122,7 +128,8 @@ class S3PackageStore:
 
     # -- the index ------------------------------------------------------------
 
-    def _poll(self, interval):
+    def _poll(self, interval, gc_every):
+        collected = time.monotonic()
         while not self._stop.wait(interval):
             try:
                 self.refresh()
@@ -130,6 +137,13 @@ class S3PackageStore:
                 if self._error is None:
                     log.error("cannot list the bucket: %s", exc)
                 self._error = str(exc)
+                continue
+            if time.monotonic() - collected >= gc_every:
+                collected = time.monotonic()
+                try:
+                    self.collect()
+                except _STORE_ERRORS as exc:
+                    log.warning("collecting garbage in the bucket: %s", exc)
 
     def refresh(self):
         """LIST the bucket and swap in a new index (raises on store errors)."""
@@ -244,31 +258,46 @@ class S3PackageStore:
 
     def put(self, app, version, arch, stream, length, sha256, manifest=None,
             publisher="") -> tuple:
-        """Store a package (see PackageStore.put); the commit is s3claims'."""
+        """Store a package (see PackageStore.put); the commit is s3commit's."""
         version, sha256, tags, manifest = _check_upload(
             app, version, arch, length, sha256, manifest)
         try:
             existing = self._record_of(app, version, arch)
             if existing is not None:
                 return False, same_or_conflict(existing, sha256, length)
-            try:
-                upload.upload(self.client, self._blob_key(sha256), stream, length, sha256)
-            except upload.ShortBody as exc:
-                raise ApiError.of("size_mismatch", str(exc)) from None
-            except upload.DigestMismatch as exc:
-                raise ApiError.of("digest_mismatch", str(exc)) from None
             record = {"name": app, "version": version, "architecture": arch,
                       "size": length, "sha256": sha256, "created_at": _now_text(),
                       "publisher": publisher, "tags": tags, "manifest": manifest}
-            created, record = self._commit(record)
+            self._push(record, stream)
         except (S3Error, Unreachable) as exc:
             log.error("storing %s %s %s: %s", app, version, arch, exc)
             raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
+        log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s", app, version,
+                 arch, length, sha256, publisher or "-")
         try:
             self.refresh()
         except _STORE_ERRORS:
             pass                     # the poller will catch up
-        return created, record
+        return True, record
+
+    def _push(self, record, stream):
+        """Claim, send the bytes, commit: the claim's wait overlaps the transfer."""
+        sha256 = record["sha256"]
+        push = Push(self.client, self.prefix, record["name"], record["version"],
+                    record["architecture"], sha256, self.stale_claims)
+        up = upload.Upload(self.client, self._blob_key(sha256), record["size"], sha256)
+        try:
+            push.begin(lambda: up.received)
+            try:
+                up.send(stream)
+            except upload.ShortBody as exc:
+                raise ApiError.of("size_mismatch", str(exc)) from None
+            except upload.DigestMismatch as exc:
+                raise ApiError.of("digest_mismatch", str(exc)) from None
+            push.commit(record, up.finish)
+        finally:
+            up.abort()                # a no-op once finished
+            push.end()
 
     def _record_of(self, app, version, arch):
         items, _ = self.client.list(claims.record_prefix(self.prefix, app, version, arch))
@@ -278,123 +307,46 @@ class S3PackageStore:
         body = self.client.get(first["key"])
         return None if body is None else json.loads(body)
 
-    def _commit(self, record):
-        app, version, arch, sha256 = (record["name"], record["version"],
-                                      record["architecture"], record["sha256"])
-        mine = claims.claim_key(self.prefix, app, version, arch, sha256)
-        started = time.monotonic()
-        self.client.put(mine, b"")
-        took = time.monotonic() - started
-        if took > claims.FAST:
-            self.client.delete(mine)
-            raise ApiError.of("unavailable", f"the object store took {took:.1f}s to "
-                              "write a claim: too slow to commit safely; try again")
-        while True:
-            items, date = self.client.list(
-                claims.claim_prefix(self.prefix, app, version, arch))
-            own = next((i for i in items if i["key"] == mine), None)
-            if own is None:
-                raise ApiError.of("unavailable", "the claim vanished (the package was "
-                                  "deleted meanwhile); try again")
-            wait = claims.store_time(own["modified"]) + claims.SETTLE - \
-                claims.date_time(date)
-            if wait > 0:
-                time.sleep(min(wait, claims.SETTLE) + 0.05)
-                continue
-            first = claims.first_claim(items)
-            if first is own:
-                break
-            winner = first["key"].rsplit("/", 1)[1]
-            if self._stale_claim(first, app, version, arch, winner, date):
-                continue
-            self.client.delete(mine)
-            where = f"{app} {version} {arch}"
-            raise ApiError.of("conflict", f"{where} is already published with "
-                              f"sha256 {winner}")
-        self.client.put(claims.record_key(self.prefix, app, version, arch, sha256),
-                        json.dumps(record, sort_keys=True).encode())
-        log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s", app, version,
-                 arch, record["size"], sha256, record["publisher"] or "-")
-        return True, record
-
-    def _stale_claim(self, item, app, version, arch, sha256, date):
-        """Remove a first claim that never got its record and never will."""
-        age = claims.date_time(date) - claims.store_time(item["modified"])
-        if age < self.stale_claims:
-            return False
-        if self.client.head(claims.record_key(self.prefix, app, version, arch, sha256)):
-            return False
-        log.warning("removing claim %s: %.0fs old and no record", item["key"], age)
-        self.client.delete(item["key"])
-        return True
-
     def delete_package(self, app, version, arch) -> bool:
-        return self._delete(claims.record_prefix(self.prefix, app, version, arch),
-                            f"{self.prefix}claims/{app}/{version}/{arch}/") > 0
+        return self._delete(claims.record_prefix(self.prefix, app, version, arch)) > 0
 
     def delete_application(self, app) -> int:
-        return self._delete(claims.record_prefix(self.prefix, app),
-                            f"{self.prefix}claims/{app}/")
+        return self._delete(claims.record_prefix(self.prefix, app))
 
-    def _delete(self, records, claim_prefix):
+    def _delete(self, records):
+        """Delete the records, then the claims of their digests: a push in
+        flight keeps its claim (s3commit: it publishes after this delete)."""
         try:
-            items, _ = self.client.list(records)
-            found = {claims.parse_record_key(self.prefix, i["key"])[:3] for i in items
-                     if claims.parse_record_key(self.prefix, i["key"])}
-            for item in items:
-                self.client.delete(item["key"])
-            for item in self.client.list(claim_prefix)[0]:
-                self.client.delete(item["key"])
+            found = []
+            for item in self.client.list(records)[0]:
+                parsed = claims.parse_record_key(self.prefix, item["key"])
+                if parsed:
+                    self.client.delete(item["key"])
+                    found.append(parsed)
+            for parsed in found:
+                for item in self.client.list(claims.claim_prefix(self.prefix,
+                                                                  *parsed[:3]))[0]:
+                    if claims.digest_of(item["key"]) == parsed[3]:
+                        self.client.delete(item["key"])
         except (S3Error, Unreachable) as exc:
             raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
-        for key in found:
-            log.info("deleted %s %s %s", *key)
+        for parsed in found:
+            log.info("deleted %s %s %s", *parsed[:3])
         try:
             self.refresh()
         except _STORE_ERRORS:
             pass
-        return len(found)
+        return len({p[:3] for p in found})
 
-    # -- recovery -------------------------------------------------------------------
+    # -- collecting garbage ---------------------------------------------------------
 
     def recover(self) -> dict:
-        """Remove what dead pushes left, only what is provably garbage by age:
-        multipart uploads older than stale_uploads, claims without a record and
-        blobs nothing names, both older than stale_claims."""
-        counts = {"uploads": 0, "claims": 0, "blobs": 0}
-        now = time.time()
-        for key, upload_id, initiated in self.client.list_multipart(
-                self.prefix + "blobs/"):
-            if initiated and now - claims.store_time(initiated) > self.stale_uploads:
-                self.client.abort_multipart(key, upload_id)
-                counts["uploads"] += 1
-                log.warning("recovery: aborted interrupted upload of %s", key)
-        records, _ = self.client.list(self.prefix + "packages/")
-        named = set()
-        for item in records:
-            parsed = claims.parse_record_key(self.prefix, item["key"])
-            if parsed:
-                named.add(parsed)
-        claim_items, _ = self.client.list(self.prefix + "claims/")
-        for item in claim_items:
-            parts = item["key"][len(self.prefix) + len("claims/"):].split("/")
-            if len(parts) != 4 or not parts[1].isdigit():
-                continue
-            key = (parts[0], int(parts[1]), parts[2], parts[3])
-            if key in named:
-                continue
-            if now - claims.store_time(item["modified"]) > self.stale_claims:
-                self.client.delete(item["key"])
-                counts["claims"] += 1
-                log.warning("recovery: removed claim %s without a record", item["key"])
-            else:
-                named.add(key)        # a push may be in flight: keep its blob
-        used = {k[3] for k in named}
-        for item in self.client.list(self.prefix + "blobs/sha256/")[0]:
-            sha256 = item["key"].rsplit("/", 1)[1]
-            if sha256 not in used and \
-                    now - claims.store_time(item["modified"]) > self.stale_claims:
-                self.client.delete(item["key"])
-                counts["blobs"] += 1
-                log.warning("recovery: removed blob %s: no package uses it", sha256)
-        return counts
+        """Remove what dead pushes and deletes left (s3gc: provable garbage only)."""
+        return s3gc.collect(self.client, self.prefix, self.stale_uploads,
+                            self.stale_claims, self.blob_age, budget=_RECOVER_BUDGET)
+
+    def collect(self) -> dict:
+        """One bounded pass of the collector (the index thread runs it every
+        gc_every seconds)."""
+        return s3gc.collect(self.client, self.prefix, self.stale_uploads,
+                            self.stale_claims, self.blob_age)

@@ -11,12 +11,14 @@ The same interface as trust/tokens.py's Tokens, over objects under
 Using a token cannot be one transaction here, so it is a contest decided by
 registry/s3settle.py: the node claims the token, waits until every earlier
 claim must be visible, and goes on only if its claim is the first one. The
-winner keeps its claim (so every later claimant loses), trusts the node's
-certificate and writes used.json. A winner whose certificate cannot be
+winner keeps its claim (so every later claimant loses), writes used.json and
+trusts the node's certificate. A winner whose certificate cannot be
 trusted (already trusted, revoked) withdraws its claim: the token stays
 usable. Losers withdraw theirs and are refused as "used". The claim comes
 before the certificate, so no loser's certificate is ever trusted, not even
-for a moment.
+for a moment. The winner writes used.json before it trusts the certificate,
+so a first claim older than s3claims.STALE without used.json belongs to a
+winner that died before doing anything: the next claimant removes it.
 
 Token records are not under ``trust/``, so making or using one does not
 disturb the replicas' trust polling.
@@ -25,6 +27,7 @@ import json
 
 from objstore.client import S3Error, Unreachable
 from registry import s3settle
+from registry.s3claims import STALE, store_time
 from trust.errors import AlreadyExists, NotFound, Revoked, StoreError
 from trust.tokens import TokenRefused, check, new_token, public
 
@@ -104,17 +107,27 @@ class S3Tokens:
         now = check(row, token_id, secret)
         claims = f"{self.prefix}{token_id}/claims/"
         mine = claims + cert.fingerprint
-        items = self._call(s3settle.claim, self.client, mine, b"", claims)
-        if s3settle.first(items)["key"] != mine:
+        items, store_now = self._call(s3settle.claim, self.client, mine, b"", claims)
+        used_key = f"{self.prefix}{token_id}/used.json"
+        first = s3settle.first(items)
+        if first["key"] != mine and store_time(first["modified"]) < store_now - STALE \
+                and self._call(self.client.head, used_key) is None:
+            # A winner that died before using the token (it writes used.json
+            # first): its claim no longer blocks the token.
+            self._call(self.client.delete, first["key"])
+            first = s3settle.first(i for i in items if i is not first)
+        if first["key"] != mine:
             self._call(self.client.delete, mine)
             raise TokenRefused("used", token_id)
+        # Used before the certificate is trusted: a crash in between leaves a
+        # used token and no trusted node, never a token good for a second node.
+        used = {"used_at": now, "used_by": cert.fingerprint}
+        self._call(self.client.put, used_key, json.dumps(used, sort_keys=True).encode())
         try:
             record = self._store.add(cert, row["role"], name=row["name"] or None)
         except (AlreadyExists, Revoked, StoreError):
+            self._call(self.client.delete, used_key)      # not used after all
             self._call(self.client.delete, mine)
             raise
-        used = {"used_at": now, "used_by": record.fingerprint}
-        self._call(self.client.put, f"{self.prefix}{token_id}/used.json",
-                   json.dumps(used, sort_keys=True).encode())
         row.update(used)
         return public(row), record

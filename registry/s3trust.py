@@ -42,7 +42,8 @@ from registry import s3settle
 from registry.s3claims import SETTLE, date_time, store_time
 from trust.certs import Certificate
 from trust.errors import AlreadyExists, Revoked, StoreError
-from trust.store import ROLES, Record, _FIELDS, _now, _timestamp, check_role, pick
+from trust.store import (ROLES, Record, _FIELDS, _now, _timestamp, check_absent,
+                         check_role, pick)
 
 __all__ = ["S3TrustStore", "POLL", "FRESH"]
 
@@ -125,20 +126,22 @@ class S3TrustStore:
                     continue          # removed between LIST and GET: not this round
                 try:
                     cached = (item["etag"], json.loads(body))
-                except ValueError:
+                except ValueError:      # kept as None: said once per ETag
                     log.error("trust object %s is not JSON: ignored", key)
-                    continue
+                    cached = (item["etag"], None)
             objects[key] = cached
         records, incarnations = self._view(objects, ranks)
         digest = hashlib.sha256("\n".join(f"{k} {e}" for k, (e, _) in
                                           sorted(objects.items())).encode()).digest()
         with self._lock:
+            if started < self._confirmed:
+                return                  # a newer LIST's view is in place already
             self._objects = objects
             self._records = records
             self._incarnations = incarnations
-            self._listed_at = date_time(date)
+            self._listed_at = date_time(date) if date else time.time()
             self._generation = int.from_bytes(digest[:7], "big")
-            self._confirmed = max(self._confirmed, started)
+            self._confirmed = started
             if self._outage is not None:
                 log.info("trust store answers again")
                 self._outage = None
@@ -207,13 +210,7 @@ class S3TrustStore:
         return f"{self.prefix}certs/{fingerprint}/"
 
     def _absent(self, fingerprint):
-        existing = self._records.get(fingerprint)
-        if existing is not None and existing.revoked:
-            raise Revoked(f"certificate {fingerprint} was revoked at "
-                          f"{existing.revoked_at} and cannot be trusted again")
-        if existing is not None:
-            raise AlreadyExists(f"certificate {fingerprint} is already "
-                                f"trusted as {existing.role}")
+        check_absent(fingerprint, self._records.get(fingerprint))
 
     def add(self, cert, role, name=None):
         if not isinstance(cert, Certificate):
@@ -233,8 +230,8 @@ class S3TrustStore:
                         revoked_at=None)
         mine = f"{self._certs(fp)}{secrets.token_hex(8)}/record.json"
         body = json.dumps({f: getattr(record, f) for f in _ADDED}, sort_keys=True)
-        items = self._call(s3settle.claim, self.client, mine, body.encode(),
-                           self._certs(fp))
+        items, _ = self._call(s3settle.claim, self.client, mine, body.encode(),
+                              self._certs(fp))
         first = s3settle.first(i for i in items if i["key"].endswith("/record.json"))
         if first["key"] != mine:          # another host added it first
             self._call(self.client.delete, mine)

@@ -1,10 +1,17 @@
 """What is particular to the bucket's package store: a listing's cost, and the
 claim protocol's ordering rules."""
 import hashlib
+import io
 import json
+import os
+import threading
+import time
+
+import pytest
 
 from objstore.client import S3Client
 from registry import s3claims
+from registry.errors import ApiError
 from registry.s3store import S3PackageStore
 from s3env import client_for
 
@@ -71,3 +78,134 @@ def test_claims_are_ordered_by_time_then_digest():
     assert s3claims.parse_record_key("p/", "p/packages/a/x/amd64/y.json") is None
     assert s3claims.store_time("2026-11-30T10:00:01Z") + 0.5 == \
         s3claims.store_time("2026-11-30T10:00:01.5Z")
+
+
+def _put(store, app, version, data, stream=None):
+    return store.put(app, version, "amd64", stream or io.BytesIO(data), len(data),
+                     hashlib.sha256(data).hexdigest(), {"name": app, "version": version},
+                     "")
+
+
+class Gated:
+    """A body that stops halfway until ``gate`` is set, as a slow client does."""
+
+    def __init__(self, data, gate):
+        self.data, self.gate, self.pos = data, gate, 0
+
+    def read(self, n):
+        if self.pos >= len(self.data) // 2:
+            self.gate.wait(60)
+        chunk = self.data[self.pos:self.pos + min(n, 65536)]
+        self.pos += len(chunk)
+        return chunk
+
+
+def _claims(c, app, sha):
+    return [i for i in c.list(s3claims.claim_prefix("reg/", app, 1, "amd64"))[0]
+            if s3claims.digest_of(i["key"]) == sha]
+
+
+def _in_flight(store, app, data):
+    """Start a push that stops halfway; return (thread, gate, results) once its
+    claim is in the bucket."""
+    gate, results = threading.Event(), []
+    worker = threading.Thread(target=lambda: results.append(
+        _put(store, app, 1, data, stream=Gated(data, gate))))
+    worker.start()
+    for _ in range(200):
+        if _claims(store.client, app, hashlib.sha256(data).hexdigest()):
+            return worker, gate, results
+        time.sleep(0.05)
+    gate.set()
+    raise AssertionError("the push never claimed its version")
+
+
+def test_a_delete_racing_a_push_of_the_same_version(swift, bucket):
+    store = S3PackageStore(client_for(swift, bucket), prefix="reg/", redirect=False,
+                           gc_every=3600)
+    try:
+        # A push in flight is not published: a delete finds nothing, and the
+        # push then publishes (the delete came first).
+        data = os.urandom(1 << 20)
+        worker, gate, results = _in_flight(store, "race", data)
+        assert store.delete_package("race", 1, "amd64") is False
+        gate.set()
+        worker.join()
+        assert results[0][0] is True
+        assert store.get("race", 1, "amd64")["sha256"] == hashlib.sha256(data).hexdigest()
+        # The same bytes pushed twice, the version deleted between the two
+        # commits: the delete removes the first one's record and the shared
+        # claim, the second push claims again and publishes after the delete.
+        other = os.urandom(1 << 20)
+        sha = hashlib.sha256(other).hexdigest()
+        worker, gate, results = _in_flight(store, "again", other)
+        assert _put(store, "again", 1, other)[0] is True
+        assert store.delete_package("again", 1, "amd64") is True
+        assert store.get("again", 1, "amd64") is None
+        gate.set()
+        worker.join()
+        assert results[0][0] is True
+        store.refresh()
+        assert store.get("again", 1, "amd64")["sha256"] == sha
+        # Never a record without its claim (which keeps other bytes out) or blob.
+        c = store.client
+        assert len(_claims(c, "again", sha)) == 1
+        assert c.head(f"reg/blobs/sha256/{sha}") is not None
+        with pytest.raises(ApiError) as err:
+            _put(store, "again", 1, b"different bytes")
+        assert err.value.code == "conflict"
+    finally:
+        store.close()
+
+
+def test_the_collector_removes_only_what_nothing_can_use(swift, bucket):
+    c = client_for(swift, bucket)
+    store = S3PackageStore(c, prefix="reg/", redirect=False, stale_claims=3.0,
+                           blob_age=0.0, gc_every=3600)
+    try:
+        def sha(data):
+            return hashlib.sha256(data).hexdigest()
+        deleted, kept, flying, dead = (os.urandom(1000) for _ in range(4))
+        _put(store, "gone", 1, deleted)
+        _put(store, "kept", 1, kept)
+        assert store.delete_package("gone", 1, "amd64")
+        assert c.head(f"reg/blobs/sha256/{sha(deleted)}") is not None  # not at delete
+        # A dead push: a claim whose heartbeat stopped, and its bytes.
+        c.put(f"reg/claims/dead/1/amd64/{sha(dead)}.d1", b"")
+        c.put(f"reg/blobs/sha256/{sha(dead)}", dead)
+        # A push in flight re-sending bytes already in the bucket: an old
+        # claim, but its heartbeat is fresh.
+        c.put(f"reg/claims/flying/1/amd64/{sha(flying)}.f1", b"")
+        c.put(f"reg/blobs/sha256/{sha(flying)}", flying)
+        time.sleep(4.5)
+
+        def present(data):
+            return c.head(f"reg/blobs/sha256/{sha(data)}") is not None
+        for _ in range(10):           # a pass is bounded: it may stop early
+            c.put(f"reg/alive/flying/1/amd64/{sha(flying)}.f1", b"")
+            store.collect()
+            if not present(deleted) and not present(dead):
+                break
+        assert not present(deleted) and not present(dead)
+        assert present(kept) and present(flying)
+        assert c.head(f"reg/claims/dead/1/amd64/{sha(dead)}.d1") is None
+        assert c.head(f"reg/claims/flying/1/amd64/{sha(flying)}.f1") is not None
+        assert store.get("kept", 1, "amd64")["sha256"] == sha(kept)
+    finally:
+        store.close()
+
+
+def test_the_collector_runs_by_itself(swift, bucket):
+    c = client_for(swift, bucket)
+    store = S3PackageStore(c, prefix="reg/", redirect=False, blob_age=0.0, gc_every=0.5)
+    try:
+        data = os.urandom(1000)                  # what a 409 loser's bytes leave
+        key = f"reg/blobs/sha256/{hashlib.sha256(data).hexdigest()}"
+        c.put(key, data)
+        for _ in range(300):
+            if c.head(key) is None:
+                break
+            time.sleep(0.1)
+        assert c.head(key) is None
+    finally:
+        store.close()

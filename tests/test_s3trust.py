@@ -176,3 +176,36 @@ def test_records_of_the_first_layout_are_still_read_and_changed(swift, bucket, c
         store.remove(cert.fingerprint)
         assert store.get(cert.fingerprint) is None
         assert client.list("registry/trust/")[0] == []
+
+
+def test_refused_joins_leave_the_token_and_the_store_as_they_were(swift, bucket, certs):
+    import time
+    from registry.s3trust import S3TrustStore
+    from s3env import client_for
+    from trust.certs import load_certificate
+    from trust.errors import AlreadyExists
+    from trust.tokens import TokenRefused
+    client = client_for(swift, bucket)
+    with S3TrustStore(client, "registry/") as store:
+        tokens = store.join_tokens()
+        row, secret = tokens.create("publisher", 3600, "node")
+        short, short_secret = tokens.create("client", 1)
+        for token_id, guess, reason in ((row["id"], "wrong", "wrong_secret"),
+                                        ("feedfacecafe", secret, "unknown"),
+                                        ("../x", secret, "unknown")):
+            with pytest.raises(TokenRefused) as refused:
+                tokens.redeem(token_id, guess, load_certificate(certs.client.cert))
+            assert refused.value.reason == reason
+        time.sleep(2)                 # past the short one's expiry (whole seconds)
+        with pytest.raises(TokenRefused) as refused:
+            tokens.redeem(short["id"], short_secret, load_certificate(certs.client.cert))
+        assert refused.value.reason == "expired"
+        # A node whose certificate is trusted already: refused, the token stays usable.
+        store.add(load_certificate(certs.client.cert), "client")
+        with pytest.raises(AlreadyExists):
+            tokens.redeem(row["id"], secret, load_certificate(certs.client.cert))
+        states = {t["id"]: t["state"] for t in tokens.list()}
+        assert states == {row["id"]: "valid", short["id"]: "expired"}
+        assert [r.fingerprint for r in store.records()] == \
+            [load_certificate(certs.client.cert).fingerprint]
+        assert client.list(f"registry/tokens/{row['id']}/claims/")[0] == []

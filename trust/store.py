@@ -21,7 +21,8 @@ from .certs import Certificate
 from .errors import AlreadyExists, Ambiguous, NotFound, Revoked, StoreError
 from .sqlmap import SqliteMapping
 
-__all__ = ["ROLES", "Record", "TrustStore", "check_role", "pick"]
+__all__ = ["ROLES", "Record", "TrustStore", "check_role", "pick",
+           "check_absent"]
 
 ROLES = ("client", "publisher")
 _FIELDS = ("pem", "role", "name", "added_at", "not_after", "revoked_at")
@@ -70,6 +71,16 @@ def pick(wanted, fingerprints) -> str:
         raise Ambiguous(f"{len(matches)} certificates have fingerprints starting "
                         f"{wanted}; give more digits")
     return matches[0]
+
+
+def check_absent(fingerprint, existing):
+    """Refuse to add fingerprint over its record: Revoked or AlreadyExists."""
+    if existing is not None and existing.revoked:
+        raise Revoked(f"certificate {fingerprint} was revoked at "
+                      f"{existing.revoked_at} and cannot be trusted again")
+    if existing is not None:
+        raise AlreadyExists(f"certificate {fingerprint} is already "
+                            f"trusted as {existing.role}")
 
 
 def _timestamp(moment: datetime.datetime) -> str:
@@ -155,13 +166,7 @@ class TrustStore:
         # One transaction: another process cannot add or revoke the same
         # fingerprint between our check and our write.
         with self._map.transaction():
-            existing = self.get(cert.fingerprint)
-            if existing is not None and existing.revoked:
-                raise Revoked(f"certificate {cert.fingerprint} was revoked at "
-                              f"{existing.revoked_at} and cannot be trusted again")
-            if existing is not None:
-                raise AlreadyExists(f"certificate {cert.fingerprint} is already "
-                                    f"trusted as {existing.role}")
+            check_absent(cert.fingerprint, self.get(cert.fingerprint))
             record = Record(fingerprint=cert.fingerprint, pem=cert.pem, role=role,
                             name=cert.common_name if name is None else name,
                             added_at=_now(),

@@ -9,6 +9,8 @@ node will be trusted with, and when it expires and was used. The rows live in
 their own table of the trust store's database (trust.db), so that using a
 token and trusting the node's certificate are one transaction: two nodes
 racing for one token cannot both win, and a refused attempt changes nothing.
+(A trust store in S3 keeps its tokens in the bucket: registry/s3tokens.py,
+which shares new_token, check and public from here.)
 """
 import base64
 import dataclasses
