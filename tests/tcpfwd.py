@@ -70,6 +70,8 @@ class Forwarder:
         with self._lock:
             lst, self._listener = self._listener, None
             socks, self._socks = self._socks, set()
+        if lst is None:
+            return                          # stopped already
         try:
             lst.shutdown(socket.SHUT_RDWR)
         except OSError:

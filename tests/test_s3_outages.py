@@ -12,6 +12,7 @@ import time
 import pytest
 
 from regserver import aar, client_context
+from registry.errors import ApiError
 from tcpfwd import Forwarder
 from test_replicas import Replicas, eventually, status_of
 
@@ -97,6 +98,11 @@ def test_object_store_gone_mid_download_and_while_listing(behind_forwarder, repl
     resp = client.conn.getresponse()
     assert resp.status == 200
     got = resp.read(1 << 20)
+    # The replica's trust view fails first (2 s), hiding its package index's
+    # own rule (10 s) from requests: watch that rule on an index of our own.
+    from registry.s3store import S3PackageStore
+    from s3env import client_for
+    index = S3PackageStore(client_for(replicas.swift, replicas.bucket), "registry/")
     fwd.stop()
     with pytest.raises(Exception):          # the body ends short: never silently
         while True:
@@ -121,8 +127,15 @@ def test_object_store_gone_mid_download_and_while_listing(behind_forwarder, repl
             return None
         return env
     env = eventually(listing, bound=60)
-    # The trust view fails closed first (2 s), the package index later (10 s).
     assert env["error"].startswith(("trust store unreachable", "storage unavailable"))
+
+    def index_unavailable():
+        try:
+            return None if index.list() else "lost the package"
+        except ApiError as error:
+            return (error.status, error.message.split(":")[0])
+    assert eventually(index_unavailable, bound=60) == (503, "storage unavailable")
+    index.close()
     fwd.start()                              # back on the same port: nothing lost
     eventually(lambda: listing() is None and True, bound=60)
     client = server.client(certs.publisher, timeout=120)
