@@ -17,8 +17,8 @@ Every download reads the same object (the package's blob) with the same
 client: S1 and S2 with one Python loop (1 MiB reads, discarded), the
 reference through a URL boto3 presigned; S1c with curl (-L through the
 replica, vs curl of the presigned URL). The redirect rows include the
-registry's 307 and the second connection. Rounds are interleaved, best of
---rounds; notes give the replica's CPU per GiB. Processes are stopped by PID
+registry's 307 and the second connection. Rounds are interleaved (each
+starting with another column), best of --rounds; notes give the replica's CPU per GiB. Processes are stopped by PID
 at the end.
 """
 import argparse
@@ -158,7 +158,8 @@ def fill_bucket(swift, bucket, count):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--size", type=int, default=1024, help="MiB moved per transfer row")
-    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--rounds", type=int, default=3,
+                    help="transfers per column; the best counts (default 3)")
     ap.add_argument("--apps", type=int, default=1000)
     opts = ap.parse_args(argv)
     work = pathlib.Path(tempfile.mkdtemp(prefix="aar-s3bench-"))
@@ -253,8 +254,12 @@ def main(argv=None):
                 "proxy": via_proxy, "curl ref": lambda: curl(ref_url),
                 "curl -L": curl_redirect}
         best, cpu = {}, {}
-        for _ in range(opts.rounds):
-            for name, fn in plan.items():
+        names = list(plan)
+        for r in range(opts.rounds):
+            # Each round starts with another column: what runs first after the
+            # uploads meets the store's background work (container updates).
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                fn = plan[name]
                 before = cpu_seconds(proxy.proc.pid)
                 took = timed(fn, 1)
                 cpu[name] = cpu_seconds(proxy.proc.pid) - before

@@ -49,6 +49,7 @@ class Connection(Transport):
         self.server = server
         self.loop = server.loop
         self.sock = sock
+        self.raw = sock                   # a plain socket until its ClientHello is here
         self.fd = sock.fileno()
         self.addr = addr
         self.state = HANDSHAKE
@@ -247,9 +248,8 @@ class Connection(Transport):
             reply.length if reply.length is not None else len(body)
         server = self.server
         server.access_log(self, request, reply.status, length)
-        head_only = False
+        head_only = request is not None and request.method == "HEAD"
         if request is not None:
-            head_only = request.method == "HEAD"
             received = request.body_length if request.method == "PUT" and \
                 not self.body_unread else len(request.body)
             server.events.request(self.route, request.method, reply.status,
@@ -261,18 +261,16 @@ class Connection(Transport):
                 file.file.close()
             else:
                 self.stream = FileStream(self, file)
-        if head_only or not body or len(body) >= _JOIN_BELOW:
-            self.out.append(response_head(reply.status, reply.content_type, length,
-                                          reply.headers, close, server.server_version))
-            if not head_only and body:
-                # A large body (a listing of a thousand applications is
-                # ~0.5 MB) goes on its own: joining would copy it.
-                self.out.append(memoryview(body))
-        else:
-            # Head and small body in one buffer: one TLS record, one write.
-            self.out.append(response_head(reply.status, reply.content_type, length,
-                                          reply.headers, close, server.server_version,
-                                          body))
+        # Head and a small body in one buffer (one TLS record, one write); a
+        # large body (a listing of a thousand applications is ~0.5 MB) on
+        # its own, as joining would copy it.
+        body = b"" if head_only else body
+        small = len(body) < _JOIN_BELOW
+        self.out.append(response_head(reply.status, reply.content_type, length,
+                                      reply.headers, close, server.server_version,
+                                      body if small else b""))
+        if not small:
+            self.out.append(memoryview(body))
         self.state = WRITING
         self.deadline = self.loop.now + self.server.settings.request_timeout
         self._flush()
@@ -285,8 +283,7 @@ class Connection(Transport):
         settings = self.server.settings
         self.deadline = self.loop.now + (settings.request_timeout if self.buf
                                          else settings.idle_timeout)
-        if self.events != READ:
-            self._watch(READ)
+        self._watch(READ)
         if self.buf:
             self._process()
 

@@ -82,15 +82,17 @@ class Push:
     def _put_claim(self):
         self._claims += 1
         if self._claims > _ATTEMPTS:
-            raise ApiError.of("unavailable", f"{self._where()} was deleted while it was "
-                              "being published, again and again; try again")
+            raise ApiError.of("unavailable", f"storage unavailable: {self._where()} was "
+                              "deleted while it was being published, again and "
+                              "again; try again")
         started = time.monotonic()
         self.client.put(self.claim, b"")
         took = time.monotonic() - started
         if took > claims.FAST:
             self.client.delete(self.claim)
-            raise ApiError.of("unavailable", f"the object store took {took:.1f}s to "
-                              "write a claim: too slow to commit safely; try again")
+            raise ApiError.of("unavailable", f"storage unavailable: the object store "
+                              f"took {took:.1f}s to write a claim: too slow to "
+                              "commit safely; try again")
         self._beat_ok = started
 
     def _beats(self, progress):
@@ -154,8 +156,9 @@ class Push:
         record is taken back then, and the push claims again)."""
         since = time.monotonic() - self._beat_ok
         if since > self.stale / 2:
-            raise ApiError.of("unavailable", f"publishing {self._where()} stalled for "
-                              f"{since:.0f}s: its claim may have expired; try again")
+            raise ApiError.of("unavailable", f"storage unavailable: publishing "
+                              f"{self._where()} stalled for {since:.0f}s: its claim "
+                              "may have expired; try again")
         self.client.put(self.record_key, json.dumps(record, sort_keys=True).encode())
         self.published = True
         if self.client.head(self.claim) is not None:

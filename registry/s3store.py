@@ -4,7 +4,9 @@ The same interface as registry/storage.py's PackageStore (put, get,
 application, list, generation, delete_*, recover, open_blob, redirect_url),
 so the handlers do not know which one they talk to. The keys and the commit
 protocol that makes concurrent pushes from several replicas safe are in
-registry/s3claims.py.
+registry/s3claims.py, a push's side of it in registry/s3commit.py; what
+deletes and dead pushes leave is collected by registry/s3gc.py, at start and
+then every GC_EVERY seconds on the index thread.
 
 Reading never waits for the bucket: a thread LISTs ``packages/`` (and
 ``blobs/``) every POLL seconds and swaps in a new index. Records are immutable

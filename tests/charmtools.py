@@ -113,6 +113,13 @@ def machine(tmp_path, programs, monkeypatch):
     return Machine(tmp_path, programs, monkeypatch)
 
 
+@pytest.fixture
+def ready(machine, registry_certs):
+    """A unit whose registry has started once (it has its certificate)."""
+    machine.give_registry_certs(registry_certs)
+    return machine
+
+
 def wait_for_port(port, process, deadline=60):
     end = time.monotonic() + deadline
     while True:

@@ -227,6 +227,66 @@ def test_config_set_get_keeps_the_rest_of_main_yaml(tmp_path):
     assert code == 2 and "brackets" in err
 
 
+def test_config_set_storage_s3_edits_its_section_only(tmp_path, monkeypatch):
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    d = str(tmp_path / "d")
+    conf = tmp_path / "d" / "conf" / "main.yaml"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("# mine\nlisten: 0.0.0.0:3000\nstorage:\n  s3:\n    bucket: old  # by hand\n"
+                    "    region: eu-west-1\n# the end\n")
+    # Alone, a bucket without credentials is refused, and nothing is written.
+    before = conf.read_text()
+    code, out, err = run(["config", "set", "storage.s3.bucket=aar", "--data-dir", d])
+    assert code == 1 and out == "" and "needs access-key and secret-access-key" in err
+    assert conf.read_text() == before
+    code, out, _ = run(["config", "set", "storage.s3.bucket=aar", "storage.s3.access-key=AK",
+                        'storage.s3.secret-access-key=s"e\\c', "storage.s3.redirect=False",
+                        "storage.s3.endpoint=https://s3.example.net:8443", "--data-dir", d])
+    assert code == 0 and "s\"e" not in out and "(hidden)" in out
+    assert conf.read_text() == (
+        '# mine\nlisten: 0.0.0.0:3000\nstorage:\n  s3:\n    bucket: "aar"\n'
+        '    region: eu-west-1\n    access-key: "AK"\n    secret-access-key: "s\\"e\\\\c"\n'
+        '    redirect: false\n    endpoint: "https://s3.example.net:8443"\n# the end\n')
+    # What the server reads is what was given.
+    from registry.config import load
+    s3 = load(tmp_path / "d").s3
+    assert (s3.bucket, s3.region, s3.secret_key, s3.redirect, s3.endpoint) == \
+        ("aar", "eu-west-1", 's"e\\c', False, "https://s3.example.net:8443")
+    assert run(["config", "get", "storage.s3.redirect", "--data-dir", d])[1] == "false\n"
+    for bad in ("storage.s3.redirect=maybe", "storage.s3.endpoint=s3.example.net",
+                "storage.s3.colour=red", "storage.s3.bucket=a\nb"):
+        assert run(["config", "set", bad, "--data-dir", d])[0] == 2, bad
+    # Every key removed: the section goes, the rest stays.
+    keys = ("bucket", "region", "access-key", "secret-access-key", "redirect", "endpoint")
+    assert run(["config", "set", *[f"storage.s3.{k}=" for k in keys], "--data-dir", d])[0] == 0
+    assert conf.read_text() == "# mine\nlisten: 0.0.0.0:3000\n# the end\n"
+    # And made from nothing, at the end of the file.
+    assert run(["config", "set", "storage.s3.bucket=b", "storage.s3.access-key=A",
+                "storage.s3.secret-access-key=S", "--data-dir", d])[0] == 0
+    assert conf.read_text().endswith(
+        '# the end\nstorage:\n  s3:\n    bucket: "b"\n    access-key: "A"\n'
+        '    secret-access-key: "S"\n')
+
+
+def test_config_set_reads_secrets_from_stdin(tmp_path):
+    d = str(tmp_path / "d")
+    lines = b"storage.s3.bucket=aar\n\nstorage.s3.access-key=AK\nstorage.s3.secret-access-key=SK\n"
+    code, out, _ = run(["config", "set", "--stdin", "metrics=127.0.0.1:9300", "--data-dir", d],
+                       stdin=Pipe(lines))
+    assert code == 0 and "SK" not in out
+    from registry.config import load
+    conf = load(tmp_path / "d")
+    assert (conf.s3.bucket, conf.s3.secret_key, conf.get("metrics")) == ("aar", "SK", "127.0.0.1:9300")
+    before = (tmp_path / "d" / "conf" / "main.yaml").read_bytes()
+    code, _, err = run(["config", "set", "--stdin", "--data-dir", d],
+                       stdin=Pipe(b"storage.s3.region=eu\nstorage.s3.colour=red\n"))
+    assert code == 2 and "standard input line 2:" in err
+    assert (tmp_path / "d" / "conf" / "main.yaml").read_bytes() == before
+    code, _, err = run(["config", "set", "--data-dir", d])
+    assert code == 2 and "nothing to set" in err
+
+
 def test_serve_listens_where_config_set_says(tmp_path):
     from regserver import free_port, stop_process
     import socket

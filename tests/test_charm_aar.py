@@ -16,7 +16,7 @@ import pytest
 
 from certs import make_cert
 from charmtools import (load_charm, machine, ops_testing as testing,  # noqa: F401
-                        programs, registry_certs)
+                        programs, ready, registry_certs)
 
 AarCharm = load_charm("aar", "AarCharm")
 import aar_interface  # noqa: E402  (importable once the charm's src/ is on sys.path)
@@ -51,13 +51,6 @@ def with_units(state, relation, units):
 
 def without(state, relation):
     return dataclasses.replace(state, relations={r for r in state.relations if r.id != relation.id})
-
-
-@pytest.fixture
-def ready(machine, registry_certs):
-    """A unit whose registry has started once (it has its certificate)."""
-    machine.give_registry_certs(registry_certs)
-    return machine
 
 
 @pytest.fixture

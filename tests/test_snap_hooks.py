@@ -11,7 +11,7 @@ HOOK = ROOT / "snap" / "aar" / "hooks" / "configure"
 SNAPCTL = """#!/bin/sh
 # snapctl as the hook sees it: values from the environment, restarts logged.
 case "$1" in
-    get) eval "echo \\"\\${SNAP_SET_$2:-}\\"" ;;
+    get) key=$(echo "$2" | tr '.-' '__'); eval "echo \\"\\${SNAP_SET_$key:-}\\"" ;;
     services) printf 'Service     Startup  Current  Notes\\naar.daemon  enabled  active   -\\n' ;;
     restart) echo "$2" >> "$RESTARTS" ;;
 esac
@@ -36,6 +36,7 @@ def snap(tmp_path, zipapp):  # noqa: F811
                         RESTARTS=str(tmp_path / "restarts"),
                         PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                         **{f"SNAP_SET_{k}": v for k, v in values.items()})
+        # snap's dotted keys (storage.s3.bucket) as storage_s3_bucket=…
         return subprocess.run(["sh", str(HOOK)], env=env, capture_output=True, text=True,
                               timeout=120)
     configure.conf = common / "conf" / "main.yaml"
@@ -72,3 +73,22 @@ def test_a_bad_value_fails_snap_set_and_changes_nothing(snap):
 def test_nothing_set_leaves_the_file_alone(snap):
     done = snap()
     assert done.returncode == 0 and not snap.conf.exists()
+
+
+def test_snap_set_storage_s3_writes_the_section(snap):
+    done = snap(storage_s3_bucket="aar", storage_s3_access_key="AK",
+                storage_s3_secret_access_key="SK", storage_s3_redirect="false")
+    assert done.returncode == 0, done.stderr
+    assert snap.conf.read_text() == ('storage:\n  s3:\n    bucket: "aar"\n    access-key: "AK"\n'
+                                     '    secret-access-key: "SK"\n    redirect: false\n')
+    assert snap.restarts.read_text() == "aar.daemon\n"
+    # Changed: restarted again; the other keys of the section stay.
+    assert snap(storage_s3_bucket="other").returncode == 0
+    assert 'bucket: "other"' in snap.conf.read_text() and 'access-key: "AK"' in snap.conf.read_text()
+    assert snap.restarts.read_text() == "aar.daemon\naar.daemon\n"
+
+
+def test_a_bucket_without_credentials_fails_snap_set(snap):
+    done = snap(storage_s3_bucket="aar")
+    assert done.returncode != 0 and "needs access-key and secret-access-key" in done.stderr
+    assert not snap.conf.exists() and not snap.restarts.exists()

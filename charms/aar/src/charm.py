@@ -35,6 +35,12 @@ HAND_TRUSTED = ("{unit}'s certificate {short} is already trusted as {have} by ha
 REVOKED = "{unit}'s certificate {short} is revoked: the node needs a new certificate"
 BAD_DATA = "{unit} sent unusable data: {error}"
 SERVING = "serving {url}: trusts {clients} client(s), {publishers} publisher(s)"
+IN_BUCKET = "; storage s3://{bucket}"
+# The charm's S3 options and the storage.s3 keys of conf/main.yaml they set.
+S3_OPTIONS = (("s3-endpoint", "storage.s3.endpoint"), ("s3-region", "storage.s3.region"),
+              ("s3-bucket", "storage.s3.bucket"), ("s3-prefix", "storage.s3.prefix"),
+              ("s3-access-key", "storage.s3.access-key"),
+              ("s3-secret-key", "storage.s3.secret-access-key"))
 
 
 class AarCharm(ops.CharmBase):
@@ -43,7 +49,8 @@ class AarCharm(ops.CharmBase):
     def __init__(self, framework):
         super().__init__(framework)
         # added: {fingerprint: {"unit", "relation", "role"}} of what this charm trusted
-        self._stored.set_default(kind="", started=False, metrics=False, added={})
+        # s3: storage.s3 in conf/main.yaml is the charm's (its options set it)
+        self._stored.set_default(kind="", started=False, metrics=False, s3=False, added={})
         self.registry = Registry(os.environ)
         self.workload = workload.Workload(SERVICE, os.environ)
         observe = self.framework.observe
@@ -96,8 +103,10 @@ class AarCharm(ops.CharmBase):
             # An operator's own metrics line stays until the charm is told one.
             if metrics or self._stored.metrics:
                 wanted["metrics"] = metrics
-            changed = self.registry.configure(**wanted)
+            wanted.update(self._storage())
+            changed = self.registry.configure(wanted)
             self._stored.metrics = bool(metrics)
+            self._stored.s3 = bool(self.config["s3-bucket"].strip())
             # `aar serve` reads conf/main.yaml at start, in the snap as from the unit.
             if self._stored.kind and (changed or isinstance(event, ops.UpgradeCharmEvent)
                                       or not self._stored.started):
@@ -108,6 +117,21 @@ class AarCharm(ops.CharmBase):
             return
         self.unit.set_ports(port)
         self._refresh(event)
+
+    def _storage(self):
+        """The storage.s3 keys the S3 options ask for. Without s3-bucket the
+        charm removes the section it wrote, and leaves one an operator wrote
+        by hand alone."""
+        bucket = self.config["s3-bucket"].strip()
+        if not bucket and not self._stored.s3:
+            return {}
+        wanted = {key: self.config[option].strip() if bucket else ""
+                  for option, key in S3_OPTIONS}
+        wanted["storage.s3.redirect"] = (str(self.config["s3-redirect"]).lower()
+                                         if bucket else "")
+        wanted["storage.s3.ca-file"] = self.registry.write_s3_ca(
+            self.config["s3-ca"] if bucket else "")
+        return wanted
 
     # -- relations ------------------------------------------------------------
 
@@ -155,9 +179,11 @@ class AarCharm(ops.CharmBase):
             self.unit.status = ops.WaitingStatus(NO_CERTIFICATE)
         else:
             roles = list(trusted.values())
+            bucket = self.config["s3-bucket"].strip() if self._stored.s3 else ""
             self.unit.status = ops.ActiveStatus(SERVING.format(
                 url=aar_interface.registry_url(self._address(), self.config["port"]),
-                clients=roles.count("client"), publishers=roles.count("publisher")))
+                clients=roles.count("client"), publishers=roles.count("publisher"))
+                + (IN_BUCKET.format(bucket=bucket) if bucket else ""))
         # Without its certificate the registry cannot tell the other side where
         # it is yet: this relation event comes back with the next hook.
         if not published and isinstance(event, (ops.RelationJoinedEvent,

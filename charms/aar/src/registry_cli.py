@@ -78,12 +78,36 @@ class Registry:
     def remove(self, fingerprint):
         self._aar("trust", "remove", "--yes", fingerprint)
 
-    def configure(self, **wanted):
-        """`aar config set KEY=VALUE` for each of listen, metrics that differs
-        from conf/main.yaml ("" removes the key); the rest of the file, which
-        the operator may have written, is `aar`'s to keep. True when changed."""
+    def configure(self, wanted):
+        """`aar config set KEY=VALUE` for each {key: value} of wanted (listen,
+        metrics, storage.s3.*) that differs from conf/main.yaml ("" removes
+        the key), in one command, so `aar` checks the file as a whole; the
+        rest of the file, which the operator may have written, is `aar`'s to
+        keep. True when changed."""
         changes = [f"{key}={value}" for key, value in wanted.items()
                    if self._aar("config", "get", key).strip() != value]
         if changes:
-            self._aar("config", "set", *changes)
+            # On standard input: a secret key in the arguments would be in
+            # every local user's process list.
+            self._aar("config", "set", "--stdin", stdin="".join(f"{c}\n" for c in changes))
         return bool(changes)
+
+    @property
+    def s3_ca_path(self):
+        # A name that says whose it is: the charm removes only this file.
+        return self.data_dir / "conf" / "charm-s3-ca.pem"
+
+    def write_s3_ca(self, pem):
+        """Put the object store's CA (PEM) where storage.s3.ca-file will name
+        it and return that path; "" removes the charm's file and returns ""."""
+        path = self.s3_ca_path
+        if not pem.strip():
+            path.unlink(missing_ok=True)
+            return ""
+        if "-----BEGIN CERTIFICATE-----" not in pem:
+            raise RegistryError("s3-ca is not a PEM certificate (-----BEGIN CERTIFICATE-----)")
+        path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        temp = path.with_name(path.name + ".tmp")
+        temp.write_text(pem.strip() + "\n")
+        os.replace(temp, path)
+        return str(path)

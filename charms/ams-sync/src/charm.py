@@ -10,6 +10,7 @@ stay where they are.
 """
 import logging
 import os
+import re
 
 import ops
 
@@ -34,6 +35,10 @@ BOTH = ("related on both registry-client and registry-publisher: a node is a cli
 WAITING = "waiting for {app} to send its certificate and address"
 BAD_DATA = "{unit} sent unusable data: {error}"
 SYNCING = "{verb} {url} every {interval} as a {role}"
+BAD_METRICS = "metrics-listen {value!r} is not ADDR:PORT (e.g. 127.0.0.1:9310 or [::1]:9310)"
+SNAP_METRICS = ("metrics-listen needs the zipapp resource: the ams snap's sync service "
+                "runs `ams-sync run` without options; unset it or attach aar.pyz")
+_ADDRESS_RE = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[^\s:\[\]]+):([0-9]{1,5})\Z")
 FINGERPRINT_MISMATCH = ("%s published fingerprint %s, but its certificate's DER hashes "
                         "to %s: pinning the certificate's")
 
@@ -43,7 +48,8 @@ class AmsSyncCharm(ops.CharmBase):
 
     def __init__(self, framework):
         super().__init__(framework)
-        self._stored.set_default(kind="", configured=False, managed={})
+        # run_args: the `ams-sync run` arguments the service was last started with
+        self._stored.set_default(kind="", configured=False, managed={}, run_args=["run"])
         self.agent = Agent(os.environ)
         self.workload = workload.Workload(SERVICE, os.environ)
         observe = self.framework.observe
@@ -93,6 +99,9 @@ class AmsSyncCharm(ops.CharmBase):
             self.unit.status = ops.BlockedStatus(str(error))
 
     def _apply(self, event):
+        run_args = self._run_args()
+        if isinstance(run_args, ops.StatusBase):
+            return run_args
         current = self.agent.settings()  # also makes the client certificate on first use
         self._set(current, self._options())
         live = self._live(event)
@@ -120,13 +129,26 @@ class AmsSyncCharm(ops.CharmBase):
                                       "registry.fingerprint": registry.fingerprint,
                                       "registry.mode": registry_mode})
         # The loop re-reads its settings before each cycle, but may sleep for
-        # an hour first: a new registry is worth syncing with now.
-        if changed or not self._stored.configured:
+        # an hour first: a new registry is worth syncing with now. New
+        # arguments need a new process.
+        if changed or not self._stored.configured or run_args != list(self._stored.run_args):
             self._restart()
         self._stored.configured = True
         return ops.ActiveStatus(SYNCING.format(
             verb="pulling from" if registry_mode == "pull" else "pushing to", url=url,
             interval=current["registry.update_interval"], role=role))
+
+    def _run_args(self):
+        """`ams-sync run` and its options, or the status saying why they cannot be."""
+        listen = self.config["metrics-listen"].strip()
+        if not listen:
+            return ["run"]
+        match = _ADDRESS_RE.match(listen)
+        if not match or not 0 < int(match.group(2)) < 65536:
+            return ops.BlockedStatus(BAD_METRICS.format(value=listen))
+        if self._stored.kind == workload.SNAP:
+            return ops.BlockedStatus(SNAP_METRICS)
+        return ["run", "--metrics-listen", listen]
 
     def _options(self):
         """The settings the charm's options ask for. An empty option leaves what
@@ -173,7 +195,10 @@ class AmsSyncCharm(ops.CharmBase):
 
     def _restart(self):
         if self._stored.kind:
-            self.workload.start(self._stored.kind, ["run"])
+            args = self._run_args()
+            args = args if isinstance(args, list) else ["run"]
+            self.workload.start(self._stored.kind, args)
+            self._stored.run_args = args
 
     def _unconfigure(self):
         """No registry: clear its settings and stop syncing. The node's
