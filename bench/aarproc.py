@@ -15,19 +15,20 @@ import benchlib as bl
 class Aar:
     name = "aar"
 
-    def __init__(self, workdir, server, client, label="aar"):
+    def __init__(self, workdir, server, client, label="aar", repo=None):
         self.dir = pathlib.Path(workdir) / label
         self.data = self.dir / "data"
         self.server, self.client = server, client
         self.port = None
         self.proc = None
-        self.script = bl.REPO / "aar.py"
+        self.repo = repo or bl.REPO       # another checkout: bench/baseline.py
+        self.script = self.repo / "aar.py"
         self.env = dict(os.environ, AAR_DATA_DIR=str(self.data))
         self.env.pop("SNAP_COMMON", None)
 
     def cli(self, *args, check=True, input=None):
         return bl.run([sys.executable, str(self.script), *args, "--data-dir", str(self.data)],
-                      env=self.env, cwd=str(bl.REPO), check=check, input=input, timeout=60)
+                      env=self.env, cwd=str(self.repo), check=check, input=input, timeout=60)
 
     def start(self):
         if not self.script.exists():
@@ -42,7 +43,7 @@ class Aar:
         self.port = bl.free_port()
         self.proc = bl.spawn([sys.executable, str(self.script), "serve", "--data-dir",
                               str(self.data), "--listen", f"127.0.0.1:{self.port}"],
-                             log=self.dir / "serve.log", env=self.env, cwd=str(bl.REPO))
+                             log=self.dir / "serve.log", env=self.env, cwd=str(self.repo))
         try:
             bl.wait_https(self.port, self.client, "/1.0/status", self.proc)
         except bl.Unavailable as e:

@@ -2,7 +2,7 @@
 """aar benchmark: the registry against nginx and docker-registry, side by side.
 
     python3 bench/run.py [--quick] [--rounds N] [--conns N] [--driver python|curl]
-                         [--only 1,2,3,4,5,6] [--keep]
+                         [--only 1,2,3,4,5,6] [--baseline REV] [--keep]
 
 Starts everything on private loopback ports with fresh certificates, runs each
 row with a bounded amount of work and a time cap, prints one table
@@ -22,6 +22,7 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import benchlib as bl  # noqa: E402
+from baseline import Baseline  # noqa: E402
 import corerows  # noqa: E402
 import drivers  # noqa: E402
 import requestrows  # noqa: E402
@@ -69,6 +70,7 @@ class Bench:
         self.aar_w = None                   # the aar of 100 applications (rows 7-9)
         self.big_sha = None                 # of big_file()
         self.uploaded = False               # row 5 left the big package on aar_c
+        self.old = None                     # --baseline: baseline.Baseline, running
 
     @staticmethod
     def _arch():
@@ -209,6 +211,8 @@ class Bench:
                 self.aar_c = self.start_aar("aar-c")
             except ERRORS as e:
                 self.aar_c_na = str(e)
+            if self.aar_c and o.baseline:
+                self._start_baseline()
         plan_c = [(6, r6, transferrows.agent_pull), (5, r5, transferrows.upload),
                   (4, r4, transferrows.download), (4, r4b, transferrows.peak_rss)]
         for n, row, fn in plan_c:
@@ -220,6 +224,8 @@ class Bench:
                 row.na = "not selected (--only)"
         if self.aar_c:
             self.aar_c.stop()
+        if self.old:
+            self.old.remove()
 
         header = [
             f"aar benchmark  {time.strftime('%Y-%m-%d %H:%M')}  "
@@ -230,6 +236,9 @@ class Bench:
             f"request driver: {o.driver}, {o.conns} connections; transfers: curl --http1.1 "
             f"({drivers.CURL_TLS13}); ratio = aar / reference (higher is better for aar)",
         ]
+        if self.old:
+            header.append(f"baseline: rows 4-6 also against {o.baseline} ({self.old.short}), "
+                          "checked out apart, in the same run; sub-rows give new / old")
         for name, why in self.na.items():
             header.append(f"{name}: n/a ({why})")
         print_table(self.rows, header)
@@ -260,7 +269,20 @@ class Bench:
             self.aar_w.stop()
             shutil.rmtree(self.aar_w.dir, ignore_errors=True)
 
+    def _start_baseline(self):
+        old = Baseline(self.work, self.o.baseline)
+        try:
+            old.checkout()
+            old.start(self.work, self.server, self.client)
+            self.old = old
+        except ERRORS as e:
+            old.remove()
+            self.na[f"baseline {self.o.baseline}"] = str(e)
+            log(f"baseline unavailable: {e}")
+
     def cleanup(self):
+        if self.old:
+            self.old.remove()
         bl.stop_all()
         if self.o.keep:
             log(f"kept {self.work}")
@@ -277,6 +299,10 @@ def main(argv=None):
     ap.add_argument("--driver", choices=("python", "curl"), default="python",
                     help="request-rate driver for rows 1-3 (default python; see README)")
     ap.add_argument("--only", help="comma-separated rows to run, e.g. 1,3 or 7,8,9 (default all)")
+    ap.add_argument("--baseline", metavar="REV",
+                    help="also run rows 4-6 against aar at git revision REV (checked out "
+                         "in a temporary worktree), e.g. 27e636a, the core before the "
+                         "event loop; sub-rows give the ratio new / old")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     o = ap.parse_args(argv)
     bench = Bench(o)

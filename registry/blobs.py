@@ -13,96 +13,86 @@ import fcntl
 import hashlib
 import logging
 import os
-import queue
 import shutil
 import tempfile
-import threading
 
 import cas
 from cas import is_sha256, unlink_quiet
 from registry.errors import ApiError
 
-__all__ = ["BlobFiles", "CHUNK_SIZE"]
+__all__ = ["BlobFiles", "Staging", "CHUNK_SIZE"]
 
 log = logging.getLogger("aar.storage")
 
 CHUNK_SIZE = 1 << 20
 
 
-# Uploads larger than this are written by a second thread, so that the disk
-# works while the request thread decrypts and hashes the next chunk (both
-# sides release the GIL). The queue bounds what waits in memory, and a
-# periodic fdatasync spreads the final fsync's flush over the upload.
-_BACKGROUND_FROM = 4 * CHUNK_SIZE
-_QUEUE_DEPTH = 8
+# A periodic fdatasync spreads the final fsync's flush over a large upload.
+# The chunks come one at a time: the server's loop decrypts the next one
+# while a worker hashes and writes this one (uploads.py), so no thread of
+# our own is needed here.
 _SYNC_EVERY = 64 * CHUNK_SIZE
+_SLICE = 64 * 1024
 
 
-class _Writer:
-    """Writes chunks to a file descriptor, on a thread of its own if asked."""
+class Staging:
+    """One body on its way into staging/: write() its chunks in order (from
+    one thread at a time), then finish(), which checks its length and sha256
+    and makes it durable, or abort(). A failed write or finish aborts too, so
+    nothing of a failed upload stays behind."""
 
-    def __init__(self, fd, background):
-        self._fd = fd
-        self._error = None
-        self._abandoned = False
+    def __init__(self, staging_dir, length, sha256):
+        self._fd, self.path = tempfile.mkstemp(prefix="upload-", dir=staging_dir)
+        self.length = self.left = length
+        self._sha256 = sha256
+        self._digest = hashlib.sha256()
         self._unsynced = 0
-        self._queue = self._thread = None
-        if background:
-            self._queue = queue.Queue(maxsize=_QUEUE_DEPTH)
-            self._thread = threading.Thread(target=self._run, name="aar-blob-writer",
-                                            daemon=True)
-            self._thread.start()
-
-    def _put(self, chunk):
-        view = memoryview(chunk)
-        while view:
-            view = view[os.write(self._fd, view):]
-        self._unsynced += len(chunk)
-        if self._unsynced >= _SYNC_EVERY:
-            os.fdatasync(self._fd)
-            self._unsynced = 0
-
-    def _run(self):
-        while True:
-            chunk = self._queue.get()
-            if chunk is None:
-                return
-            if self._error is None and not self._abandoned:
-                try:
-                    self._put(chunk)
-                except OSError as exc:      # ENOSPC, EIO: the reader raises it
-                    self._error = exc
 
     def write(self, chunk):
-        if self._error is not None:
-            raise self._error
-        if self._queue is None:
-            self._put(chunk)
-        else:
-            self._queue.put(chunk)
+        try:
+            if len(chunk) > self.left:
+                raise ApiError.of("size_mismatch", "more bytes than announced")
+            # Hash and write a slice at a time, so that the write copies
+            # bytes the hash has just brought into the CPU's cache.
+            whole = memoryview(chunk)
+            for start in range(0, len(whole), _SLICE):
+                view = whole[start:start + _SLICE]
+                self._digest.update(view)
+                while view:
+                    view = view[os.write(self._fd, view):]
+            self.left -= len(chunk)
+            self._unsynced += len(chunk)
+            if self._unsynced >= _SYNC_EVERY:
+                os.fdatasync(self._fd)
+                self._unsynced = 0
+        except BaseException:
+            self.abort()
+            raise
 
-    def finish(self):
-        """Wait for every byte to be written, then fsync and close the file."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-        if self._error is not None:
-            raise self._error
-        os.fsync(self._fd)
-        os.close(self._fd)
-        self._fd = None
+    def finish(self) -> str:
+        """The staging file's path, complete, checked and fsynced."""
+        try:
+            if self.left:
+                raise ApiError.of("size_mismatch", f"body ended after "
+                                  f"{self.length - self.left} of {self.length} bytes")
+            actual = self._digest.hexdigest()
+            if actual != self._sha256:
+                raise ApiError.of("digest_mismatch",
+                                  f"body has sha256 {actual}, not {self._sha256}")
+            os.fsync(self._fd)
+            os.close(self._fd)
+            self._fd = None
+        except BaseException:
+            self.abort()
+            raise
+        return self.path
 
-    def abandon(self):
-        """Stop writing and close the file (the caller removes it)."""
-        self._abandoned = True
-        if self._thread is not None:
-            self._queue.put(None)          # the thread drains without writing
-            self._thread.join()
-            self._thread = None
+    def abort(self):
+        """Close and remove the staging file; a second call does nothing."""
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+            unlink_quiet(self.path)
 
 
 class BlobFiles:
@@ -137,40 +127,9 @@ class BlobFiles:
     def path(self, sha256):
         return self.datadir.blob_path(sha256)
 
-    def stage(self, stream, length, sha256) -> str:
-        """Copy exactly ``length`` bytes of ``stream`` into staging/, checked.
-
-        Returns the staging file's path. Raises ApiError size_mismatch or
-        digest_mismatch; the stream's own errors propagate. On any failure the
-        staging file is gone. Memory use is a few chunks whatever the length.
-        """
-        fd, path = tempfile.mkstemp(prefix="upload-", dir=self.datadir.staging_dir)
-        out = _Writer(fd, background=length > _BACKGROUND_FROM)
-        try:
-            digest = hashlib.sha256()
-            remaining = length
-            while remaining:
-                # Never ask for more than is left: the bytes after the body
-                # belong to whoever reads the stream next.
-                chunk = stream.read(min(CHUNK_SIZE, remaining))
-                if not chunk:
-                    raise ApiError.of("size_mismatch", f"body ended after "
-                                      f"{length - remaining} of {length} bytes")
-                if len(chunk) > remaining:
-                    raise ApiError.of("size_mismatch", "stream returned more than asked")
-                digest.update(chunk)
-                out.write(chunk)
-                remaining -= len(chunk)
-            actual = digest.hexdigest()
-            if actual != sha256:
-                raise ApiError.of("digest_mismatch",
-                                  f"body has sha256 {actual}, not {sha256}")
-            out.finish()
-        except BaseException:
-            out.abandon()
-            unlink_quiet(path)
-            raise
-        return path
+    def staging(self, length, sha256):
+        """A Staging file for a body that is pushed to it chunk by chunk."""
+        return Staging(self.datadir.staging_dir, length, sha256)
 
     def commit(self, staged, sha256):
         """Move a checked staging file to its blob path, durably."""

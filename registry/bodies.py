@@ -1,14 +1,14 @@
 """What a handler answers with, and the bodies too large for one buffer.
 
 * `Reply`: status, headers, and a body as bytes or as a `FileBody`;
-* `UploadBody`: an upload's request body, read by the worker that stores it
-  (blocking reads from the connection's socket, which the worker owns then);
 * `FileStream`: a package file sent by the loop while the pool reads the
   next 1 MiB, so a slow reader holds two buffers and no thread.
+
+An upload's request body, the other way, is uploads.py's.
 """
 import logging
 
-__all__ = ["Reply", "FileBody", "UploadBody", "FileStream", "ClientGone"]
+__all__ = ["Reply", "FileBody", "FileStream"]
 
 log = logging.getLogger("aar.server")
 
@@ -39,48 +39,6 @@ class Reply:
         self.close = close
         self.file = file
         self.length = length              # Content-Length of a HEAD answer
-
-
-class ClientGone(Exception):
-    """The uploading client's socket failed or timed out (not a storage error)."""
-
-
-class UploadBody:
-    """An upload's body for the worker: blocking reads of at most `length` bytes,
-    first from what the loop already read past the head."""
-
-    def __init__(self, conn, length):
-        self._conn = conn
-        self._left = length
-
-    def read(self, n):
-        n = min(n, self._left)
-        if n <= 0:
-            return b""
-        conn = self._conn
-        if conn.buf:
-            data = conn.buf[:n]
-            conn.buf = conn.buf[n:]
-        else:
-            try:
-                # At most 64 KiB: a read returns one TLS record (16 KiB)
-                # whatever it asks, and asking for more would allocate, and
-                # then shrink, a buffer that large on every call.
-                data = conn.sock.recv(min(n, 65536))
-            except OSError as exc:        # timeouts and TLS errors included
-                raise ClientGone(str(exc) or type(exc).__name__) from None
-        self._left -= len(data)
-        return data
-
-    def complete(self):
-        return self._left == 0
-
-    def send_continue(self):
-        """Answer `Expect: 100-continue` so that the client sends the body."""
-        try:
-            self._conn.sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-        except OSError as exc:
-            raise ClientGone(str(exc) or type(exc).__name__) from None
 
 
 class FileStream:

@@ -3,17 +3,17 @@
     HANDSHAKE ──► READING ──head──► (handler) ──► WRITING ──► READING …
         │            ▲                  │  blocking work:       │
         │            │                  ├─► BUSY (pool) ────────┤
-        │            │                  ├─► UPLOAD (a worker     │
-        │            │                  │   reads the body)──────┤
+        │            │                  ├─► UPLOAD (the loop     │
+        │            │                  │   reads the body, the  │
+        │            │                  │   pool writes it) ─────┤
         │            │                  ├─► WAITING (wait=) ─────┤
         │            │                  └─► STREAMING (file) ────┘
         └─refused──► LINGER ──► closed  ◄── Connection: close, errors, timeouts
 
-Every socket is non-blocking and only the loop thread touches it, except
-during an upload, when the one worker that reads the body owns it (the loop
-forgets the descriptor until the worker hands it back). A connection that
-waits, for a handshake, a request, a slow reader or a `wait=`, costs its
-socket and a few hundred bytes, never a thread.
+Every socket is non-blocking and only the loop thread touches it. A
+connection that waits, for a handshake, a request, a slow reader, a slow
+uploader (uploads.py) or a `wait=`, costs its socket and its buffers, never
+a thread.
 
 Deadlines are plain numbers that the server's sweep compares once a second:
 the handshake, the idle time between requests, the whole request head from
@@ -22,13 +22,13 @@ its first byte, and each write that makes no progress.
 import logging
 import time
 
-from registry.bodies import ClientGone, FileStream, Reply, UploadBody
+from registry.bodies import FileStream, Reply
 from registry.loop import ERRORS, READ
 from registry.protocol import (MAX_DISCARD, ProtocolError, head_end, parse_head,
                                response_head)
 from registry.transport import (BUSY, CLOSED, DISCARD, HANDSHAKE, LINGER, READING,
-                                STREAMING, UPLOAD, UPLOAD_DONE, WAITING, WRITING,
-                                Transport, close_socket)
+                                STREAMING, UPLOAD, WAITING, WRITING, Transport,
+                                close_socket)
 from trust.certs import fingerprint as der_fingerprint
 
 __all__ = ["Connection"]
@@ -49,6 +49,7 @@ class Connection(Transport):
         self.server = server
         self.loop = server.loop
         self.sock = sock
+        self.raw = sock                   # a plain socket until its ClientHello is here
         self.fd = sock.fileno()
         self.addr = addr
         self.state = HANDSHAKE
@@ -62,6 +63,7 @@ class Connection(Transport):
         self.discarding = 0
         self.out = []                     # buffers waiting to be written
         self.stream = None                # _FileStream while STREAMING
+        self.upload = None                # uploads._Body while UPLOAD
         self.close_after = False
         self.lingered = 0
         self.dead = False                 # the peer vanished while a job ran
@@ -85,6 +87,8 @@ class Connection(Transport):
             self._flush()
         elif state == HANDSHAKE:
             self.handshake()
+        elif state == UPLOAD:
+            self._flush() if self.out else self.upload.readable()
         elif state == WAITING:
             self._readable_while_waiting()
         elif state == LINGER:
@@ -122,6 +126,8 @@ class Connection(Transport):
         if self.stream is not None:
             self.state = STREAMING
             return self.stream.next()
+        if self.state == UPLOAD:          # a 100 Continue went out
+            return self.upload.readable()
         self._written()
 
     # -- reading requests ----------------------------------------------------------
@@ -242,11 +248,10 @@ class Connection(Transport):
             reply.length if reply.length is not None else len(body)
         server = self.server
         server.access_log(self, request, reply.status, length)
-        head_only = False
+        head_only = request is not None and request.method == "HEAD"
         if request is not None:
-            head_only = request.method == "HEAD"
-            received = request.body_length if self.state == UPLOAD_DONE else \
-                len(request.body)
+            received = request.body_length if request.method == "PUT" and \
+                not self.body_unread else len(request.body)
             server.events.request(self.route, request.method, reply.status,
                                   time.monotonic() - self.started, received,
                                   0 if head_only else length)
@@ -256,18 +261,16 @@ class Connection(Transport):
                 file.file.close()
             else:
                 self.stream = FileStream(self, file)
-        if head_only or not body or len(body) >= _JOIN_BELOW:
-            self.out.append(response_head(reply.status, reply.content_type, length,
-                                          reply.headers, close, server.server_version))
-            if not head_only and body:
-                # A large body (a listing of a thousand applications is
-                # ~0.5 MB) goes on its own: joining would copy it.
-                self.out.append(memoryview(body))
-        else:
-            # Head and small body in one buffer: one TLS record, one write.
-            self.out.append(response_head(reply.status, reply.content_type, length,
-                                          reply.headers, close, server.server_version,
-                                          body))
+        # Head and a small body in one buffer (one TLS record, one write); a
+        # large body (a listing of a thousand applications is ~0.5 MB) on
+        # its own, as joining would copy it.
+        body = b"" if head_only else body
+        small = len(body) < _JOIN_BELOW
+        self.out.append(response_head(reply.status, reply.content_type, length,
+                                      reply.headers, close, server.server_version,
+                                      body if small else b""))
+        if not small:
+            self.out.append(memoryview(body))
         self.state = WRITING
         self.deadline = self.loop.now + self.server.settings.request_timeout
         self._flush()
@@ -280,8 +283,7 @@ class Connection(Transport):
         settings = self.server.settings
         self.deadline = self.loop.now + (settings.request_timeout if self.buf
                                          else settings.idle_timeout)
-        if self.events != READ:
-            self._watch(READ)
+        self._watch(READ)
         if self.buf:
             self._process()
 
@@ -338,42 +340,6 @@ class Connection(Transport):
             reply = handler.error_reply(self, self.request, error)
         self.reply(reply)
 
-    def run_upload(self, job):
-        """Run job(body) -> Reply in the pool, the worker reading the body.
-
-        The socket is the worker's until the job returns: blocking, with the
-        request timeout on each read, and out of the loop's sight.
-        """
-        self.state = UPLOAD
-        self.deadline = _NEVER            # the worker's socket timeout applies
-        self.loop.remove(self.fd)
-        self.sock.setblocking(True)
-        self.sock.settimeout(self.server.settings.request_timeout)
-        body = UploadBody(self, self.request.body_length)
-        self.server.pool.submit(lambda: (job(body), body), self._upload_done)
-
-    def _upload_done(self, result, error):
-        if self.state == CLOSED:          # shut down while the worker read
-            return close_socket(self.sock)
-        self.state = BUSY
-        try:
-            self.sock.setblocking(False)
-            self.loop.add(self.fd, self, READ)
-        except (OSError, ValueError):
-            return self.close()
-        self.events = READ
-        if isinstance(error, ClientGone):
-            log.info("closing %s: upload interrupted: %s", self.peer, error)
-            return self.close()
-        if error is None:
-            reply, body = result
-            if body.complete():
-                self.body_unread = False
-                self.state = UPLOAD_DONE
-        else:
-            reply = self.server.handler.error_reply(self, self.request, error)
-        self.reply(reply)
-
     def wait(self):
         """Hold the request (a `wait=` listing); a later reply() answers it."""
         self.state = WAITING
@@ -399,9 +365,10 @@ class Connection(Transport):
         if self.stream is not None:
             self.stream.abandon()
             self.stream = None
-        if previous != UPLOAD:            # an upload's worker still has the socket
-            self.loop.remove(self.fd)
-            close_socket(self.sock)
+        if self.upload is not None:
+            self.upload.abandon()
+        self.loop.remove(self.fd)
+        close_socket(self.sock)
         self.server.forget(self, previous)
 
     def timed_out(self):
@@ -417,4 +384,7 @@ class Connection(Transport):
                 return self.send_error(408, "request head not received in time")
         elif state in (WRITING, STREAMING):
             log.info("closing %s: the client stopped reading", self.peer)
+        elif state == UPLOAD:
+            log.info("closing %s: upload interrupted: no bytes for %g s", self.peer,
+                     self.server.settings.request_timeout)
         self.close()

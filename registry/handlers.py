@@ -29,7 +29,7 @@ import urllib.parse
 
 import names
 from version import VERSION
-from registry import apiheaders, join
+from registry import apiheaders, join, uploads
 from registry.bodies import FileBody, Reply
 from registry.errors import ApiError, envelope_error, envelope_sync
 from registry.gate import StatGate
@@ -311,24 +311,15 @@ class ApiHandler:
         manifest = apiheaders.manifest(req.headers.get("x-aar-manifest"))
         expect = "100-continue" in req.headers.get("expect", "").lower()
         fingerprint = conn.fingerprint
-        loop = self.server.loop
-
         events = self.events
 
-        def job(body):
-            if expect:
-                body.send_continue()
-            events.uploads.inc()
-            try:
-                created, pkg = self.packages.put(app, version, arch, body, length,
-                                                 digest, manifest, fingerprint)
-            finally:
-                events.uploads.dec()
+        def stored(created, pkg):         # in a worker, once stored (or known)
             events.stored(fingerprint, self.trust.name_of(fingerprint), pkg, created)
             if created:
-                loop.call_soon_threadsafe(self.changed)
+                self.server.loop.call_soon_threadsafe(self.changed)
             return _json(pkg, status=201 if created else 200)
-        return conn.run_upload(job)
+        uploads.receive(conn, self.packages, (app, version, arch, length, digest,
+                                              manifest, fingerprint), expect, stored)
 
     def _delete_package(self, conn, app, version, arch):
         # Read first: the audit record names the bytes that went.

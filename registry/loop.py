@@ -121,8 +121,12 @@ class Loop:
                     except Exception:
                         log.exception("unexpected error in the event loop")
                         _close_quietly(handler)
+            # Only what was queued before this round: a callback that queues
+            # another (a connection's next turn of pipelined requests, the
+            # next batch of timeouts) runs after the next poll, so the others'
+            # events get their turn in between.
             soon = self._soon
-            while soon:
+            for _ in range(len(soon)):
                 callback, args = soon.popleft()
                 try:
                     callback(*args)

@@ -29,8 +29,8 @@ from objstore.client import S3Error, Unreachable
 from registry import s3claims as claims
 from registry import s3gc
 from registry.errors import ApiError
+from registry.packagerules import build_listing, check_upload, same_or_conflict
 from registry.s3commit import Push
-from registry.storage import _check_upload, build_listing, same_or_conflict
 
 __all__ = ["S3PackageStore", "StorageError"]
 
@@ -261,7 +261,7 @@ class S3PackageStore:
     def put(self, app, version, arch, stream, length, sha256, manifest=None,
             publisher="") -> tuple:
         """Store a package (see PackageStore.put); the commit is s3commit's."""
-        version, sha256, tags, manifest = _check_upload(
+        version, sha256, tags, manifest = check_upload(
             app, version, arch, length, sha256, manifest)
         try:
             existing = self._record_of(app, version, arch)

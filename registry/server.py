@@ -18,7 +18,9 @@
 * Limits keep the process within its file descriptors: connections in all,
   per client address, and unfinished handshakes. At a limit the oldest
   unfinished handshake (or else the oldest idle connection) makes room,
-  so a flood of silent sockets cannot lock a real client out.
+  so a flood of silent sockets cannot lock a real client out. The limit on
+  unfinished handshakes is hard: when none of them has had its grace second
+  yet, accepting pauses and newcomers wait in the kernel's backlog.
 
 Everything the server reports (refusals, requests, writes) goes through
 `self.events` (registry/events.py): the audit log, the metrics, the service log.
@@ -26,6 +28,7 @@ State lives on the server object: the trust view, the package store, the
 settings. Nothing is module-global.
 """
 import collections
+import gc
 import logging
 import resource
 import socket
@@ -45,6 +48,7 @@ access = logging.getLogger("aar.access")
 _SWEEP_SECONDS = 1.0
 _FD_RESERVE = 64              # descriptors kept for the databases, blobs, logs
 _ACCEPT_BATCH = 64
+_EXPIRE_BATCH = 32
 
 
 class Settings:
@@ -64,11 +68,11 @@ class Settings:
         # One address may hold a quarter of them: a NAT of many nodes fits,
         # one misbehaving host cannot take every descriptor.
         self.max_per_address = max_per_address or max(1024, self.max_connections // 4)
-        # Unfinished handshakes beyond max_handshakes: the oldest is closed if
-        # it has had handshake_grace seconds (a real client needs a round
-        # trip, milliseconds); a burst of fresh ones is let through, up to
-        # four times the limit, so a thousand nodes reconnecting at once
-        # are not turned away for being many.
+        # At most max_handshakes unfinished handshakes, ever. At the limit the
+        # oldest is closed if it has had handshake_grace seconds (a real
+        # client needs a round trip, milliseconds); if none has, accepting
+        # pauses and newcomers wait in the kernel's backlog, so a thousand
+        # nodes reconnecting at once are delayed, not turned away.
         self.max_handshakes = max_handshakes
         self.handshake_grace = handshake_grace
 
@@ -128,12 +132,19 @@ class RegistryServer:
         self.connections = set()
         self.handshaking = collections.OrderedDict()    # oldest first
         self.per_address = collections.Counter()
+        self._accept_timer = None         # set while accepting is paused
+        self._out_of_fds = False          # ... because accept() failed
 
     # -- life cycle ---------------------------------------------------------
 
     def serve_forever(self):
         """Run the loop in this thread, the workers beside it, until shutdown()."""
         self.pool = Pool(self.loop, self.settings.workers)
+        # What exists now (modules, the handler, the stores) lives as long as
+        # the process: out of the collector's full passes, which then cost a
+        # fraction of a millisecond, not several in the middle of a request.
+        gc.collect()
+        gc.freeze()
         self.loop.add(self.socket.fileno(), _Acceptor(self), READ)
         self.loop.call_later(_SWEEP_SECONDS, self._sweep)
         try:
@@ -166,6 +177,8 @@ class RegistryServer:
 
     def accept(self):
         for _ in range(_ACCEPT_BATCH):    # drain the backlog, but let others run
+            if not self._handshake_room():
+                return
             try:
                 sock, addr = self.socket.accept()
             except (BlockingIOError, InterruptedError):
@@ -174,11 +187,34 @@ class RegistryServer:
                 # EMFILE and friends: say so, and stop listening for a moment
                 # rather than spin on a socket that stays readable.
                 log.error("accept failed: %s", exc)
-                self.loop.remove(self.socket.fileno())
-                self.loop.call_later(0.5, self.loop.add, self.socket.fileno(),
-                                     _Acceptor(self), READ)
+                self._pause_accept(0.5, full=True)
                 return
             self._admit(sock, addr[:2])
+
+    def _handshake_room(self):
+        """True if one more handshake may start: below the limit, or the
+        oldest unfinished one has had its grace (_admit closes it). Otherwise
+        accepting pauses until that grace ends or a handshake ends."""
+        settings = self.settings
+        if len(self.handshaking) < settings.max_handshakes:
+            return True
+        age = time.monotonic() - next(iter(self.handshaking)).opened
+        if age >= settings.handshake_grace:
+            return True
+        self._pause_accept(settings.handshake_grace - age)
+        return False
+
+    def _pause_accept(self, seconds, full=False):
+        if self._accept_timer is None:
+            self.loop.remove(self.socket.fileno())
+            self._accept_timer = self.loop.call_later(seconds, self._resume_accept)
+            self._out_of_fds = full
+
+    def _resume_accept(self):
+        if self._accept_timer is not None and not self._stopping:
+            self.loop.cancel(self._accept_timer)
+            self._accept_timer = None
+            self.loop.add(self.socket.fileno(), _Acceptor(self), READ)
 
     def _admit(self, sock, addr):
         host = addr[0]
@@ -192,24 +228,16 @@ class RegistryServer:
             return
         if len(self.handshaking) >= settings.max_handshakes:
             oldest = next(iter(self.handshaking))
-            if time.monotonic() - oldest.opened >= settings.handshake_grace:
-                log.info("closing %s: too many unfinished TLS handshakes", oldest.peer)
-                oldest.close()
-            elif len(self.handshaking) >= 4 * settings.max_handshakes:
-                log.warning("refused %s: too many unfinished TLS handshakes",
-                            _show(addr))
-                sock.close()
-                return
+            log.info("closing %s: too many unfinished TLS handshakes", oldest.peer)
+            oldest.close()
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            tls = self.trust.context.wrap_socket(sock, server_side=True,
-                                                 do_handshake_on_connect=False)
         except OSError as exc:
             log.debug("closing %s before its handshake: %s", _show(addr), exc)
             sock.close()
             return
-        conn = Connection(self, tls, addr)
+        conn = Connection(self, sock, addr)     # TLS once its ClientHello is here
         self.events.connection_opened()
         self.connections.add(conn)
         self.handshaking[conn] = None
@@ -237,13 +265,15 @@ class RegistryServer:
 
     def handshake_done(self, conn):
         self.handshaking.pop(conn, None)
+        if self._accept_timer is not None and not self._out_of_fds:
+            self._resume_accept()         # a place is free: take the next
 
     def forget(self, conn, state):
         """A connection closed: drop it from every count."""
         self.connections.discard(conn)
         self.events.connection_closed()
         if state == HANDSHAKE:
-            self.handshaking.pop(conn, None)
+            self.handshake_done(conn)
         host = conn.addr[0]
         self.per_address[host] -= 1
         if self.per_address[host] <= 0:
@@ -253,8 +283,17 @@ class RegistryServer:
     def _sweep(self):
         self.loop.call_later(_SWEEP_SECONDS, self._sweep)
         now = self.loop.now
-        for conn in [c for c in self.connections if c.deadline <= now]:
-            conn.timed_out()
+        self._expire([c for c in self.connections if c.deadline <= now])
+
+    def _expire(self, due):
+        """Time out `due`, a batch per loop turn. Peers opened together time
+        out together (500 dripping handshakes: ~50 ms of closing and logging),
+        and a real client's handshake must not wait for all of them."""
+        for conn in due[:_EXPIRE_BATCH]:
+            if conn.deadline <= self.loop.now:     # it may have moved on since
+                conn.timed_out()
+        if len(due) > _EXPIRE_BATCH:
+            self.loop.call_soon(self._expire, due[_EXPIRE_BATCH:])
 
     # -- logging ------------------------------------------------------------
 

@@ -32,70 +32,19 @@ import sqlite3
 import threading
 import time
 
-import names
 from cas import unlink_quiet
 from registry import recovery
-from registry.blobs import BlobFiles
+from registry.blobs import CHUNK_SIZE, BlobFiles
 from registry.errors import ApiError, full_is_507, is_full
+from registry.packagerules import check_upload, same_or_conflict
 from registry.packagesdb import COLUMNS, SELECT_GENERATION, PackagesDB, package_of_row
-from registry.paths import DataDir, is_sha256
+from registry.paths import DataDir
 
-__all__ = ["PackageStore", "build_listing", "same_or_conflict"]
+__all__ = ["PackageStore", "Incoming"]
 
 log = logging.getLogger("aar.storage")
 
 _LIST_CACHE_SIZE = 8
-
-def _check_upload(app, version, arch, length, sha256, manifest):
-    """Validate put()'s arguments; return (version, sha256, tags, manifest)."""
-    try:
-        names.check_app_name(app)
-        version = names.check_version(version)
-        names.check_arch(arch)
-    except ValueError as exc:
-        raise ApiError.of("bad_request", str(exc)) from None
-    if isinstance(length, bool) or not isinstance(length, int) or length < 0:
-        raise ApiError.of("bad_request", f"invalid length {length!r}")
-    sha256 = sha256.lower() if isinstance(sha256, str) else sha256
-    if not is_sha256(sha256):
-        raise ApiError.of("bad_request", f"invalid sha256 {sha256!r}: expected 64 hex digits")
-    manifest = {} if manifest is None else manifest
-    if not isinstance(manifest, dict):
-        raise ApiError.of("bad_request", "manifest must be a JSON object")
-    tags = manifest.get("tags") or []
-    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
-        raise ApiError.of("bad_request", "manifest tags must be a list of strings")
-    return version, sha256, tags, manifest
-
-
-def same_or_conflict(existing, sha256, length) -> dict:
-    """The answer to a put of a version that exists: itself if the bytes are
-    the same (a no-op), else ApiError conflict or size_mismatch."""
-    where = f"{existing['name']} {existing['version']} {existing['architecture']}"
-    if existing["sha256"] != sha256:
-        raise ApiError.of("conflict", f"{where} is already published with "
-                          f"sha256 {existing['sha256']}")
-    if existing["size"] != length:
-        raise ApiError.of("size_mismatch", f"{where} has {existing['size']} "
-                          f"bytes, not {length}")
-    log.debug("%s is already stored with the same bytes", where)
-    return existing
-
-
-def build_listing(packages, architecture, wanted) -> list:
-    """The listing's applications from package dicts (any order): sorted by
-    name, each with its versions sorted by (version, arch); ``architecture``
-    and ``wanted`` (a set of tags: any one matches) filter packages."""
-    apps = {}
-    for pkg in sorted(packages, key=lambda p: (p["name"], p["version"], p["architecture"])):
-        if architecture is not None and pkg["architecture"] != architecture:
-            continue
-        if wanted and wanted.isdisjoint(pkg["tags"]):
-            continue
-        apps.setdefault(pkg["name"], {"name": pkg["name"], "versions": []})[
-            "versions"].append(dict(pkg))
-    return list(apps.values())
-
 
 class PackageStore:
     """Packages of one data directory. Thread-safe; one per process and directory."""
@@ -274,18 +223,40 @@ class PackageStore:
         itself (a client's socket) propagate unchanged. Nothing of a failed
         upload remains.
         """
+        incoming = self.receive(app, version, arch, length, sha256, manifest, publisher)
+        if isinstance(incoming, tuple):
+            return incoming
+        try:
+            while incoming.left:
+                # Never ask for more than is left: the bytes after the body
+                # belong to whoever reads the stream next.
+                chunk = stream.read(min(CHUNK_SIZE, incoming.left))
+                if not chunk:
+                    break                 # finish() says how short it was
+                incoming.write(chunk)
+        except BaseException:
+            incoming.abort()
+            raise
+        return incoming.finish()
+
+    def receive(self, app, version, arch, length, sha256, manifest=None,
+                publisher=""):
+        """put() for a caller that pushes the body: ``(created, package)`` when
+        the answer needs no body, else an Incoming to write() the body to, in
+        order, then finish() -> ``(created, package)``, or abort(). Its calls
+        may block (disk): the server makes them in its worker pool."""
         self._check_writable()
-        version, sha256, tags, manifest = _check_upload(
+        version, sha256, tags, manifest = check_upload(
             app, version, arch, length, sha256, manifest)
         existing = self.get(app, version, arch)
         if existing is not None:
             return False, same_or_conflict(existing, sha256, length)
-        with full_is_507(log, f"storing {app} {version} {arch}"):
-            return self._put(app, version, arch, stream, length, sha256,
-                             tags, manifest, publisher)
+        return Incoming(self, (app, version, arch, length, sha256, tags, manifest,
+                               publisher))
 
-    def _put(self, app, version, arch, stream, length, sha256, tags, manifest, publisher):
-        staged = self._blobs.stage(stream, length, sha256)
+    def _commit(self, staged, app, version, arch, length, sha256, tags, manifest,
+                publisher):
+        """Step 2 of the module's docstring, for a checked staging file."""
         try:
             with self._write_lock:
                 # Another thread may have committed this package while we streamed.
@@ -391,3 +362,34 @@ class PackageStore:
         with self._write_lock:
             return recovery.recover(self._db, self._blobs, self.datadir,
                                     self._quarantine, force=force)
+
+
+class Incoming:
+    """A package whose body is pushed in chunks (PackageStore.receive): a
+    Staging file, made at the first write, then the commit. A full disk is
+    insufficient_storage; any failure leaves nothing behind."""
+
+    def __init__(self, store, row):
+        self.row = row                    # _commit's arguments after the file
+        app, version, arch, self.left = row[:4]
+        self.what = f"storing {app} {version} {arch}"
+        self._store = store
+        self._staging = None
+
+    def _file(self):
+        if self._staging is None:
+            self._staging = self._store._blobs.staging(*self.row[3:5])
+        return self._staging
+
+    def write(self, chunk):
+        with full_is_507(log, self.what):
+            self._file().write(chunk)
+        self.left = self._staging.left
+
+    def finish(self) -> tuple:
+        with full_is_507(log, self.what):
+            return self._store._commit(self._file().finish(), *self.row)
+
+    def abort(self):
+        if self._staging is not None:
+            self._staging.abort()

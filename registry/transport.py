@@ -1,33 +1,41 @@
 """Non-blocking TLS on one socket, for the event loop: the layer beneath
 connection.py.
 
-It does the handshake (with the reasons a refused one is logged under),
-reads (None when nothing is ready, b"" at the end), writes a queue of
+It waits for the first TLS record (the ClientHello) to be all here before
+it makes the socket a TLS one, does the handshake (with the reasons a
+refused one is logged under), reads (None when nothing is ready, b"" at the end), writes a queue of
 buffers as far as the socket takes them, and closes so that the client reads
 our last bytes. What the bytes mean is Connection's business: it subclasses
 Transport and supplies `_established()` (the handshake is done), `_sent()`
 (the queue is empty) and `close()`.
 """
 import logging
+import select
 import socket
 import ssl
 
 from registry.loop import READ, WRITE
 from registry.plainhttp import answer_plain_http
 
-__all__ = ["Transport", "close_socket", "HANDSHAKE", "READING", "DISCARD", "BUSY", "UPLOAD",
-           "UPLOAD_DONE", "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
+__all__ = ["Transport", "close_socket", "HELLO", "HANDSHAKE", "READING", "DISCARD", "BUSY",
+           "UPLOAD", "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
 
 log = logging.getLogger("aar.server")
 
-HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, UPLOAD_DONE, WAITING, WRITING, STREAMING, \
-    LINGER, CLOSED = ("handshake", "reading", "discard", "busy", "upload", "upload-done",
-                      "waiting", "writing", "streaming", "linger", "closed")
+HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, WAITING, WRITING, STREAMING, LINGER, \
+    CLOSED = ("handshake", "reading", "discard", "busy", "upload", "waiting", "writing",
+              "streaming", "linger", "closed")
 
 # One TLS record holds at most 16 KiB and a read returns at most one record,
 # so a read this large always empties OpenSSL's buffer: nothing is ever left
 # pending() that epoll would not announce.
 _RECV = 64 * 1024
+# While a ClientHello is incomplete, only new bytes are announced: they are
+# peeked at, not read, so a level-triggered watch would fire on and on.
+HELLO = READ | select.EPOLLET
+# A TLS record: a 5-byte header, then at most 16 KiB (+ 2 KiB of expansion).
+_RECORD_MAX = 5 + 16384 + 2048
+_peeked = bytearray(_RECORD_MAX)          # the loop thread's; never kept
 _LINGER_SECONDS = 0.5
 _LINGER_BYTES = 256 * 1024
 
@@ -41,8 +49,14 @@ class Transport:
             self.loop.modify(self.fd, events)
 
     def handshake(self):
+        if self.raw is not None and not self._hello_here():
+            return
+        # The C object's do_handshake, as for reads and writes: SSLSocket's
+        # wrapper also resets the socket's timeout (a system call) each time,
+        # and a peer that drips its ClientHello makes one call per byte.
+        tls = getattr(self.sock, "_sslobj", None) or self.sock
         try:
-            self.sock.do_handshake()
+            tls.do_handshake()
         except ssl.SSLWantReadError:
             return self._watch(READ)
         except ssl.SSLWantWriteError:
@@ -61,6 +75,40 @@ class Transport:
             log.debug("closing %s during TLS handshake: %s", self.peer, exc)
             return self.close()
         self._established()
+
+    def _hello_here(self):
+        """True once the first record is all here; the socket is then a TLS one.
+
+        Until then its bytes are only peeked at: a peer that drips its
+        ClientHello a byte at a time costs no TLS object and no OpenSSL call
+        per byte, and a flood of them is accepted and closed cheaply. Bytes
+        that are no TLS handshake record go to OpenSSL at once, which says
+        what they are (plain HTTP, an old protocol)."""
+        try:
+            n = self.raw.recv_into(_peeked, _RECORD_MAX, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            log.debug("closing %s before its TLS handshake: %s", self.peer, exc)
+            return self.close()
+        if not n:
+            log.debug("closing %s: closed before its TLS handshake", self.peer)
+            return self.close()
+        if _peeked[0] == 0x16:            # a handshake record: all of it here?
+            need = 5 + int.from_bytes(_peeked[3:5], "big") if n >= 5 else 5
+            if n < min(need, _RECORD_MAX):
+                self._watch(HELLO)        # from now on, only new bytes
+                return False
+        try:
+            self.sock = self.server.trust.context.wrap_socket(
+                self.raw, server_side=True, do_handshake_on_connect=False)
+        except OSError as exc:
+            log.debug("closing %s before its TLS handshake: %s", self.peer, exc)
+            return self.close()
+        self.raw = None
+        self._read, self._write = self.sock.recv, self.sock.send
+        self._watch(READ)
+        return True
 
     def _recv(self):
         """Bytes read, b"" at the end of the stream, None when none are ready."""

@@ -1,5 +1,6 @@
 """The event-loop core's limits: unfinished handshakes, connections per address,
 pipelined requests taking turns. Untimed: only who gets answered."""
+import collections
 import re
 import socket
 
@@ -32,6 +33,37 @@ def test_the_oldest_unfinished_handshakes_make_room(tmp_path, certs):
         # The first ones were closed to make room; the newest still wait.
         assert all(_closed(p) for p in peers[:4])
         assert len(srv.server.handshaking) <= 4
+        for p in peers:
+            p.close()
+    finally:
+        srv.stop()
+
+
+class _Peak(collections.OrderedDict):
+    """The server's table of unfinished handshakes, remembering its largest size."""
+
+    peak = 0
+
+    def __setitem__(self, key, value):
+        super().__setitem__(key, value)
+        self.peak = max(self.peak, len(self))
+
+
+def test_the_handshake_limit_is_hard_even_for_a_burst_of_fresh_ones(tmp_path, certs):
+    from registry.server import Settings
+    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=2, max_handshakes=4,
+                                                         handshake_grace=0.5))
+    try:
+        table = srv.server.handshaking = _Peak()
+        srv.trust_cert(certs.client)
+        # Eight fresh half-handshakes at once, then a real client: none of the
+        # first four has had its grace when the next arrive, so they wait in
+        # the backlog instead of being let in beyond the limit.
+        peers = [_half_hello(srv.port) for _ in range(8)]
+        c = Client(srv.port, certs.client, timeout=30)
+        assert c.json("GET", "/1.0/status")[0] == 200
+        assert table.peak <= 4, f"{table.peak} unfinished handshakes at once"
+        assert all(_closed(p) for p in peers[:4])
         for p in peers:
             p.close()
     finally:
