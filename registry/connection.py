@@ -199,7 +199,7 @@ class Connection(Transport):
             self.request = request
             self.body_unread = request.method == "PUT" and request.body_length != 0
             if request.body_length != 0 and request.method != "PUT":
-                # Only an upload's body streams to a worker. Any other is
+                # Only an upload's body is streamed (uploads.py). Any other is
                 # read into request.body (a join's is used, the rest are
                 # dropped), never taken for the next request; one too large,
                 # or chunked, ends the connection.
