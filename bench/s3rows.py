@@ -27,6 +27,7 @@ import http.client
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -161,6 +162,9 @@ def main(argv=None):
     ap.add_argument("--rounds", type=int, default=3,
                     help="transfers per column; the best counts (default 3)")
     ap.add_argument("--apps", type=int, default=1000)
+    ap.add_argument("--keep", action="store_true",
+                    help="keep the temporary directory (Swift's devices hold "
+                         "several GiB after a full run)")
     opts = ap.parse_args(argv)
     work = pathlib.Path(tempfile.mkdtemp(prefix="aar-s3bench-"))
     swift = SwiftAIO(work / "swift")
@@ -310,6 +314,12 @@ def main(argv=None):
     finally:
         bl.stop_all()
         swift.stop()
+        # Each run leaves 5-7 GiB of objects and packages here: a few runs
+        # filled the disk, and the next run then failed with bare TLS EOFs.
+        if opts.keep:
+            log(f"kept {work}")
+        else:
+            shutil.rmtree(work, ignore_errors=True)
     print_table(rows, ["aar with S3 storage (Swift s3api on loopback)"])
     return 0
 
