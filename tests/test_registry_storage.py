@@ -22,6 +22,7 @@ from registry.errors import ApiError
 from registry.paths import DataDir, default_data_dir
 from registry.storage import PackageStore
 from regserver import reaping
+from tmpfs import mounted_tmpfs
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PUBLISHER = "ab" * 32
@@ -519,19 +520,8 @@ def test_a_second_store_on_the_same_directory_is_refused(datadir):
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 1 MiB tmpfs, or a skip where mounting is not allowed."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                              capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "1m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 @pytest.mark.parametrize("chunks", [2, 12])   # written inline; by the writer thread

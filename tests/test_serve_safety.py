@@ -11,6 +11,7 @@ import pytest
 import aar
 from registry.startup import IDENTITY_PRESENT, TRUST_LOST
 from regserver import Client, Pipe, ProcessServer, ThreadServer, aar as run_aar
+from tmpfs import mounted_tmpfs
 
 
 def snapshot(root):
@@ -216,19 +217,8 @@ def test_the_server_certificate_is_a_leaf_for_tls_servers(tmp_path, certs):
 @pytest.fixture
 def tiny_fs(tmp_path):
     """A 2 MiB tmpfs, or a skip where mounting is not allowed."""
-    mnt = tmp_path / "tiny"
-    mnt.mkdir()
-    try:
-        done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)],
-                              capture_output=True, text=True)
-    except FileNotFoundError:
-        pytest.skip("no mount command")
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
-    try:
+    with mounted_tmpfs(tmp_path, "2m") as mnt:
         yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def fill(path):
