@@ -80,9 +80,13 @@ class Forwarder:
         for s in socks:
             try:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
-                s.close()
+                # A pump thread blocked in recv() keeps the socket alive past
+                # close(): the peer would see a store that stalls until its
+                # timeout, not one that is gone. shutdown() wakes the thread.
+                s.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            s.close()
 
     def hang(self):
         """Become an object store that hangs: cut every connection, then take

@@ -145,6 +145,53 @@ def test_object_store_gone_mid_download_and_while_listing(behind_forwarder, repl
     client.close()
 
 
+def test_proxied_ranges_arrive_whole_and_a_cut_store_ends_one_short(
+        behind_forwarder, replicas, certs):
+    """A replica reads an object store's body several chunks ahead and asks
+    the kernel to wake it per chunk, not per segment. A range inside the
+    object (the store keeps the connection open after it) and a length off
+    any chunk boundary must still arrive whole: a read waiting for more
+    than the range holds would hang here. Cut mid-range, the body ends short
+    and the log says why."""
+    server, fwd = behind_forwarder
+    trust(replicas, certs, server)
+    body = os.urandom((40 << 20) + 12345)
+    client = server.client(certs.publisher, timeout=120)
+    assert client.upload("ranged", 1, "amd64", body)[0] == 201
+    path = "/1.0/applications/ranged/1/amd64/package"
+    resp, data = client.request("GET", path)
+    assert resp.status == 200 and data == body
+    for first, last in ((1, (5 << 20) + 7), (3 << 20, (3 << 20) + 99),
+                        (7, (2 << 20) - 1), (len(body) - 5, len(body) - 1)):
+        resp, data = client.request("GET", path, headers={"Range": f"bytes={first}-{last}"})
+        assert resp.status == 206 and data == body[first:last + 1], (first, last)
+    client.conn.request("GET", path, headers={"Range": f"bytes=1000-{len(body) - 1000}"})
+    resp = client.conn.getresponse()
+    assert resp.status == 206
+    got = resp.read(1 << 20)
+    fwd.stop()
+    with pytest.raises(Exception):          # the body ends short: never silently
+        while True:
+            chunk = resp.read(1 << 20)
+            if not chunk:
+                raise EOFError("short body")
+            got += chunk
+    assert len(got) < len(body) - 1999 and body[1000:1000 + len(got)] == got
+    client.close()
+    eventually(lambda: "object store stopped mid-download" in server.output())
+    fwd.start()                              # back: the replica serves the range again
+
+    def served_again():
+        c = server.client(certs.publisher, timeout=120)
+        try:
+            resp, data = c.request("GET", path, headers={"Range": "bytes=1000-2000999"})
+        finally:
+            c.close()
+        assert resp.status in (206, 503), resp.status
+        return resp.status == 206 and data
+    assert eventually(served_again, bound=60) == body[1000:2001000]
+
+
 def test_object_store_gone_mid_upload(behind_forwarder, replicas, certs):
     server, fwd = behind_forwarder
     trust(replicas, certs, server)

@@ -122,3 +122,29 @@ def test_a_wrong_ca_file_is_one_line_at_start(tmp_path, swift, bucket, cas, fron
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, done.stderr
     assert "not trusted" in lines[0] and str(cas.other.cert) in lines[0], lines
+
+
+def test_a_proxying_replica_reads_the_store_over_https(tmp_path, swift, bucket, cas, front,
+                                                       certs):
+    """Proxied downloads read the store's body chunks ahead, waking per chunk
+    (SO_RCVLOWAT on the TLS connection, whose bytes on the wire outnumber
+    the body's): whole, and a range off any chunk boundary, with no wait."""
+    replicas = Replicas(tmp_path, swift, bucket)
+    replicas.swift = _over(front, swift)
+    try:
+        server = replicas.start("tlsproxy", redirect=False,
+                                extra=f"    ca-file: {cas.good.cert}\n")
+        done = aar("trust", "add", "--publisher", str(certs.publisher.cert),
+                   data_dir=replicas.first)
+        assert done.returncode == 0, done.stderr
+        payload = os.urandom((5 << 20) + 4321)
+        client = server.client(certs.publisher, timeout=60)
+        assert client.upload("proxied", 1, "amd64", payload)[0] == 201
+        path = "/1.0/applications/proxied/1/amd64/package"
+        resp, data = client.request("GET", path)
+        assert resp.status == 200 and data == payload
+        resp, data = client.request("GET", path, headers={"Range": "bytes=3-4194310"})
+        assert resp.status == 206 and data == payload[3:4194311]
+        client.close()
+    finally:
+        replicas.stop()
