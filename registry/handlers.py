@@ -54,6 +54,12 @@ def _json(metadata, status=200):
 
 
 _STATUS_OK = _dumps(envelope_sync({"status": "ok"}))
+# Answers kept for repeats of the same request head (see `repeat`): the
+# routes whose answer depends on nothing but the head's bytes and, for a
+# listing, the package store's generation.
+_REPEATABLE = ("/1.0/status", "/1.0/applications")
+_REPEATS = 256
+_REPEAT_HEAD = 2048
 
 
 class ApiHandler:
@@ -72,10 +78,13 @@ class ApiHandler:
         self.generation = StatGate(getattr(datadir, "packages_db", None),
                                    self.packages.generation)
         self.waiters = Waiters(self)
+        self._repeats = {}                # head bytes -> (request, route, reply, generation)
 
     # -- entry points (loop thread) ------------------------------------------
 
-    def handle(self, conn, req):
+    def handle(self, conn, req, head=None):
+        """Answer `req` (or hand it to the pool, or hold it). `head`, its
+        bytes, lets a plain answer be kept for `repeat`."""
         conn.route = "other"
         if conn.fingerprint is None:
             return self._certificate_less(conn, req)
@@ -85,14 +94,51 @@ class ApiHandler:
             reply = self._error(err)
             reply.close = True            # a refused certificate gets no more
             return conn.reply(reply)
+        generation = self.generation.get()
         try:
             reply = self._route(conn, req, role)
         except ApiError as err:
             reply = self._error(err)
         except Exception as exc:          # a bug: answer 500, keep serving others
             reply = self.error_reply(conn, req, exc)
-        if reply is not None:
-            conn.reply(reply)
+        if reply is None:
+            return
+        if head is not None and conn.route in _REPEATABLE and reply.status in (200, 304) \
+                and req.method == "GET" and not req.close and req.body_length == 0 \
+                and reply.file is None and not reply.close and len(head) <= _REPEAT_HEAD \
+                and self.generation.get() == generation:
+            if len(self._repeats) >= _REPEATS:
+                self._repeats.clear()
+            self._repeats[bytes(head)] = (req, conn.route, reply, None if conn.route
+                                          == "/1.0/status" else generation)
+        conn.reply(reply)
+
+    def repeat(self, conn, head):
+        """Answer a head seen before from what was answered to it, if nothing
+        it depends on changed; False: `handle` must answer it.
+
+        Nodes poll with the same bytes again and again (a status probe, an
+        agent's listing): parsing, routing and building the answer anew cost
+        more than the answer itself. What the full path must decide is still
+        decided for every request: the caller is authorised against the live
+        trust store (a revoked certificate falls through to `handle`, which
+        refuses it), a listing is the current generation's, and the answer
+        goes through conn.reply (metrics, access log, deadlines)."""
+        entry = self._repeats.get(head)
+        if entry is None:
+            return False
+        req, route, reply, generation = entry
+        if generation is not None and self.generation.get() != generation:
+            return False
+        try:
+            self.trust.authorise(conn.fingerprint)
+        except Exception:                 # refused or unavailable: handle() says so
+            return False
+        conn.route = route
+        conn.request = req
+        conn.body_unread = False
+        conn.reply(reply)
+        return True
 
     def error_reply(self, conn, req, error):
         """The Reply for an exception a job raised (or `handle` caught)."""
