@@ -79,6 +79,7 @@ class ApiHandler:
                                    self.packages.generation)
         self.waiters = Waiters(self)
         self._repeats = {}                # head bytes -> (request, route, reply, generation)
+        self._repeats_of = None           # the package generation of those answers
 
     # -- entry points (loop thread) ------------------------------------------
 
@@ -107,8 +108,10 @@ class ApiHandler:
                 and req.method == "GET" and not req.close and req.body_length == 0 \
                 and reply.file is None and not reply.close and len(head) <= _REPEAT_HEAD \
                 and self.generation.get() == generation:
-            if len(self._repeats) >= _REPEATS:
+            # Kept answers are of one generation: old listings go at once.
+            if len(self._repeats) >= _REPEATS or generation != self._repeats_of:
                 self._repeats.clear()
+                self._repeats_of = generation
             self._repeats[bytes(head)] = (req, conn.route, reply, None if conn.route
                                           == "/1.0/status" else generation)
         conn.reply(reply)
