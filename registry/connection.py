@@ -20,7 +20,6 @@ the handshake, the idle time between requests, the whole request head from
 its first byte, and each write that makes no progress.
 """
 import logging
-import socket
 import time
 
 from registry.bodies import FileStream, Reply
@@ -38,12 +37,7 @@ log = logging.getLogger("aar.server")
 _access = logging.getLogger("aar.access")      # server.access_log's
 
 _JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
-# An answer longer than one TLS record (16 KiB) is several records, and
-# OpenSSL writes each with its own send(): unless the socket is corked, each
-# goes out as its own segment and wakes the client for it. Corked, a listing
-# of 100 applications (47 KB, three records) is one segment and one wake-up.
-_RECORD = 16 * 1024
-_CORK = getattr(socket, "TCP_CORK", None)
+_RECORD = 16 * 1024           # an answer longer than this is several TLS records
 # Requests answered from one buffer before other connections get a turn: a
 # client that pipelines hundreds of requests cannot hold the loop for long.
 _TURN = 16
@@ -292,21 +286,9 @@ class Connection(Transport):
             self.out.append(memoryview(body))
         self.state = WRITING
         self.deadline = self.loop.now + server.settings.request_timeout
-        if len(data) + (0 if small else len(body)) <= _RECORD or _CORK is None:
-            return self._flush()
-        sock = self.sock
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
-        except OSError:
-            pass                          # closing anyway: the write says so
+        if len(data) + (0 if small else len(body)) > _RECORD:
+            return self._flush_corked()
         self._flush()
-        # Uncorked at once, whether all went or the socket is full: what is
-        # queued leaves now, and nothing later waits for the cork's timer.
-        if self.state != CLOSED:
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
-            except OSError:
-                pass
 
     def _written(self):
         if self.close_after:
