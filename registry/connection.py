@@ -197,7 +197,7 @@ class Connection(Transport):
                 self.scanned = 0
                 if self.fingerprint is not None:
                     self.started = _monotonic()
-                    if self.server.handler.repeat(self, head):
+                    if self.server.handler.repeats.answer(self, head):
                         continue
                 request = parse_head(head)
             except ProtocolError as exc:

@@ -34,6 +34,7 @@ from registry.bodies import FileBody, Reply
 from registry.errors import ApiError, envelope_error, envelope_sync
 from registry.gate import StatGate
 from registry.livetrust import Refusal
+from registry.repeats import Repeats
 from registry.waiters import ListingCache, Waiters, parse_wait
 from trust.errors import StoreError
 
@@ -54,12 +55,6 @@ def _json(metadata, status=200):
 
 
 _STATUS_OK = _dumps(envelope_sync({"status": "ok"}))
-# Answers kept for repeats of the same request head (see `repeat`): the
-# routes whose answer depends on nothing but the head's bytes and, for a
-# listing, the package store's generation.
-_REPEATABLE = ("/1.0/status", "/1.0/applications")
-_REPEATS = 256
-_REPEAT_HEAD = 2048
 
 
 class ApiHandler:
@@ -78,14 +73,13 @@ class ApiHandler:
         self.generation = StatGate(getattr(datadir, "packages_db", None),
                                    self.packages.generation)
         self.waiters = Waiters(self)
-        self._repeats = {}                # head bytes -> (request, route, reply, generation)
-        self._repeats_of = None           # the package generation of those answers
+        self.repeats = Repeats(self)
 
     # -- entry points (loop thread) ------------------------------------------
 
     def handle(self, conn, req, head=None):
         """Answer `req` (or hand it to the pool, or hold it). `head`, its
-        bytes, lets a plain answer be kept for `repeat`."""
+        bytes, lets a plain answer be kept for a repeat (repeats.py)."""
         conn.route = "other"
         if conn.fingerprint is None:
             return self._certificate_less(conn, req)
@@ -95,53 +89,17 @@ class ApiHandler:
             reply = self._error(err)
             reply.close = True            # a refused certificate gets no more
             return conn.reply(reply)
-        generation = self.generation.get()
+        before = self.repeats.generation() if head is not None else None
         try:
             reply = self._route(conn, req, role)
         except ApiError as err:
             reply = self._error(err)
         except Exception as exc:          # a bug: answer 500, keep serving others
             reply = self.error_reply(conn, req, exc)
-        if reply is None:
-            return
-        if head is not None and conn.route in _REPEATABLE and reply.status in (200, 304) \
-                and req.method == "GET" and not req.close and req.body_length == 0 \
-                and reply.file is None and not reply.close and len(head) <= _REPEAT_HEAD \
-                and self.generation.get() == generation:
-            # Kept answers are of one generation: old listings go at once.
-            if len(self._repeats) >= _REPEATS or generation != self._repeats_of:
-                self._repeats.clear()
-                self._repeats_of = generation
-            self._repeats[bytes(head)] = (req, conn.route, reply, None if conn.route
-                                          == "/1.0/status" else generation)
-        conn.reply(reply)
-
-    def repeat(self, conn, head):
-        """Answer a head seen before from what was answered to it, if nothing
-        it depends on changed; False: `handle` must answer it.
-
-        Nodes poll with the same bytes again and again (a status probe, an
-        agent's listing): parsing, routing and building the answer anew cost
-        more than the answer itself. What the full path must decide is still
-        decided for every request: the caller is authorised against the live
-        trust store (a revoked certificate falls through to `handle`, which
-        refuses it), a listing is the current generation's, and the answer
-        goes through conn.reply (metrics, access log, deadlines)."""
-        entry = self._repeats.get(head)
-        if entry is None:
-            return False
-        req, route, reply, generation = entry
-        if generation is not None and self.generation.get() != generation:
-            return False
-        try:
-            self.trust.authorise(conn.fingerprint)
-        except Exception:                 # refused or unavailable: handle() says so
-            return False
-        conn.route = route
-        conn.request = req
-        conn.body_unread = False
-        conn.reply(reply)
-        return True
+        if reply is not None:
+            if head is not None:
+                self.repeats.keep(conn, req, head, reply, before)
+            conn.reply(reply)
 
     def error_reply(self, conn, req, error):
         """The Reply for an exception a job raised (or `handle` caught)."""

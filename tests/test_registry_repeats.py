@@ -1,5 +1,5 @@
 """A request head sent again is answered from the answer kept for it
-(handlers.py `repeat`): what the full path decides must still hold for every
+(registry/repeats.py): what the full path decides must still hold for every
 repeat. Real TLS, one keep-alive connection sending the same bytes each time.
 """
 import hashlib
