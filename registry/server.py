@@ -8,7 +8,7 @@
                  ├─ wait= listing unchanged ──► held (waiters.py), no thread
                  └─ metadata, package file, upload, delete ──► Pool (loop.py)
                                  worker ─── Reply ──► back on the loop, sent
-                    package bytes: the pool reads 1 MiB ahead, the loop writes
+                    package bytes: the pool reads ahead (bodies.py), the loop writes
 
 * The loop thread owns every socket; the only exception is an upload, whose
   body one worker reads (blocking, with a timeout) until it hands it back.
