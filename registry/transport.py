@@ -132,6 +132,7 @@ class Transport:
             # OpenSSL's object still names the descriptor's number, which the
             # next accept may reuse: nothing may read or write through it.
             self._read = self._write = _closed
+            self.tls = None
 
     def _hello_here(self):
         """True once the first record is all here; the socket is then a TLS one.
