@@ -9,7 +9,7 @@ import ssl
 import threading
 import time
 
-from regserver import Client, ThreadServer, client_context
+from regserver import Client, ProcessServer, ThreadServer, aar, client_context
 
 GUARD = 30              # seconds: a hang guard, never a measurement
 
@@ -145,3 +145,21 @@ def test_a_certificate_revoked_while_its_handshake_is_in_the_pool_is_refused(tmp
         assert results == [403]
     finally:
         srv.stop()
+
+
+def test_aar_serve_with_handshakes_on_the_loop_or_in_threads(tmp_path, certs):
+    # `--handshake-threads 0` keeps every step on the loop; 2 hands them out.
+    for threads in ("0", "2"):
+        data = tmp_path / threads
+        server = ProcessServer(data, extra=("--handshake-threads", threads))
+        try:
+            added = aar("trust", "add", str(certs.client.cert), data_dir=data)
+            assert added.returncode == 0, added.stderr
+            results = []
+            clients = [_status_in_thread(server.port, certs.client, results)
+                       for _ in range(4)]
+            for t in clients:
+                t.join(GUARD)
+            assert results == [200] * 4
+        finally:
+            server.stop()
