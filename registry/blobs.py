@@ -28,18 +28,18 @@ CHUNK_SIZE = 1 << 20
 
 
 # A periodic fdatasync spreads the final fsync's flush over a large upload.
-# The chunks come one at a time: the server's loop decrypts the next one
-# while a worker hashes and writes this one (uploads.py), so no thread of
-# our own is needed here.
+# Hashing is apart (update), so that the server can hash one chunk on a
+# worker while another writes it: the disk, the slowest of the three, never
+# waits for the sha256 (uploads.py).
 _SYNC_EVERY = 64 * CHUNK_SIZE
-_SLICE = 64 * 1024
 
 
 class Staging:
-    """One body on its way into staging/: write() its chunks in order (from
-    one thread at a time), then finish(), which checks its length and sha256
-    and makes it durable, or abort(). A failed write or finish aborts too, so
-    nothing of a failed upload stays behind."""
+    """One body on its way into staging/: its chunks, in order, to update()
+    (the sha256) and to write() (the file), from two threads at most, one
+    on each; then finish(), which checks its length and sha256 and makes it
+    durable, or abort(). A failed write or finish aborts too, so nothing of
+    a failed upload stays behind."""
 
     def __init__(self, staging_dir, length, sha256):
         self._fd, self.path = tempfile.mkstemp(prefix="upload-", dir=staging_dir)
@@ -48,18 +48,16 @@ class Staging:
         self._digest = hashlib.sha256()
         self._unsynced = 0
 
+    def update(self, chunk):
+        self._digest.update(chunk)
+
     def write(self, chunk):
         try:
             if len(chunk) > self.left:
                 raise ApiError.of("size_mismatch", "more bytes than announced")
-            # Hash and write a slice at a time, so that the write copies
-            # bytes the hash has just brought into the CPU's cache.
-            whole = memoryview(chunk)
-            for start in range(0, len(whole), _SLICE):
-                view = whole[start:start + _SLICE]
-                self._digest.update(view)
-                while view:
-                    view = view[os.write(self._fd, view):]
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(self._fd, view):]
             self.left -= len(chunk)
             self._unsynced += len(chunk)
             if self._unsynced >= _SYNC_EVERY:
