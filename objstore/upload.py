@@ -9,8 +9,9 @@ no thread waits for the next bytes, none copies them again):
   ``threshold`` bytes. Its chunks (``part`` bytes) are then parts, which the
   caller may send up to ``lanes`` (= ``concurrency``) at once; a smaller
   body is kept in memory, one chunk, and PUT whole at the end.
-* ``digest(view)`` hashes the chunks in order; ``write(number, view)`` sends
-  chunk ``number`` (from 1). The two may run at once, on two threads.
+* ``digest(view)`` hashes the chunks in order; ``write(number, offset, view)``
+  sends chunk ``number`` (from 1; its offset is not needed). The two may run
+  at once, on two threads.
 * ``check()`` raises ShortBody / DigestMismatch unless the whole body came
   and its sha256 is the one announced. Nothing exists under the key yet, so
   a caller can decide here whether it should (registry/s3commit.py judges
@@ -74,7 +75,7 @@ class Upload:
         self._digest.update(view)
         self._hashed += len(view)
 
-    def write(self, number, view):
+    def write(self, number, offset, view):
         if self.multipart:
             etag = self.client.upload_part(self.key, self.upload_id, number, view)
         else:
@@ -139,7 +140,7 @@ def upload(client, key, stream, length, sha256, threshold=MULTIPART_FROM,
             number += 1
             up.received += len(chunk)
             up.digest(chunk)
-            up.write(number, chunk)
+            up.write(number, up.received - len(chunk), chunk)
         up.check()
         up.finish()
     except BaseException:

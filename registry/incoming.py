@@ -7,15 +7,18 @@ body, which takes the bytes in chunks from whoever has them:
 
 * ``part``: the bytes of one chunk (the last may be shorter; a chunk may be
   up to 64 KiB longer, so that the server reads whole TLS records into it);
-* ``lanes``: how many ``write`` calls may run at once (1 for a file, the
-  parts in flight for an object store);
+* ``lanes``: how many ``write`` calls may run at once (2 for a file: one
+  writes while the other waits for the disk; the parts in flight for an
+  object store);
 * ``received``: bytes of the body arrived so far, set by the caller (the
   object store's claim heartbeat watches it);
 * ``digest(view)``: the chunks in order, one call at a time (sha256), beside
-* ``write(number, view)``: chunk ``number`` (from 1) to the disk or the store;
+* ``write(number, offset, view)``: chunk ``number`` (from 1), which starts
+  at byte ``offset`` of the body, to the disk or the store;
 * ``finish()`` -> ``(created, package)`` once every chunk is digested and
   written: length and sha256 checked, then committed; a failure leaves nothing;
-* ``abort()``: leave nothing, once no call is running.
+* ``abort()``: leave nothing, once no call is running (also after a failed
+  ``write``, which leaves that to it).
 
 The server's loop pushes as bytes arrive (registry/uploads.py); ``pump``
 is the same for a caller with a readable stream (put(), the tests).
@@ -47,7 +50,7 @@ def pump(incoming, stream, length):
                 number += 1
                 incoming.received = done + pos
                 incoming.digest(view[:pos])
-                incoming.write(number, view[:pos])
+                incoming.write(number, done, view[:pos])
                 done += pos
             if pos < want:
                 break

@@ -229,9 +229,9 @@ class Incoming:
     def digest(self, view):
         self._up.digest(view)
 
-    def write(self, number, view):
+    def write(self, number, offset, view):
         with unavailable(self.what):
-            self._up.write(number, view)
+            self._up.write(number, offset, view)
 
     def finish(self):
         """Check, judge the claim, complete the upload, publish: (True, record)."""

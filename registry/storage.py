@@ -359,7 +359,7 @@ class Incoming:
     failure leaves nothing behind."""
 
     part = CHUNK_SIZE
-    lanes = 1                             # one file, written in order
+    lanes = 2                             # one writes while the other syncs
 
     def __init__(self, store, row):
         self.row = row                    # _commit's arguments after the file
@@ -372,9 +372,9 @@ class Incoming:
     def digest(self, chunk):
         self._staging.update(chunk)
 
-    def write(self, number, chunk):
+    def write(self, number, offset, chunk):
         with full_is_507(log, self.what):
-            self._staging.write(chunk)
+            self._staging.write(offset, chunk)
 
     def finish(self) -> tuple:
         with full_is_507(log, self.what):

@@ -59,10 +59,11 @@ def receive(conn, store, args, expect, stored):
 
 
 class _Chunk:
-    __slots__ = ("number", "buf", "view", "jobs")
+    __slots__ = ("number", "offset", "buf", "view", "jobs")
 
-    def __init__(self, number, buf, view):
-        self.number, self.buf, self.view, self.jobs = number, buf, view, 2
+    def __init__(self, number, offset, buf, view):
+        self.number, self.offset, self.buf, self.view = number, offset, buf, view
+        self.jobs = 2                             # its digest and its write
 
 
 class _Body:
@@ -147,7 +148,8 @@ class _Body:
             self.conn.body_unread = False
         if self.pos >= self.part or not self.left:
             self.number += 1
-            chunk = _Chunk(self.number, self.buf, self.view[:self.pos])
+            offset = self.conn.request.body_length - self.left - self.pos
+            chunk = _Chunk(self.number, offset, self.buf, self.view[:self.pos])
             self.buf = self.view = None
             self.pos = 0
             self.to_hash.append(chunk)
@@ -179,19 +181,19 @@ class _Body:
     # -- the pool hashes and writes -------------------------------------------------
 
     def _submit(self):
-        sink, pool = self.sink, self.conn.server.pool
         if not self.hashing and self.to_hash:
-            chunk = self.to_hash.popleft()
             self.hashing = True
-            self.running += 1
-            pool.submit(lambda: sink.digest(chunk.view),
-                        lambda _, error: self._done(chunk, error, True))
-        while self.writing < sink.lanes and self.to_write:
-            chunk = self.to_write.popleft()
+            self._run(self.to_hash.popleft(), True)
+        while self.writing < self.sink.lanes and self.to_write:
             self.writing += 1
-            self.running += 1
-            pool.submit(lambda: sink.write(chunk.number, chunk.view),
-                        lambda _, error: self._done(chunk, error, False))
+            self._run(self.to_write.popleft(), False)
+
+    def _run(self, chunk, hashed):
+        sink = self.sink
+        self.running += 1
+        job = (lambda: sink.digest(chunk.view)) if hashed else \
+            (lambda: sink.write(chunk.number, chunk.offset, chunk.view))
+        self.conn.server.pool.submit(job, lambda _, error: self._done(chunk, error, hashed))
 
     def _done(self, chunk, error, hashed):
         self.running -= 1
