@@ -34,12 +34,15 @@ from trust.certs import fingerprint as der_fingerprint
 __all__ = ["Connection"]
 
 log = logging.getLogger("aar.server")
+_access = logging.getLogger("aar.access")      # server.access_log's
 
 _JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
+_RECORD = 16 * 1024           # an answer longer than this is several TLS records
 # Requests answered from one buffer before other connections get a turn: a
 # client that pipelines hundreds of requests cannot hold the loop for long.
 _TURN = 16
 _NEVER = float("inf")
+_monotonic = time.monotonic
 
 
 class Connection(Transport):
@@ -192,6 +195,10 @@ class Connection(Transport):
                 head = self.buf[:end]
                 self.buf = self.buf[end + 4:]
                 self.scanned = 0
+                if self.fingerprint is not None:
+                    self.started = _monotonic()
+                    if self.server.handler.repeats.answer(self, head):
+                        continue
                 request = parse_head(head)
             except ProtocolError as exc:
                 self.request = None
@@ -211,13 +218,13 @@ class Connection(Transport):
                 self.discarding = request.body_length
                 self.state = DISCARD
                 continue
-            self._dispatch(request)
+            self._dispatch(request, head)
         if self.state == READING and not self.buf:
             self.deadline = self.loop.now + self.server.settings.idle_timeout
 
-    def _dispatch(self, request):
-        self.started = time.monotonic()
-        self.server.handler.handle(self, request)
+    def _dispatch(self, request, head=None):
+        self.started = _monotonic()
+        self.server.handler.handle(self, request, head)
 
     def unanswered(self):
         """Close without an answer (a certificate-less caller off the join path)."""
@@ -236,24 +243,30 @@ class Connection(Transport):
 
     def reply(self, reply):
         """Send `reply` to the current request; then serve the next one."""
-        request = self.request
-        # An upload answered before its body was read leaves the rest of the
-        # body on the wire: this connection can carry no other request.
-        close = reply.close or request is None or request.close or self.body_unread
         if self.dead:
             return self.close()
+        request = self.request
+        server = self.server
+        status = reply.status
         file = reply.file
         body = reply.body
         length = file.length if file is not None else \
             reply.length if reply.length is not None else len(body)
-        server = self.server
-        server.access_log(self, request, reply.status, length)
-        head_only = request is not None and request.method == "HEAD"
-        if request is not None:
-            received = request.body_length if request.method == "PUT" and \
+        if _access.isEnabledFor(logging.DEBUG):
+            server.access_log(self, request, status, length)
+        if request is None:
+            close = True
+            head_only = False
+        else:
+            # An upload answered before its body was read leaves the rest of
+            # the body on the wire: this connection can carry no other request.
+            close = reply.close or request.close or self.body_unread
+            method = request.method
+            head_only = method == "HEAD"
+            received = request.body_length if method == "PUT" and \
                 not self.body_unread else len(request.body)
-            server.events.request(self.route, request.method, reply.status,
-                                  time.monotonic() - self.started, received,
+            server.events.request(self.route, method, status,
+                                  _monotonic() - self.started, received,
                                   0 if head_only else length)
         self.close_after = close
         if file is not None:
@@ -266,13 +279,15 @@ class Connection(Transport):
         # its own, as joining would copy it.
         body = b"" if head_only else body
         small = len(body) < _JOIN_BELOW
-        self.out.append(response_head(reply.status, reply.content_type, length,
-                                      reply.headers, close, server.server_version,
-                                      body if small else b""))
+        data = response_head(status, reply.content_type, length, reply.headers,
+                             close, server.server_version, body if small else b"")
+        self.out.append(data)
         if not small:
             self.out.append(memoryview(body))
         self.state = WRITING
-        self.deadline = self.loop.now + self.server.settings.request_timeout
+        self.deadline = self.loop.now + server.settings.request_timeout
+        if len(data) + (0 if small else len(body)) > _RECORD:
+            return self._flush_corked()
         self._flush()
 
     def _written(self):
@@ -283,7 +298,8 @@ class Connection(Transport):
         settings = self.server.settings
         self.deadline = self.loop.now + (settings.request_timeout if self.buf
                                          else settings.idle_timeout)
-        self._watch(READ)
+        if self.events != READ:
+            self._watch(READ)
         if self.buf:
             self._process()
 

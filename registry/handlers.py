@@ -34,6 +34,7 @@ from registry.bodies import FileBody, Reply
 from registry.errors import ApiError, envelope_error, envelope_sync
 from registry.gate import StatGate
 from registry.livetrust import Refusal
+from registry.repeats import Repeats
 from registry.waiters import ListingCache, Waiters, parse_wait
 from trust.errors import StoreError
 
@@ -72,10 +73,13 @@ class ApiHandler:
         self.generation = StatGate(getattr(datadir, "packages_db", None),
                                    self.packages.generation)
         self.waiters = Waiters(self)
+        self.repeats = Repeats(self)
 
     # -- entry points (loop thread) ------------------------------------------
 
-    def handle(self, conn, req):
+    def handle(self, conn, req, head=None):
+        """Answer `req` (or hand it to the pool, or hold it). `head`, its
+        bytes, lets a plain answer be kept for a repeat (repeats.py)."""
         conn.route = "other"
         if conn.fingerprint is None:
             return self._certificate_less(conn, req)
@@ -85,6 +89,7 @@ class ApiHandler:
             reply = self._error(err)
             reply.close = True            # a refused certificate gets no more
             return conn.reply(reply)
+        before = self.repeats.generation() if head is not None else None
         try:
             reply = self._route(conn, req, role)
         except ApiError as err:
@@ -92,6 +97,8 @@ class ApiHandler:
         except Exception as exc:          # a bug: answer 500, keep serving others
             reply = self.error_reply(conn, req, exc)
         if reply is not None:
+            if head is not None:
+                self.repeats.keep(conn, req, head, reply, before)
             conn.reply(reply)
 
     def error_reply(self, conn, req, error):

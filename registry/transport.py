@@ -37,6 +37,7 @@ HELLO = READ | select.EPOLLET
 _RECORD_MAX = 5 + 16384 + 2048
 _peeked = bytearray(_RECORD_MAX)          # the loop thread's; never kept
 _LINGER_SECONDS = 0.5
+_CORK = getattr(socket, "TCP_CORK", None)     # Linux's
 _LINGER_BYTES = 256 * 1024
 
 
@@ -176,6 +177,27 @@ class Transport:
             self.deadline = self.loop.now + self.server.settings.request_timeout
             out.pop(0)
         self._sent()
+
+    def _flush_corked(self):
+        """_flush for an answer of several TLS records. OpenSSL writes each
+        record with its own send(): uncorked, each would leave as its own
+        segment and wake the client for it; corked, a listing of 100
+        applications (47 KB, three records) is one segment and one wake-up.
+        Uncorked again at once, whether all went or the socket is full, so
+        nothing waits for the cork's timer."""
+        if _CORK is None:
+            return self._flush()
+        sock = self.sock
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        except OSError:
+            pass                          # closing anyway: the write says so
+        self._flush()
+        if self.state != CLOSED:
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+            except OSError:
+                pass
 
     def linger(self):
         """Close so that the client reads what we sent before anything else.

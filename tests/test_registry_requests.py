@@ -301,3 +301,27 @@ def test_any_request_gets_a_wellformed_answer(filled, certs, caplog, request, mu
     assert all(status < 500 for status, _, _ in answers), answers
     assert not [r for r in caplog.records if r.exc_info or r.levelno >= logging.ERROR]
     assert stored(filled) == before
+
+
+def test_an_answer_of_several_records_is_whole_and_uncorks(registry, certs):
+    """A listing longer than one TLS record is written with the socket corked
+    (one segment instead of one per record): the answers pipelined behind it
+    come whole and in order, and the cork is off once it is written (else
+    every later answer on the connection would wait for the kernel's timer)."""
+    manifest = {"tags": [f"tag{i:03d}-" + "x" * 200 for i in range(100)]}
+    assert registry.client(certs.publisher).upload(
+        "big", 0, "amd64", PAYLOAD, manifest=manifest)[0] == 201
+    listing = head("GET", "/1.0/applications")
+    answers = parse(exchange(registry.port, certs.client,
+                             listing + head("GET", "/1.0/status") + listing))
+    assert [a[0] for a in answers] == [200, 200, 200]
+    assert len(answers[0][2]) > 16 * 1024
+    assert answers[2][2] == answers[0][2]
+    assert json.loads(answers[1][2])["metadata"] == {"status": "ok"}
+    client = registry.client(certs.client)
+    resp, data = client.request("GET", "/1.0/applications")
+    assert resp.status == 200 and data == answers[0][2]
+    corks = [c.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_CORK)
+             for c in list(registry.server.connections)]
+    assert corks == [0]
+    client.close()

@@ -1,0 +1,86 @@
+"""Answers kept for repeated request heads.
+
+Nodes ask the same thing again and again with the same bytes: a status
+probe, an agent polling its listing on a keep-alive connection. Parsing,
+routing and building the answer anew cost more than sending it, so the
+handler keeps a plain answer (a status, or a listing and its 304) by the
+request head's bytes, and `answer` sends it again for the same bytes.
+
+What the full path must decide is still decided for every repeat:
+
+* the caller is authorised against the live trust store first; a refusal
+  (revoked, expired, removed) or an unavailable store falls through to the
+  handler, which answers and logs it as it would any request;
+* a listing's answer is kept with the package store's generation and used
+  only while the generation is the same; an unreadable generation (an object
+  store out of date) falls through as well;
+* the answer goes out through `conn.reply`: metrics, access log, deadlines.
+
+Only answers that depend on nothing else are kept: a GET with no body that
+keeps the connection open, answered on the loop with 200 or 304 (never a
+held `wait=`, an error, a file or a refusal). Kept answers are of one
+generation at a time, at most _KEPT of them, so old listings are let go.
+"""
+
+__all__ = ["Repeats"]
+
+_ROUTES = ("/1.0/status", "/1.0/applications")
+_STATIC = "/1.0/status"           # its answer depends on no generation
+_KEPT = 256
+_HEAD = 2048                      # longer heads are not kept
+
+
+class Repeats:
+    """The kept answers of one handler (loop thread only)."""
+
+    def __init__(self, handler):
+        self._handler = handler
+        self._kept = {}               # head bytes -> (request, route, reply, generation)
+        self._of = None               # the generation of the kept listings
+
+    def generation(self):
+        """The package store's generation, or None when it cannot be read."""
+        try:
+            return self._handler.generation.get()
+        except Exception:             # unavailable: nothing is kept or used
+            return None
+
+    def keep(self, conn, req, head, reply, before):
+        """Keep `reply` to `req` (whose bytes are `head`) if it may be sent
+        again as it is; `before` is generation() from before it was made."""
+        route = conn.route
+        if route not in _ROUTES or reply.status not in (200, 304) \
+                or req.method != "GET" or req.close or req.body_length != 0 \
+                or reply.file is not None or reply.close or len(head) > _HEAD:
+            return
+        if route == _STATIC:
+            generation = None
+        else:
+            # The listing was made between the two reads: of this generation.
+            if before is None or self.generation() != before:
+                return
+            generation = before
+        kept = self._kept
+        if len(kept) >= _KEPT or (generation is not None and generation != self._of):
+            kept.clear()
+            self._of = generation if generation is not None else self._of
+        kept[bytes(head)] = (req, route, reply, generation)
+
+    def answer(self, conn, head):
+        """Send the answer kept for `head` again; False if there is none or
+        it may not be used now (then the handler answers the request)."""
+        entry = self._kept.get(head)
+        if entry is None:
+            return False
+        req, route, reply, generation = entry
+        if generation is not None and self.generation() != generation:
+            return False
+        try:
+            self._handler.trust.authorise(conn.fingerprint)
+        except Exception:             # refused or unavailable: the handler says so
+            return False
+        conn.route = route
+        conn.request = req
+        conn.body_unread = False
+        conn.reply(reply)
+        return True
