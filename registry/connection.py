@@ -331,6 +331,8 @@ class Connection(Transport):
         if self.state == CLOSED:
             if isinstance(result, Reply) and result.file is not None:
                 result.file.file.close()
+            elif hasattr(result, "abort"):    # an upload's sink (uploads.py)
+                self.server.pool.submit(result.abort, lambda result, error: None)
             return
         handler = self.server.handler
         self.state = WRITING

@@ -190,6 +190,27 @@ class Transport:
             log.debug("closing %s: %s", self.peer, exc)
             return b""
 
+    def _recv_into(self, view):
+        """_recv into ``view`` (an upload's buffer, uploads.py), with no bytes
+        object made and copied: the count read, 0 at the end of the stream,
+        None when none are ready. ``view`` must hold a whole record (_RECV),
+        so that nothing is left pending in OpenSSL, where epoll never sees it."""
+        try:
+            return self.sock._sslobj.read(len(view), view)
+        except (ssl.SSLWantReadError, BlockingIOError):
+            return None
+        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
+            return 0
+        except ssl.SSLWantWriteError:
+            self._watch(WRITE)
+            return None
+        except ssl.SSLError as exc:
+            log.info("closing %s: TLS error: %s", self.peer, exc.reason or exc)
+            return 0
+        except (OSError, AttributeError) as exc:      # AttributeError: closed
+            log.debug("closing %s: %s", self.peer, exc)
+            return 0
+
     def _flush(self):
         out = self.out
         write = self._write
