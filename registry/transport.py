@@ -196,7 +196,7 @@ class Transport:
         None when none are ready. ``view`` must hold a whole record (_RECV),
         so that nothing is left pending in OpenSSL, where epoll never sees it."""
         try:
-            return self.sock._sslobj.read(len(view), view)
+            return self.tls.read(len(view), view)
         except (ssl.SSLWantReadError, BlockingIOError):
             return None
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
