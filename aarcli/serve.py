@@ -64,6 +64,19 @@ def listen_address(text):
     return host or DEFAULT_LISTEN[0], int(port)
 
 
+def handshake_threads(text):
+    """A count of TLS handshake threads: 0 (on the loop) to MAX_WORKERS."""
+    try:
+        count = int(text)
+    except ValueError:
+        count = None
+    if count is None or not 0 <= count <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(
+            f"invalid handshake thread count {text!r}: give a number from 0 to "
+            f"{MAX_WORKERS}")
+    return count
+
+
 def workers(text):
     """A worker count: 1 to MAX_WORKERS."""
     try:
@@ -199,7 +212,7 @@ def _serve(args, out):
         except argparse.ArgumentTypeError as exc:
             raise CommandError(f"{conf.path}: metrics: {exc}")
     packages, trust_store, cert = _open_stores(args, data, conf, host, port, out)
-    settings = Settings(workers=args.workers)
+    settings = Settings(workers=args.workers, handshake_threads=args.handshake_threads)
     audit_log = AuditLog(data.audit_log)
     try:
         server = RegistryServer((host, port), ApiHandler, trust_store=trust_store,
@@ -274,6 +287,10 @@ def add_parser(cmds, common):
                        help=f"worker threads for disk and database work (package reads, "
                        f"uploads, deletes); connections are served by one event loop "
                        f"whatever their number; 1 to {MAX_WORKERS} (default 32)")
+    serve.add_argument("--handshake-threads", type=handshake_threads, default=None,
+                       metavar="N", help="threads for the CPU-heavy steps of TLS "
+                       "handshakes, which then run on several CPUs at once; 0 runs "
+                       "them on the event loop (default: the CPUs less one)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
                        metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
                        "there, e.g. 127.0.0.1:9300 (default: off)")

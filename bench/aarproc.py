@@ -15,7 +15,7 @@ import benchlib as bl
 class Aar:
     name = "aar"
 
-    def __init__(self, workdir, server, client, label="aar", repo=None):
+    def __init__(self, workdir, server, client, label="aar", repo=None, extra=()):
         self.dir = pathlib.Path(workdir) / label
         self.data = self.dir / "data"
         self.server, self.client = server, client
@@ -23,6 +23,7 @@ class Aar:
         self.proc = None
         self.repo = repo or bl.REPO       # another checkout: bench/baseline.py
         self.script = self.repo / "aar.py"
+        self.extra = list(extra)          # more `aar serve` arguments
         self.env = dict(os.environ, AAR_DATA_DIR=str(self.data))
         self.env.pop("SNAP_COMMON", None)
 
@@ -42,7 +43,8 @@ class Aar:
         self.cli("trust", "add", "-p", str(self.client.cert))
         self.port = bl.free_port()
         self.proc = bl.spawn([sys.executable, str(self.script), "serve", "--data-dir",
-                              str(self.data), "--listen", f"127.0.0.1:{self.port}"],
+                              str(self.data), "--listen", f"127.0.0.1:{self.port}",
+                              *self.extra],
                              log=self.dir / "serve.log", env=self.env, cwd=str(self.repo))
         try:
             bl.wait_https(self.port, self.client, "/1.0/status", self.proc)

@@ -7,12 +7,16 @@ and the reference with the same driver, alternating rounds, best of each.
 """
 import hashlib
 import json
+import shutil
 import time
 
 import benchlib as bl
 import drivers
+from aarproc import Aar
 from agentnode import Agent
 from report import Row, log
+
+INLINE = "aar --handshake-threads 0"
 
 
 def best_rate(b, mode, targets, requests):
@@ -149,7 +153,21 @@ def new_connections(b, row):
     if len(targets) == 1:
         raise bl.Unavailable("no reference server: " + "; ".join(
             b.na.get(m, m) for m in missing))
-    best = best_rate(b, "newconn", targets, b.p["newconn_requests"])
+    # aar again with every handshake step on its loop thread (no TLS threads),
+    # in the same rounds: what the TLS threads give or cost on this machine.
+    inline = Aar(b.work, b.server, b.client, label="aar-inline",
+                 extra=("--handshake-threads", "0"))
+    try:
+        inline.start()
+        targets.append((INLINE, inline.port, "/1.0/status", inline.pids))
+    except bl.Unavailable as e:
+        log(f"aar --handshake-threads 0 unavailable: {e}")
+    try:
+        best = best_rate(b, "newconn", targets, b.p["newconn_requests"])
+    finally:
+        inline.stop()
+        shutil.rmtree(inline.dir, ignore_errors=True)
+    inline_best = best.pop(INLINE, None)
     refs = sorted((n for n in best if n != "aar"), key=lambda n: -best[n]["rate"])
     row.aar = best["aar"]["rate"]
     row.ref_name, row.ref = refs[0], best[refs[0]]["rate"]
@@ -163,6 +181,13 @@ def new_connections(b, row):
     for m in missing:
         sub = Row("", f"  vs {m}", "", None)
         sub.na = b.na.get(m, "not started")
+        row.sub.append(sub)
+    if inline_best is not None:
+        sub = Row("", "  aar --handshake-threads 0 (conn/s)", "", None)
+        sub.aar, sub.ref, sub.ref_name = inline_best["rate"], row.ref, row.ref_name
+        sub.ratio = sub.aar / sub.ref
+        sub.notes.append(f"every handshake step on the loop thread; server CPU us/request "
+                         f"{inline_best['server_us'] or 0:.0f}")
         row.sub.append(sub)
     row.notes += [f"one request per connection, full handshake (no session resumption), "
                   f"{b.o.conns} concurrent clients, driver {b.o.driver}"] + \

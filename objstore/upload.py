@@ -1,26 +1,32 @@
-"""Streaming a body of known length into one object, checked before it exists.
+"""A body of known length into one object, pushed in chunks, checked before
+the object exists.
 
-An `Upload` goes in two steps so that a caller can decide in between whether
-the object should exist at all (registry/s3commit.py judges its claim there):
+An `Upload` takes the body as whoever has it pushes it, the server's loop
+included (registry/uploads.py hands it the buffers it reads the socket into;
+no thread waits for the next bytes, none copies them again):
 
-* ``send(stream)`` moves and checks the bytes. Small bodies (below
-  ``threshold``) are read into memory; larger ones go as a multipart upload
-  whose parts travel, up to ``concurrency`` at once, while the next is read.
-  The whole body's sha256 must match, else DigestMismatch / ShortBody.
+* ``begin()`` starts a multipart upload when the body is at least
+  ``threshold`` bytes. Its chunks (``part`` bytes) are then parts, which the
+  caller may send up to ``lanes`` (= ``concurrency``) at once; a smaller
+  body is kept in memory, one chunk, and PUT whole at the end.
+* ``digest(view)`` hashes the chunks in order; ``write(number, offset, view)``
+  sends chunk ``number`` (from 1; its offset is not needed). The two may run
+  at once, on two threads.
+* ``check()`` raises ShortBody / DigestMismatch unless the whole body came
+  and its sha256 is the one announced. Nothing exists under the key yet, so
+  a caller can decide here whether it should (registry/s3commit.py judges
+  its claim);
 * ``finish()`` makes the object exist (one PUT, or completing the multipart
   upload); ``abort()`` leaves nothing (the multipart upload is aborted).
 
-Memory is bounded: ``concurrency + 1`` part buffers, reused. Each is filled
-in place (readinto when the stream has it) and sent as is, never copied
-again; hashing runs on a thread of its own, in order, beside the reading (the
-sha256 releases the GIL), so the reading thread only moves bytes.
-
 The part size grows with the length so that the largest package fits in
 S3's 10,000 parts: at least 8 MiB, and length/9,000 rounded up to a MiB (a
-64 GiB package goes in 8 MiB parts, 200 GiB in 23 MiB ones).
+64 GiB package goes in 8 MiB parts, 200 GiB in 23 MiB ones). A chunk may be
+a little longer than ``part`` (the server reads whole TLS records): parts
+only need 5 MiB, except the last.
 """
-import concurrent.futures
 import hashlib
+import threading
 
 __all__ = ["Upload", "upload", "part_size", "DigestMismatch", "ShortBody",
            "MULTIPART_FROM"]
@@ -29,7 +35,6 @@ MIB = 1 << 20
 MULTIPART_FROM = 16 * MIB
 _MIN_PART = 8 * MIB
 _MAX_PARTS = 10_000
-_READ = MIB
 
 
 class DigestMismatch(Exception):
@@ -49,102 +54,59 @@ class Upload:
     """``length`` bytes to ``key`` if their sha256 is ``sha256``."""
 
     def __init__(self, client, key, length, sha256, threshold=MULTIPART_FROM,
-                 concurrency=4, on_upload_id=None):
+                 concurrency=4):
         self.client, self.key, self.length, self.sha256 = client, key, length, sha256
         self.multipart = length >= threshold
-        self.concurrency = concurrency
-        self.on_upload_id = on_upload_id
-        self.received = 0             # bytes read so far (a heartbeat watches it)
+        self.part = part_size(length) if self.multipart else length
+        self.lanes = concurrency if self.multipart else 1
+        self.received = 0             # bytes arrived so far (a heartbeat watches it)
         self.upload_id = None
-        self._data = None
-        self._etags = None
+        self._digest = hashlib.sha256()
+        self._hashed = 0
+        self._chunks = {}             # number -> ETag of the part, or the bytes
+        self._lock = threading.Lock()
         self._done = False
 
-    def _fill(self, stream, view):
-        """Fill ``view`` from ``stream`` exactly, or raise ShortBody."""
-        readinto = getattr(stream, "readinto", None)
-        pos, n = 0, len(view)
-        while pos < n:
-            want = min(_READ, n - pos)
-            if readinto is not None:
-                got = readinto(view[pos:pos + want])
-            else:
-                chunk = stream.read(want)
-                got = len(chunk)
-                if got > want:
-                    raise ShortBody("stream returned more than asked")
-                view[pos:pos + got] = chunk
-            if not got:
-                raise ShortBody(f"body ended after {self.received} of "
-                                f"{self.length} bytes")
-            pos += got
-            self.received += got
+    def begin(self):
+        if self.multipart:
+            self.upload_id = self.client.create_multipart(self.key)
 
-    def send(self, stream):
-        """Read, hash and (multipart) send the body; raise if it is not the one
-        announced. Nothing exists under the key until finish()."""
-        if not self.multipart:
-            buf = bytearray(self.length)
-            self._fill(stream, memoryview(buf))
-            _check(hashlib.sha256(buf), self.sha256)
-            self._data = buf
-            return
-        self.upload_id = self.client.create_multipart(self.key)
-        if self.on_upload_id is not None:
-            self.on_upload_id(self.upload_id)
-        size = part_size(self.length)
-        digest = hashlib.sha256()
-        free, flying, futures = [], {}, []
-        with concurrent.futures.ThreadPoolExecutor(self.concurrency,
-                                                   thread_name_prefix="s3-part") as pool, \
-                concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="s3-hash") \
-                as hasher:
-            try:
-                done = 0
-                while done < self.length:
-                    while len(flying) >= self.concurrency:
-                        self._settle(flying, free)
-                    buf = free.pop() if free else bytearray(size)
-                    view = memoryview(buf)[:min(size, self.length - done)]
-                    self._fill(stream, view)
-                    hashed = hasher.submit(digest.update, view)
-                    sent = pool.submit(self.client.upload_part, self.key, self.upload_id,
-                                       len(futures) + 1, view)
-                    flying[sent] = (hashed, buf)
-                    futures.append(sent)
-                    done += len(view)
-                while flying:
-                    self._settle(flying, free)
-            finally:
-                for f in flying:
-                    f.cancel()
-        _check(digest, self.sha256)
-        self._etags = [f.result() for f in futures]
+    def digest(self, view):
+        self._digest.update(view)
+        self._hashed += len(view)
 
-    @staticmethod
-    def _settle(flying, free):
-        """Wait for one part in flight to be sent (and hashed); free its buffer."""
-        done, _ = concurrent.futures.wait(list(flying), return_when="FIRST_COMPLETED")
-        for sent in done:
-            hashed, buf = flying.pop(sent)
-            sent.result()               # raises the store's error
-            hashed.result()
-            free.append(buf)
+    def write(self, number, offset, view):
+        if self.multipart:
+            etag = self.client.upload_part(self.key, self.upload_id, number, view)
+        else:
+            etag = bytes(view)
+        with self._lock:
+            self._chunks[number] = etag
+
+    def check(self):
+        """Raise unless the whole body came, every chunk written, and it is the one announced."""
+        if self._hashed != self.length or \
+                sorted(self._chunks) != list(range(1, len(self._chunks) + 1)):
+            raise ShortBody(f"body ended after {self._hashed} of {self.length} bytes")
+        actual = self._digest.hexdigest()
+        if actual != self.sha256:
+            raise DigestMismatch(f"body has sha256 {actual}, not {self.sha256}")
 
     def finish(self):
         """Make the checked object exist under the key (once)."""
         if self._done:
             return
+        chunks = [self._chunks[n] for n in sorted(self._chunks)]
         if self.multipart:
-            self.client.complete_multipart(self.key, self.upload_id, self._etags)
+            self.client.complete_multipart(self.key, self.upload_id, chunks)
         else:
-            self.client.put(self.key, self._data)
+            self.client.put(self.key, b"".join(chunks))
         self._done = True
-        self._data = None
+        self._chunks = {}
 
     def abort(self):
         """Leave nothing of an upload that will not be finished."""
-        self._data = None
+        self._chunks = {}
         if self.upload_id is None or self._done:
             return
         try:
@@ -157,19 +119,31 @@ class Upload:
 
 
 def upload(client, key, stream, length, sha256, threshold=MULTIPART_FROM,
-           concurrency=4, on_upload_id=None) -> None:
+           concurrency=4) -> None:
     """Store exactly ``length`` bytes of ``stream`` at ``key`` if their sha256
-    is ``sha256``; else raise DigestMismatch / ShortBody (nothing stored)."""
-    up = Upload(client, key, length, sha256, threshold, concurrency, on_upload_id)
+    is ``sha256``; else raise DigestMismatch / ShortBody (nothing stored).
+    One chunk at a time: the server pushes its bodies, this is for the rest."""
+    up = Upload(client, key, length, sha256, threshold, concurrency)
     try:
-        up.send(stream)
+        up.begin()
+        number = 0
+        while up.received < length:
+            chunk = bytearray()
+            want = min(up.part, length - up.received)
+            while len(chunk) < want:      # whole parts: S3 takes none under 5 MiB
+                data = stream.read(want - len(chunk))
+                if not data:
+                    break
+                chunk += data
+            if not chunk:
+                break
+            number += 1
+            up.received += len(chunk)
+            up.digest(chunk)
+            up.write(number, up.received - len(chunk), chunk)
+        up.check()
         up.finish()
     except BaseException:
         up.abort()
         raise
 
-
-def _check(digest, sha256):
-    actual = digest.hexdigest()
-    if actual != sha256:
-        raise DigestMismatch(f"body has sha256 {actual}, not {sha256}")

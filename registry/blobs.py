@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+import threading
 
 import cas
 from cas import is_sha256, unlink_quiet
@@ -28,18 +29,19 @@ CHUNK_SIZE = 1 << 20
 
 
 # A periodic fdatasync spreads the final fsync's flush over a large upload.
-# The chunks come one at a time: the server's loop decrypts the next one
-# while a worker hashes and writes this one (uploads.py), so no thread of
-# our own is needed here.
+# The chunks are hashed and written apart, and two writes may run at once
+# (at their own offsets), so that the disk, the slowest of the three, never
+# waits for the sha256, nor for the server to hand it the next chunk, and one
+# write goes on while the other waits for its fdatasync (uploads.py).
 _SYNC_EVERY = 64 * CHUNK_SIZE
-_SLICE = 64 * 1024
 
 
 class Staging:
-    """One body on its way into staging/: write() its chunks in order (from
-    one thread at a time), then finish(), which checks its length and sha256
-    and makes it durable, or abort(). A failed write or finish aborts too, so
-    nothing of a failed upload stays behind."""
+    """One body on its way into staging/: its chunks, in order, to update()
+    (the sha256), one call at a time, and to write() at their offsets (the
+    file), from other threads meanwhile; then finish(), which checks its
+    length and sha256 and makes it durable, or abort() once no call runs.
+    A failed finish aborts too, so nothing of a failed upload stays behind."""
 
     def __init__(self, staging_dir, length, sha256):
         self._fd, self.path = tempfile.mkstemp(prefix="upload-", dir=staging_dir)
@@ -47,27 +49,27 @@ class Staging:
         self._sha256 = sha256
         self._digest = hashlib.sha256()
         self._unsynced = 0
+        self._lock = threading.Lock()
 
-    def write(self, chunk):
-        try:
-            if len(chunk) > self.left:
-                raise ApiError.of("size_mismatch", "more bytes than announced")
-            # Hash and write a slice at a time, so that the write copies
-            # bytes the hash has just brought into the CPU's cache.
-            whole = memoryview(chunk)
-            for start in range(0, len(whole), _SLICE):
-                view = whole[start:start + _SLICE]
-                self._digest.update(view)
-                while view:
-                    view = view[os.write(self._fd, view):]
+    def update(self, chunk):
+        self._digest.update(chunk)
+
+    def write(self, offset, chunk):
+        view = memoryview(chunk)
+        if offset + len(view) > self.length:
+            raise ApiError.of("size_mismatch", "more bytes than announced")
+        at = offset
+        while view:
+            n = os.pwrite(self._fd, view, at)
+            view, at = view[n:], at + n
+        with self._lock:
             self.left -= len(chunk)
             self._unsynced += len(chunk)
-            if self._unsynced >= _SYNC_EVERY:
-                os.fdatasync(self._fd)
+            sync = self._unsynced >= _SYNC_EVERY
+            if sync:
                 self._unsynced = 0
-        except BaseException:
-            self.abort()
-            raise
+        if sync:
+            os.fdatasync(self._fd)
 
     def finish(self) -> str:
         """The staging file's path, complete, checked and fsynced."""

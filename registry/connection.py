@@ -27,8 +27,7 @@ from registry.loop import ERRORS, READ
 from registry.protocol import (MAX_DISCARD, ProtocolError, head_end, parse_head,
                                response_head)
 from registry.transport import (BUSY, CLOSED, DISCARD, HANDSHAKE, LINGER, READING,
-                                STREAMING, UPLOAD, WAITING, WRITING, Transport,
-                                close_socket)
+                                STREAMING, UPLOAD, WAITING, WRITING, Transport)
 from trust.certs import fingerprint as der_fingerprint
 
 __all__ = ["Connection"]
@@ -50,8 +49,8 @@ class Connection(Transport):
     def __init__(self, server, sock, addr):
         self.server = server
         self.loop = server.loop
-        self.sock = sock
-        self.raw = sock                   # a plain socket until its ClientHello is here
+        self.sock = sock                  # the TCP socket, beneath TLS
+        self.tls = None                   # OpenSSL's side, once the ClientHello is here
         self.fd = sock.fileno()
         self.addr = addr
         self.state = HANDSHAKE
@@ -105,17 +104,11 @@ class Connection(Transport):
     def _established(self):
         """The TLS handshake is done: requests may come."""
         self.server.events.handshake(time.monotonic() - self.opened)
-        der = self.sock.getpeercert(binary_form=True)
+        der = self.tls.getpeercert(True)
         # No certificate (the context is CERT_OPTIONAL for joining nodes):
         # fingerprint None, and the handler admits it to the join endpoint
         # only. It gets the handshake's time, not the idle time, to ask.
         self.fingerprint = der_fingerprint(der) if der else None
-        # SSLSocket.recv and send are three Python calls deep before they
-        # reach OpenSSL; the C object beneath does the same work directly.
-        # (Non-blocking, so its Want* errors are what the wrappers raise too.)
-        tls = getattr(self.sock, "_sslobj", None)
-        if tls is not None and hasattr(tls, "read") and hasattr(tls, "write"):
-            self._read, self._write = tls.read, tls.write
         self.server.handshake_done(self)
         self.state = READING
         settings = self.server.settings
@@ -343,6 +336,8 @@ class Connection(Transport):
         if self.state == CLOSED:
             if isinstance(result, Reply) and result.file is not None:
                 result.file.file.close()
+            elif hasattr(result, "abort"):    # an upload's sink (uploads.py)
+                self.server.pool.submit(result.abort, lambda result, error: None)
             return
         handler = self.server.handler
         self.state = WRITING
@@ -389,7 +384,7 @@ class Connection(Transport):
         if self.upload is not None:
             self.upload.abandon()
         self.loop.remove(self.fd)
-        close_socket(self.sock)
+        self._release()
         self.server.forget(self, previous)
 
     def timed_out(self):

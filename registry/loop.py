@@ -36,6 +36,7 @@ class Loop:
         self._seq = 0
         self._soon = collections.deque()     # callbacks posted from other threads
         self._stopping = False
+        self._polling = False                # in (or about to enter) epoll_wait
         self.now = time.monotonic()
         if hasattr(os, "eventfd"):
             self._wake_r = self._wake_w = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
@@ -80,6 +81,11 @@ class Loop:
     def call_soon_threadsafe(self, callback, *args):
         """From any thread: run callback(*args) on the loop soon."""
         self._soon.append((callback, args))
+        # A loop that is busy sees the callback before it next sleeps: run()
+        # sets _polling before it looks at _soon, so one of the two always
+        # sees the other. (The write costs a system call and the GIL twice.)
+        if not self._polling:
+            return
         try:
             os.write(self._wake_w, b"\x01\0\0\0\0\0\0\0")
         except BlockingIOError:
@@ -101,6 +107,7 @@ class Loop:
         wake = self._wake_r
         while not self._stopping:
             timeout = -1
+            self._polling = True
             if self._soon:
                 timeout = 0
             elif timers:
@@ -109,6 +116,7 @@ class Loop:
                 events = poll(timeout)
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 events = ()
+            self._polling = False
             self.now = time.monotonic()
             for fd, mask in events:
                 if fd == wake:

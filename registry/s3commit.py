@@ -12,22 +12,38 @@ one). The push then claims again and commits after the delete: the
 delete removed what was published before, the push publishes after it.
 Only a store that keeps failing, or a version deleted again and again
 while one push commits, ends in 503.
+
+`Incoming` is a push's body on its way (registry/incoming.py): claimed and
+its multipart upload begun when it is made, parts sent as the server hands
+them over, and finish() judges, completes and publishes, or leaves nothing.
 """
+import contextlib
 import json
 import logging
 import os
 import threading
 import time
 
+from objstore import upload
 from objstore.client import S3Error, Unreachable
 from registry import s3claims as claims
 from registry.errors import ApiError
 
-__all__ = ["Push", "stale_claim"]
+__all__ = ["Push", "Incoming", "stale_claim", "unavailable"]
 
 log = logging.getLogger("aar.storage")
 
 _ATTEMPTS = 4          # claims of one push (a delete that removed it: claim again)
+
+
+@contextlib.contextmanager
+def unavailable(what):
+    """The object store's errors as the 503 a client gets, logged."""
+    try:
+        yield
+    except (S3Error, Unreachable) as exc:
+        log.error("%s: %s", what, exc)
+        raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
 
 
 def stale_claim(client, prefix, item, date, stale):
@@ -185,3 +201,54 @@ class Push:
                 self.client.delete(self.claim, attempts=1)
         except (S3Error, Unreachable, OSError) as exc:
             log.warning("cleaning the claim %s: %s (collected later)", self.claim, exc)
+
+
+class Incoming:
+    """The body of one push into the bucket, as registry/incoming.py says:
+    ``record`` (the package's) is published at ``blob`` if its claim is
+    first, and ``published(record)`` is called then. Made in a worker: the
+    claim and the multipart upload are written before the first byte."""
+
+    received = 0                  # the loop's count; the heartbeat watches it
+
+    def __init__(self, client, prefix, record, blob, stale, published):
+        self.record, self._published = record, published
+        name, version, arch = record["name"], record["version"], record["architecture"]
+        self.what = f"storing {name} {version} {arch}"
+        self._push = Push(client, prefix, name, version, arch, record["sha256"], stale)
+        self._up = upload.Upload(client, blob, record["size"], record["sha256"])
+        self.part, self.lanes = self._up.part, self._up.lanes
+        try:
+            with unavailable(self.what):
+                self._push.begin(lambda: self.received)
+                self._up.begin()
+        except BaseException:
+            self.abort()
+            raise
+
+    def digest(self, view):
+        self._up.digest(view)
+
+    def write(self, number, offset, view):
+        with unavailable(self.what):
+            self._up.write(number, offset, view)
+
+    def finish(self):
+        """Check, judge the claim, complete the upload, publish: (True, record)."""
+        try:
+            with unavailable(self.what):
+                try:
+                    self._up.check()
+                except upload.ShortBody as exc:
+                    raise ApiError.of("size_mismatch", str(exc)) from None
+                except upload.DigestMismatch as exc:
+                    raise ApiError.of("digest_mismatch", str(exc)) from None
+                self._push.commit(self.record, self._up.finish)
+        finally:
+            self.abort()              # the upload is done by then; the push ends
+        self._published(self.record)
+        return True, self.record
+
+    def abort(self):
+        self._up.abort()
+        self._push.end()

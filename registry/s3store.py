@@ -1,6 +1,6 @@
 """S3PackageStore: the package store in an S3 bucket, shared by every replica.
 
-The same interface as registry/storage.py's PackageStore (put, get,
+The same interface as registry/storage.py's PackageStore (put, receive, get,
 application, list, generation, delete_*, recover, open_blob, redirect_url),
 so the handlers do not know which one they talk to. The keys and the commit
 protocol that makes concurrent pushes from several replicas safe are in
@@ -24,13 +24,13 @@ import logging
 import threading
 import time
 
-from objstore import upload
 from objstore.client import S3Error, Unreachable
 from registry import s3claims as claims
 from registry import s3gc
 from registry.errors import ApiError
 from registry.packagerules import build_listing, check_upload, same_or_conflict
-from registry.s3commit import Push
+from registry.incoming import pump
+from registry.s3commit import Incoming, unavailable
 
 __all__ = ["S3PackageStore", "StorageError"]
 
@@ -260,46 +260,38 @@ class S3PackageStore:
 
     def put(self, app, version, arch, stream, length, sha256, manifest=None,
             publisher="") -> tuple:
-        """Store a package (see PackageStore.put); the commit is s3commit's."""
+        """Store a package read from ``stream`` (see PackageStore.put)."""
+        incoming = self.receive(app, version, arch, length, sha256, manifest, publisher)
+        if isinstance(incoming, tuple):
+            return incoming
+        return pump(incoming, stream, length)
+
+    def receive(self, app, version, arch, length, sha256, manifest=None,
+                publisher=""):
+        """put() for a caller that pushes the body: ``(created, package)`` when
+        the answer needs no body, else an Incoming (registry/incoming.py,
+        s3commit.py's: claimed, its upload begun). Its calls block on the
+        bucket: the server makes them in its worker pool."""
         version, sha256, tags, manifest = check_upload(
             app, version, arch, length, sha256, manifest)
-        try:
+        with unavailable(f"storing {app} {version} {arch}"):
             existing = self._record_of(app, version, arch)
-            if existing is not None:
-                return False, same_or_conflict(existing, sha256, length)
-            record = {"name": app, "version": version, "architecture": arch,
-                      "size": length, "sha256": sha256, "created_at": _now_text(),
-                      "publisher": publisher, "tags": tags, "manifest": manifest}
-            self._push(record, stream)
-        except (S3Error, Unreachable) as exc:
-            log.error("storing %s %s %s: %s", app, version, arch, exc)
-            raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
-        log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s", app, version,
-                 arch, length, sha256, publisher or "-")
+        if existing is not None:
+            return False, same_or_conflict(existing, sha256, length)
+        record = {"name": app, "version": version, "architecture": arch,
+                  "size": length, "sha256": sha256, "created_at": _now_text(),
+                  "publisher": publisher, "tags": tags, "manifest": manifest}
+        return Incoming(self.client, self.prefix, record, self._blob_key(sha256),
+                        self.stale_claims, self._published)
+
+    def _published(self, record):
+        log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s", record["name"],
+                 record["version"], record["architecture"], record["size"],
+                 record["sha256"], record["publisher"] or "-")
         try:
             self.refresh()
         except _STORE_ERRORS:
             pass                     # the poller will catch up
-        return True, record
-
-    def _push(self, record, stream):
-        """Claim, send the bytes, commit: the claim's wait overlaps the transfer."""
-        sha256 = record["sha256"]
-        push = Push(self.client, self.prefix, record["name"], record["version"],
-                    record["architecture"], sha256, self.stale_claims)
-        up = upload.Upload(self.client, self._blob_key(sha256), record["size"], sha256)
-        try:
-            push.begin(lambda: up.received)
-            try:
-                up.send(stream)
-            except upload.ShortBody as exc:
-                raise ApiError.of("size_mismatch", str(exc)) from None
-            except upload.DigestMismatch as exc:
-                raise ApiError.of("digest_mismatch", str(exc)) from None
-            push.commit(record, up.finish)
-        finally:
-            up.abort()                # a no-op once finished
-            push.end()
 
     def _record_of(self, app, version, arch):
         items, _ = self.client.list(claims.record_prefix(self.prefix, app, version, arch))

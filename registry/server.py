@@ -1,7 +1,8 @@
 """The registry's HTTPS server: one event-loop thread and a bounded worker pool.
 
     accept ─► Connection (connection.py), every socket non-blocking in one epoll
-                 │ TLS handshake, request heads, small answers: on the loop
+                 │ request heads, small answers: on the loop
+                 │ TLS handshake steps ──► TLS threads (transport.py) ──► loop
                  ▼
               ApiHandler.handle (handlers.py): authorise, route
                  ├─ status, info, cached listing, 304, error ──► sent at once
@@ -10,8 +11,10 @@
                                  worker ─── Reply ──► back on the loop, sent
                     package bytes: the pool reads 1 MiB ahead, the loop writes
 
-* The loop thread owns every socket; the only exception is an upload, whose
-  body one worker reads (blocking, with a timeout) until it hands it back.
+* The loop thread owns every socket. The exception is a TLS handshake step:
+  one non-blocking do_handshake() in a TLS thread (the GIL is released in
+  OpenSSL, so steps run on several CPUs), while the loop leaves that
+  connection alone; transport.py says why and how.
 * A peer that is silent or slow, in its handshake, its request head, or while
   reading a response, costs a socket and its buffers, never a thread. The
   sweep below closes it when its deadline passes.
@@ -30,6 +33,7 @@ settings. Nothing is module-global.
 import collections
 import gc
 import logging
+import os
 import resource
 import socket
 import time
@@ -57,7 +61,7 @@ class Settings:
     def __init__(self, workers=32, handshake_timeout=10.0, idle_timeout=60.0,
                  request_timeout=60.0, max_package_size=64 << 30, backlog=1024,
                  max_connections=None, max_per_address=None, max_handshakes=512,
-                 handshake_grace=1.0):
+                 handshake_grace=1.0, handshake_threads=None):
         self.workers = workers
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -75,6 +79,18 @@ class Settings:
         # nodes reconnecting at once are delayed, not turned away.
         self.max_handshakes = max_handshakes
         self.handshake_grace = handshake_grace
+        # Threads for the CPU-heavy steps of TLS handshakes (transport.py):
+        # the loop keeps one CPU, the others run handshakes, as nginx runs a
+        # worker per CPU. 0 (on one CPU) keeps them on the loop.
+        self.handshake_threads = _cpus() - 1 if handshake_threads is None \
+            else handshake_threads
+
+
+def _cpus():
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
 
 
 def _fd_budget():
@@ -128,6 +144,8 @@ class RegistryServer:
         self.server_address = self.socket.getsockname()[:2]
         self.loop = Loop()
         self.pool = None
+        self.tls_pool = None                     # handshake steps, transport.py
+        self.in_tls_pool = set()                 # connections with a step there
         self.handler = handler_class(self)
         self.connections = set()
         self.handshaking = collections.OrderedDict()    # oldest first
@@ -140,6 +158,8 @@ class RegistryServer:
     def serve_forever(self):
         """Run the loop in this thread, the workers beside it, until shutdown()."""
         self.pool = Pool(self.loop, self.settings.workers)
+        if self.settings.handshake_threads:
+            self.tls_pool = Pool(self.loop, self.settings.handshake_threads, name="aar-tls")
         # What exists now (modules, the handler, the stores) lives as long as
         # the process: out of the collector's full passes, which then cost a
         # fraction of a millisecond, not several in the middle of a request.
@@ -154,6 +174,11 @@ class RegistryServer:
                 conn.close()
             self.loop.remove(self.socket.fileno())
             self.pool.shutdown()
+            if self.tls_pool is not None:
+                self.tls_pool.shutdown()
+                for conn in list(self.in_tls_pool):   # their steps are over
+                    conn.stepping = False
+                    conn._release()
 
     def shutdown(self):
         """Ask serve_forever to return; safe from a signal handler or another thread."""

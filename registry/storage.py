@@ -36,6 +36,7 @@ from cas import unlink_quiet
 from registry import recovery
 from registry.blobs import CHUNK_SIZE, BlobFiles
 from registry.errors import ApiError, full_is_507, is_full
+from registry.incoming import pump
 from registry.packagerules import check_upload, same_or_conflict
 from registry.packagesdb import COLUMNS, SELECT_GENERATION, PackagesDB, package_of_row
 from registry.paths import DataDir
@@ -226,25 +227,13 @@ class PackageStore:
         incoming = self.receive(app, version, arch, length, sha256, manifest, publisher)
         if isinstance(incoming, tuple):
             return incoming
-        try:
-            while incoming.left:
-                # Never ask for more than is left: the bytes after the body
-                # belong to whoever reads the stream next.
-                chunk = stream.read(min(CHUNK_SIZE, incoming.left))
-                if not chunk:
-                    break                 # finish() says how short it was
-                incoming.write(chunk)
-        except BaseException:
-            incoming.abort()
-            raise
-        return incoming.finish()
+        return pump(incoming, stream, length)
 
     def receive(self, app, version, arch, length, sha256, manifest=None,
                 publisher=""):
         """put() for a caller that pushes the body: ``(created, package)`` when
-        the answer needs no body, else an Incoming to write() the body to, in
-        order, then finish() -> ``(created, package)``, or abort(). Its calls
-        may block (disk): the server makes them in its worker pool."""
+        the answer needs no body, else an Incoming (registry/incoming.py). Its
+        calls may block (disk): the server makes them in its worker pool."""
         self._check_writable()
         version, sha256, tags, manifest = check_upload(
             app, version, arch, length, sha256, manifest)
@@ -365,31 +354,31 @@ class PackageStore:
 
 
 class Incoming:
-    """A package whose body is pushed in chunks (PackageStore.receive): a
-    Staging file, made at the first write, then the commit. A full disk is
-    insufficient_storage; any failure leaves nothing behind."""
+    """A package whose body is pushed in chunks (registry/incoming.py) into a
+    Staging file, then committed. A full disk is insufficient_storage; any
+    failure leaves nothing behind."""
+
+    part = CHUNK_SIZE
+    lanes = 2                             # one writes while the other syncs
 
     def __init__(self, store, row):
         self.row = row                    # _commit's arguments after the file
-        app, version, arch, self.left = row[:4]
+        app, version, arch = row[:3]
         self.what = f"storing {app} {version} {arch}"
+        self.received = 0
         self._store = store
-        self._staging = None
+        self._staging = store._blobs.staging(*row[3:5])
 
-    def _file(self):
-        if self._staging is None:
-            self._staging = self._store._blobs.staging(*self.row[3:5])
-        return self._staging
+    def digest(self, chunk):
+        self._staging.update(chunk)
 
-    def write(self, chunk):
+    def write(self, number, offset, chunk):
         with full_is_507(log, self.what):
-            self._file().write(chunk)
-        self.left = self._staging.left
+            self._staging.write(offset, chunk)
 
     def finish(self) -> tuple:
         with full_is_507(log, self.what):
-            return self._store._commit(self._file().finish(), *self.row)
+            return self._store._commit(self._staging.finish(), *self.row)
 
     def abort(self):
-        if self._staging is not None:
-            self._staging.abort()
+        self._staging.abort()

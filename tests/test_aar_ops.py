@@ -19,6 +19,8 @@ from test_aar_cli import Tty, fp_of, run
     (["--workers", "0"], "worker count"),
     (["--workers", "-3"], "worker count"),
     (["--workers", "many"], "worker count"),
+    (["--handshake-threads", "-1"], "handshake thread count"),
+    (["--handshake-threads", "two"], "handshake thread count"),
     (["--listen", "https://127.0.0.1:3000"], "without a scheme"),
     (["--listen", "::1:3000"], "brackets"),
     (["--listen", "127.0.0.1:70000"], "listen address"),
