@@ -36,7 +36,6 @@ log = logging.getLogger("aar.server")
 _access = logging.getLogger("aar.access")      # server.access_log's
 
 _JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
-_RECORD = 16 * 1024           # an answer longer than this is several TLS records
 # Requests answered from one buffer before other connections get a turn: a
 # client that pipelines hundreds of requests cannot hold the loop for long.
 _TURN = 16
@@ -247,10 +246,8 @@ class Connection(Transport):
             reply.length if reply.length is not None else len(body)
         if _access.isEnabledFor(logging.DEBUG):
             server.access_log(self, request, status, length)
-        if request is None:
-            close = True
-            head_only = False
-        else:
+        close, head_only = True, False
+        if request is not None:
             # An upload answered before its body was read leaves the rest of
             # the body on the wire: this connection can carry no other request.
             close = reply.close or request.close or self.body_unread
@@ -277,11 +274,19 @@ class Connection(Transport):
         self.out.append(data)
         if not small:
             self.out.append(memoryview(body))
-        self.state = WRITING
-        self.deadline = self.loop.now + server.settings.request_timeout
-        if len(data) + (0 if small else len(body)) > _RECORD:
-            return self._flush_corked()
-        self._flush()
+        self._send(len(data) + (0 if small else len(body)))
+
+    def reply_kept(self, status, length, data):
+        """reply() for an answer repeats.py kept: to a GET with no body, the
+        connection kept open; `data` is its head and body as built."""
+        server = self.server
+        if _access.isEnabledFor(logging.DEBUG):
+            server.access_log(self, self.request, status, length)
+        server.events.request(self.route, "GET", status, _monotonic() - self.started,
+                              0, length)
+        self.close_after = False
+        self.out.append(data)
+        self._send(len(data))
 
     def _written(self):
         if self.close_after:

@@ -22,12 +22,29 @@ held `wait=`, an error, a file or a refusal). Kept answers are of one
 generation at a time, at most _KEPT of them, so old listings are let go.
 """
 
+import time
+
+from registry.protocol import response_head
+
 __all__ = ["Repeats"]
 
 _ROUTES = ("/1.0/status", "/1.0/applications")
 _STATIC = "/1.0/status"           # its answer depends on no generation
 _KEPT = 256
 _HEAD = 2048                      # longer heads are not kept
+_SMALL = 64 * 1024                # a smaller body is sent with its head (connection.py)
+
+
+class _Kept:
+    __slots__ = ("request", "route", "reply", "generation", "until", "data")
+
+    def __init__(self, request, route, reply, generation):
+        self.request = request
+        self.route = route
+        self.reply = reply
+        self.generation = generation
+        self.until = 0.0              # `data` is good until then (its Date header)
+        self.data = b""
 
 
 class Repeats:
@@ -35,7 +52,7 @@ class Repeats:
 
     def __init__(self, handler):
         self._handler = handler
-        self._kept = {}               # head bytes -> (request, route, reply, generation)
+        self._kept = {}               # head bytes -> _Kept
         self._of = None               # the generation of the kept listings
 
     def generation(self):
@@ -64,7 +81,7 @@ class Repeats:
         if len(kept) >= _KEPT or (generation is not None and generation != self._of):
             kept.clear()
             self._of = generation if generation is not None else self._of
-        kept[bytes(head)] = (req, route, reply, generation)
+        kept[bytes(head)] = _Kept(req, route, reply, generation)
 
     def answer(self, conn, head):
         """Send the answer kept for `head` again; False if there is none or
@@ -72,15 +89,28 @@ class Repeats:
         entry = self._kept.get(head)
         if entry is None:
             return False
-        req, route, reply, generation = entry
+        generation = entry.generation
         if generation is not None and self.generation() != generation:
             return False
         try:
             self._handler.trust.authorise(conn.fingerprint)
         except Exception:             # refused or unavailable: the handler says so
             return False
-        conn.route = route
-        conn.request = req
+        conn.route = entry.route
+        conn.request = entry.request
         conn.body_unread = False
-        conn.reply(reply)
+        reply = entry.reply
+        body = reply.body
+        if len(body) >= _SMALL:
+            conn.reply(reply)
+            return True
+        # Head and body as reply() would build them, kept for the second
+        # their Date header names.
+        now = time.time()
+        if now >= entry.until:
+            entry.data = response_head(reply.status, reply.content_type, len(body),
+                                       reply.headers, False, conn.server.server_version,
+                                       body)
+            entry.until = int(now) + 1
+        conn.reply_kept(reply.status, len(body), entry.data)
         return True

@@ -59,6 +59,7 @@ _RECORD_MAX = 5 + 16384 + 2048
 _peeked = bytearray(_RECORD_MAX)          # the loop thread's; never kept
 _LINGER_SECONDS = 0.5
 _CORK = getattr(socket, "TCP_CORK", None)     # Linux's
+_RECORD = 16 * 1024           # an answer longer than this is several TLS records
 _LINGER_BYTES = 256 * 1024
 
 
@@ -239,14 +240,16 @@ class Transport:
             out.pop(0)
         self._sent()
 
-    def _flush_corked(self):
-        """_flush for an answer of several TLS records. OpenSSL writes each
-        record with its own send(): uncorked, each would leave as its own
-        segment and wake the client for it; corked, a listing of 100
-        applications (47 KB, three records) is one segment and one wake-up.
-        Uncorked again at once, whether all went or the socket is full, so
-        nothing waits for the cork's timer."""
-        if _CORK is None:
+    def _send(self, size):
+        """Write the answer just queued, `size` bytes. OpenSSL writes each TLS
+        record with its own send(): uncorked, each record of a longer answer
+        would leave as its own segment and wake the client for it; corked, a
+        listing of 100 applications (47 KB, three records) is one segment and
+        one wake-up. Uncorked again at once, whether all went or the socket
+        is full, so nothing waits for the cork's timer."""
+        self.state = WRITING
+        self.deadline = self.loop.now + self.server.settings.request_timeout
+        if size <= _RECORD or _CORK is None:
             return self._flush()
         sock = self.sock
         try:

@@ -2,11 +2,13 @@
 (registry/repeats.py): what the full path decides must still hold for every
 repeat. Real TLS, one keep-alive connection sending the same bytes each time.
 """
+import email.utils
 import hashlib
 import json
 import re
 import socket
 import ssl
+import time
 
 from certs import make_cert
 from regserver import access, client_context, registry  # noqa: F401  (fixtures)
@@ -88,3 +90,19 @@ def test_a_repeated_listing_follows_every_publish(registry, certs):  # noqa: F81
     finally:
         conn.close()
         publisher.close()
+
+
+def test_a_repeat_in_a_later_second_names_that_second(registry, certs):  # noqa: F811
+    conn = _Conn(registry.port, certs.client, "/1.0/status")
+    try:
+        dates = []
+        for _ in range(2):
+            status, headers, _ = conn.get()
+            assert status == 200
+            dates.append(email.utils.parsedate_to_datetime(headers["date"]))
+            time.sleep(1.1)               # into the next second, at least
+        status, headers, _ = conn.get()
+        later = email.utils.parsedate_to_datetime(headers["date"])
+        assert dates[0] < dates[1] < later
+    finally:
+        conn.close()
