@@ -30,9 +30,12 @@ __all__ = ["pump"]
 def pump(incoming, stream, length):
     """Push ``length`` bytes read from ``stream`` into ``incoming`` and finish.
 
-    Reads with ``stream.read(n)`` and never past ``length``: the bytes after
+    ``incoming`` is what a store's receive() answered: an answer that needs
+    no body, ``(created, package)``, is returned as it is, nothing read. Reads with ``stream.read(n)`` and never past ``length``: the bytes after
     the body belong to whoever reads the stream next. A stream that ends
     early leaves the rest to finish(), which says how short it was."""
+    if isinstance(incoming, tuple):
+        return incoming
     try:
         buf = bytearray(min(incoming.part, length))
         view = memoryview(buf)

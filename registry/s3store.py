@@ -294,10 +294,8 @@ class S3PackageStore:
     def put(self, app, version, arch, stream, length, sha256, manifest=None,
             publisher="") -> tuple:
         """Store a package read from ``stream`` (see PackageStore.put)."""
-        incoming = self.receive(app, version, arch, length, sha256, manifest, publisher)
-        if isinstance(incoming, tuple):
-            return incoming
-        return pump(incoming, stream, length)
+        return pump(self.receive(app, version, arch, length, sha256, manifest, publisher),
+                    stream, length)
 
     def receive(self, app, version, arch, length, sha256, manifest=None,
                 publisher=""):

@@ -224,10 +224,8 @@ class PackageStore:
         itself (a client's socket) propagate unchanged. Nothing of a failed
         upload remains.
         """
-        incoming = self.receive(app, version, arch, length, sha256, manifest, publisher)
-        if isinstance(incoming, tuple):
-            return incoming
-        return pump(incoming, stream, length)
+        return pump(self.receive(app, version, arch, length, sha256, manifest, publisher),
+                    stream, length)
 
     def receive(self, app, version, arch, length, sha256, manifest=None,
                 publisher=""):
