@@ -323,21 +323,22 @@ class Connection(Transport):
 
     # -- work off the loop -------------------------------------------------------------
 
-    def run(self, job, then=None):
+    def run(self, job, then=None, drop=None):
         """Run job() in the pool. Back on the loop, its result is the Reply to
-        send, or `then(result)` makes it (None: `then` took the request over)."""
+        send, or `then(result)` makes it (None: `then` took the request over);
+        `drop(result)` lets go of what it holds if the connection closed."""
         self.state = BUSY
         self.deadline = _NEVER            # the job ends; the sweep leaves it be
         self._watch(0)
         self.server.pool.submit(job, lambda result, error: self._job_done(
-            result, error, then))
+            result, error, then, drop))
 
-    def _job_done(self, result, error, then):
+    def _job_done(self, result, error, then, drop):
         if self.state == CLOSED:
             if isinstance(result, Reply) and result.file is not None:
                 result.file.file.close()
-            elif hasattr(result, "abort"):    # an upload's sink (uploads.py)
-                self.server.pool.submit(result.abort, lambda result, error: None)
+            elif drop is not None and result is not None:
+                drop(result)
             return
         handler = self.server.handler
         self.state = WRITING

@@ -55,7 +55,11 @@ def receive(conn, store, args, expect, stored):
             return got                    # answered without the body
         _Body(conn, got, stored).start(expect)
         return None
-    conn.run(job, then)
+
+    def drop(got):                        # the client left before the body came
+        if not isinstance(got, Reply):
+            conn.server.pool.submit(got.abort, _ignore)
+    conn.run(job, then, drop)
 
 
 class _Chunk:
