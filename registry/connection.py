@@ -66,9 +66,10 @@ class Connection(Transport):
         self.stream = None                # _FileStream while STREAMING
         self.upload = None                # uploads._Body while UPLOAD
         self.close_after = False
-        self.lingered = 0
+        self.linger_left = 0              # bytes LINGER still reads and drops
+        self.linger_until = 0.0           # ... and until when at most
         self.dead = False                 # the peer vanished while a job ran
-        self.body_unread = False          # an upload's body is still on the wire
+        self.body_unread = 0              # bytes of an upload's body still on the wire
         self.processing = False           # _process is on the stack
         self.route = "other"              # the route template, for the metrics
         self.started = 0.0                # when the current request was dispatched
@@ -196,7 +197,8 @@ class Connection(Transport):
                 self.request = None
                 return self.send_error(exc.status, exc.message)
             self.request = request
-            self.body_unread = request.method == "PUT" and request.body_length != 0
+            self.body_unread = 0 if request.method != "PUT" else \
+                1 if request.body_length is None else request.body_length
             if request.body_length != 0 and request.method != "PUT":
                 # Only an upload's body is streamed (uploads.py). Any other is
                 # read into request.body (a join's is used, the rest are
@@ -224,7 +226,8 @@ class Connection(Transport):
         self.server.events.request(self.route, request.method, "none",
                                    time.monotonic() - self.started,
                                    len(request.body), 0)
-        self.linger() if self._unread() else self.close()
+        unread = self._unread()
+        self.linger(unread) if unread else self.close()
 
     def send_error(self, status, message):
         """A protocol-level error: a text answer, then the connection closes."""
@@ -250,7 +253,7 @@ class Connection(Transport):
         if request is not None:
             # An upload answered before its body was read leaves the rest of
             # the body on the wire: this connection can carry no other request.
-            close = reply.close or request.close or self.body_unread
+            close = reply.close or request.close or self.body_unread != 0
             method = request.method
             head_only = method == "HEAD"
             received = request.body_length if method == "PUT" and \
@@ -290,7 +293,8 @@ class Connection(Transport):
 
     def _written(self):
         if self.close_after:
-            return self.linger() if self._unread() else self.close()
+            unread = self._unread()
+            return self.linger(unread) if unread else self.close()
         self.request = None
         self.state = READING
         settings = self.server.settings
@@ -319,7 +323,8 @@ class Connection(Transport):
         self._watch(0)                    # nothing to send until the pool reads
 
     def _unread(self):
-        return bool(self.buf) or self.body_unread
+        """How many bytes the client sent or will send that no request takes."""
+        return len(self.buf) + self.body_unread
 
     # -- work off the loop -------------------------------------------------------------
 

@@ -98,7 +98,7 @@ class Repeats:
             return False
         conn.route = entry.route
         conn.request = entry.request
-        conn.body_unread = False
+        conn.body_unread = 0
         reply = entry.reply
         body = reply.body
         if len(body) >= _SMALL:

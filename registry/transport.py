@@ -61,6 +61,9 @@ _LINGER_SECONDS = 0.5
 _CORK = getattr(socket, "TCP_CORK", None)     # Linux's
 _RECORD = 16 * 1024           # an answer longer than this is several TLS records
 _LINGER_BYTES = 256 * 1024
+# nginx's lingering_time; a drain reads in large bites, dropped at once.
+_DRAIN_SECONDS = 30.0
+_DRAIN_READ = 256 * 1024
 
 
 class Transport:
@@ -263,12 +266,16 @@ class Transport:
             except OSError:
                 pass
 
-    def linger(self):
+    def linger(self, drain=0):
         """Close so that the client reads what we sent before anything else.
 
         Closing with unread bytes makes the kernel answer with a reset, which
         can overtake our last bytes (a TLS 1.3 client sends its request before
         our alert arrives). So send FIN and read what is in flight, briefly.
+        `drain` more bytes are read and dropped besides (the rest of a body
+        refused or failed mid-way, which most clients send in full before
+        they read the answer), as long as they keep coming, for at most
+        _DRAIN_SECONDS.
         """
         try:
             self.sock.shutdown(socket.SHUT_WR)
@@ -276,19 +283,24 @@ class Transport:
             return self.close()
         self.state = LINGER
         self.buf = b""
-        self.deadline = self.loop.now + _LINGER_SECONDS
+        self.linger_left = _LINGER_BYTES + drain
+        now = self.loop.now
+        self.linger_until = now + (_DRAIN_SECONDS if drain else _LINGER_SECONDS)
+        self.deadline = now + _LINGER_SECONDS
         self._watch(READ)
 
     def _linger_read(self):
         try:
-            data = self.sock.recv(65536)
+            data = self.sock.recv(_DRAIN_READ)
         except (BlockingIOError, ssl.SSLWantReadError):
             return
         except OSError:
             data = b""
-        self.lingered += len(data)
-        if not data or self.lingered > _LINGER_BYTES:
-            self.close()
+        self.linger_left -= len(data)
+        if not data or self.linger_left < 0:
+            return self.close()
+        # Bytes that keep coming keep a drain going, within its bound.
+        self.deadline = min(self.loop.now + _LINGER_SECONDS, self.linger_until)
 
     @property
     def address(self):

@@ -148,8 +148,7 @@ class _Body:
         self.pos += n
         self.left -= n
         self.sink.received = self.conn.request.body_length - self.left
-        if not self.left:
-            self.conn.body_unread = False
+        self.conn.body_unread = self.left
         if self.pos >= self.part or not self.left:
             self.number += 1
             offset = self.conn.request.body_length - self.left - self.pos

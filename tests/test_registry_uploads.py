@@ -207,3 +207,21 @@ def test_continue_then_a_request_pipelined_behind_the_body(registry, certs):
     resp, got = client.request("GET", "/1.0/applications/cont/1/amd64/package")
     assert resp.status == 200 and got == payload
     client.close()
+
+
+def test_a_refused_upload_sent_whole_before_reading_still_reads_its_answer(
+        registry, certs):
+    """Most clients (http.client, curl without Expect) send the whole body
+    before they read. The registry answers a refused upload at once; it must
+    then read and drop the rest of the body, or closing with it unread would
+    reset the connection and the client would see no reason at all."""
+    registry.client(certs.client).close()             # the client role is trusted
+    payload = os.urandom(32 << 20)                    # far more than socket buffers
+    with _tls(registry.port, certs.client) as s:
+        s.sendall(_put_head("refused", len(payload), "0" * 64) + payload)
+        status, body, _ = _response(s)
+        assert status == 403, body
+        assert b"publisher" in body
+        assert s.recv(65536) == b""                   # then the registry closed
+    assert registry.client(certs.publisher).request(
+        "GET", "/1.0/applications/refused")[0].status == 404
