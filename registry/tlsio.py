@@ -44,6 +44,7 @@ class TlsIO:
 
     tls = inbio = outbio = None
     inbox = None                          # the loop's, see inbox_of()
+    ended = False                         # the stream's end is read (_recv_failed)
     wire = None                           # sealed buffers not yet sent: a list
 
     def _recv(self):
@@ -54,18 +55,32 @@ class TlsIO:
         try:
             n = self.sock.recv_into(self.inbox)
         except (BlockingIOError, InterruptedError):
+            if self.ended:
+                return b""
             if not self.buffered():
                 return None
             n = -1                        # nothing new, records left from before
         except OSError as exc:
             log.debug("closing %s: %s", self.peer, exc)
             return b""
-        if not n:
-            inbio.write_eof()
         read = self._read
-        got = []
-        ended = False
-        start = 0
+        if 0 < n <= _PIECE:               # a request: one record, most often
+            inbio.write(self.inbox[:n])
+            try:
+                data = read(_RECV)
+            except ssl.SSLWantReadError:
+                return None
+            except ssl.SSLError as exc:
+                return self._recv_failed(exc, b"")
+            if not inbio.pending:
+                return data
+            got = [data]
+            start = n
+        else:
+            if not n:
+                inbio.write_eof()
+            got = []
+            start = 0
         while True:
             if start < n:                 # a record's size at a time: the BIO stays small
                 end = min(n, start + _PIECE)
@@ -77,24 +92,24 @@ class TlsIO:
                     got.append(read(_RECV))
             except ssl.SSLWantReadError:
                 pass
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                ended = True              # close_notify, or a TCP close without it
-                break
             except ssl.SSLError as exc:
-                log.info("closing %s: TLS error: %s", self.peer, exc.reason or exc)
-                ended = True
-                break
+                return self._recv_failed(exc, b"".join(got))
             if start >= n:
                 break
-        if self.outbio.pending:           # an answer to a key update, say
-            self._queue_sealed()
-            try:
-                self._send_wire()         # the rest goes with the next answer
-            except OSError:
-                pass                      # the next read or write says so
+        # Anything OpenSSL wrote meanwhile (the answer to a key update) stays
+        # in the outgoing BIO and leads the next answer out.
         if got:
             return got[0] if len(got) == 1 else b"".join(got)
-        return b"" if ended else None
+        return None
+
+    def _recv_failed(self, exc, data):
+        """The stream ended (close_notify, a TCP close, a TLS error): what
+        was read before it, else b"". The end is remembered, so the next
+        read says b"" though no event comes for it (see _watch)."""
+        if not isinstance(exc, (ssl.SSLZeroReturnError, ssl.SSLEOFError)):
+            log.info("closing %s: TLS error: %s", self.peer, exc.reason or exc)
+        self.ended = True
+        return data
 
     def _recv_into(self, view):
         """_recv into ``view`` (an upload's buffer, uploads.py), with no bytes
@@ -140,8 +155,10 @@ class TlsIO:
         return got
 
     def buffered(self):
-        """True if records wait in the incoming BIO, which epoll cannot see."""
-        return self.tls is not None and (self.inbio.pending or self.tls.pending())
+        """True if records wait in the incoming BIO, or the stream's end was
+        read with the last bytes: no event comes for either."""
+        return self.tls is not None and (self.ended or self.inbio.pending
+                                         or self.tls.pending())
 
     # -- out ---------------------------------------------------------------------
 
@@ -204,6 +221,23 @@ class TlsIO:
 
     def _flush(self):
         out = self.out
+        if len(out) == 1 and not self.wire and len(out[0]) <= _RECORD:
+            # Most answers: one record, sealed and sent at once.
+            try:
+                self._write(out[0])
+                sealed = self.outbio.read()
+                sent = self.sock.send(sealed)
+            except (BlockingIOError, InterruptedError):
+                sent = 0
+            except (OSError, ssl.SSLError) as exc:
+                log.debug("closing %s: %s", self.peer, exc)
+                return self.close()
+            out.pop()
+            if sent < len(sealed):
+                self.wire = [memoryview(sealed)[sent:]]
+                return self._watch(WRITE)
+            self.deadline = self.loop.now + self.server.settings.request_timeout
+            return self._sent()
         while True:
             if self.wire:
                 try:
