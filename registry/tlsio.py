@@ -255,7 +255,7 @@ class TlsIO:
                 break
             try:
                 self._seal(out)
-            except (ssl.SSLError, AttributeError) as exc:     # AttributeError: closed
+            except (OSError, ssl.SSLError) as exc:         # OSError: closed
                 log.debug("closing %s: %s", self.peer, exc)
                 return self.close()
         self._sent()

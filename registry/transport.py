@@ -2,10 +2,10 @@
 connection.py.
 
 It waits for the first TLS record (the ClientHello) to be all here before
-it makes the socket a TLS one, does the handshake (with the reasons a
-refused one is logged under), reads (None when nothing is ready, b"" at the
-end), writes a queue of buffers as far as the socket takes them, and closes
-so that the client reads our last bytes. What the bytes mean is
+it makes the connection a TLS one, does the handshake (with the reasons a
+refused one is logged under, and the alert that tells the client), and
+closes so that the client reads our last bytes. Reads and writes of TLS
+records are tlsio.py's, whose class this one extends. What the bytes mean is
 Connection's business: it subclasses Transport and supplies `_established()`
 (the handshake is done), `_sent()` (the queue is empty) and `close()`.
 
@@ -18,8 +18,10 @@ them one at a time where nginx runs one per worker process. CPython releases
 the GIL inside SSL_do_handshake, so steps of different connections run at
 once on several CPUs. What keeps this safe:
 
-* a step is one non-blocking do_handshake(): it never waits for the peer,
-  so a slow or silent peer holds no thread, only its socket;
+* a step is one do_handshake() on memory BIOs (tlsio.py): the loop has put
+  what the peer sent in the incoming BIO and sends what the step sealed, so
+  a step never touches the socket nor waits for the peer, and a slow or
+  silent peer holds no thread, only its socket;
 * while its step is in the pool the loop leaves the connection alone: no
   event is watched, and close() (a timeout, room for newcomers, shutdown)
   does everything at once but close the socket, which waits for the step to
@@ -122,7 +124,7 @@ class Transport(TlsIO):
                 return self._handshake_failed(exc)
             return self._stepped(want)
         # A step in the pool: nothing on the loop touches this connection
-        # until it is back (close() leaves the socket open for it, see
+        # until it is back (close() leaves the socket open till then, see
         # _release), and no event is wanted meanwhile.
         self.stepping = True
         self.server.in_tls_pool.add(self)
@@ -176,13 +178,12 @@ class Transport(TlsIO):
         raise exc
 
     def _release(self):
-        """Close the socket, unless a handshake step still runs on it in
-        the pool: then _back_from_pool closes it. Until then its descriptor
-        stays open, so no new connection can be given the same number."""
+        """Close the socket, unless a handshake step still runs in the pool:
+        then _back_from_pool closes it, so that a connection ends at one
+        point, after its TLS object is no longer in use."""
         if not self.stepping:
             close_socket(self.sock)
-            # OpenSSL's object still names the descriptor's number, which the
-            # next accept may reuse: nothing may read or write through it.
+            # Nothing may read or write through OpenSSL's object after this.
             self._read = self._write = _closed
             self.tls = None
             self.wire = None
@@ -292,16 +293,15 @@ class Transport(TlsIO):
 
 
 def _step(tls):
-    """One step of a server handshake: the event it waits for, or 0 once
-    done. Runs in the pool or on the loop: the socket is non-blocking, so it
-    never waits for the peer, and CPython releases the GIL inside OpenSSL's
-    SSL_do_handshake, so steps of two connections run at once."""
+    """One step of a server handshake: READ while it wants more of the
+    peer, 0 once done. Runs in the pool or on the loop: it reads and writes
+    only its memory BIOs, so it never waits for the peer, and CPython
+    releases the GIL inside OpenSSL's SSL_do_handshake, so steps of two
+    connections run at once."""
     try:
         tls.do_handshake()
-    except ssl.SSLWantReadError:
+    except ssl.SSLWantReadError:         # (a memory BIO never wants to write)
         return READ
-    except ssl.SSLWantWriteError:
-        return WRITE
     return 0
 
 
