@@ -27,6 +27,7 @@ import time
 from registry.bodies import Reply
 from registry.loop import ERRORS, READ
 from registry.protocol import MAX_DISCARD, ProtocolError, head_end, parse_head
+from registry.repeats import KEPT_LONGEST
 from registry.replies import Replies
 from registry.transport import (BUSY, CLOSED, DISCARD, HANDSHAKE, LINGER, READING,
                                 STREAMING, UPLOAD, WAITING, WRITING, Transport)
@@ -36,7 +37,6 @@ __all__ = ["Connection"]
 
 log = logging.getLogger("aar.server")
 
-_END = b"\r\n\r\n"              # the end of a request head
 # Requests answered from one buffer before other connections get a turn: a
 # client that pipelines hundreds of requests cannot hold the loop for long.
 _TURN = 16
@@ -134,12 +134,12 @@ class Connection(Replies, Transport):
         if self.buf:
             self.buf += data
         elif self.state == READING:
-            # One whole head alone, as a keep-alive client sends it: if it is
-            # a repeat (repeats.py), its kept answer goes out at once, with
-            # no buffering or scanning. A kept head holds no blank line, so
-            # a hit is exactly one request.
-            if data[-4:] == _END and self.fingerprint is not None \
-                    and self.repeats.answer(self, data[:-4]):
+            # One request alone, as a keep-alive client sends it: if it is a
+            # repeat (repeats.py), its kept answer goes out at once, with no
+            # buffering or scanning. A kept request's bytes end with their
+            # only blank line, so a hit is exactly one whole request.
+            if len(data) <= KEPT_LONGEST and self.fingerprint is not None \
+                    and self.repeats.answer(self, data):
                 return
             self.buf = data
             # The whole head must arrive within request_timeout of its
@@ -186,12 +186,12 @@ class Connection(Replies, Transport):
                 if end < 0:
                     self.scanned = len(self.buf)
                     return
-                head = self.buf[:end]
+                whole = self.buf[:end + 4]        # the head and its blank line
                 self.buf = self.buf[end + 4:]
                 self.scanned = 0
-                if self.fingerprint is not None and self.repeats.answer(self, head):
+                if self.fingerprint is not None and self.repeats.answer(self, whole):
                     continue
-                request = parse_head(head)
+                request = parse_head(whole[:-4])
             except ProtocolError as exc:
                 self.request = None
                 return self.send_error(exc.status, exc.message)
@@ -211,13 +211,13 @@ class Connection(Replies, Transport):
                 self.discarding = request.body_length
                 self.state = DISCARD
                 continue
-            self._dispatch(request, head)
+            self._dispatch(request, whole)
         if self.state == READING and not self.buf:
             self.deadline = self.loop.now + self.server.settings.idle_timeout
 
-    def _dispatch(self, request, head=None):
+    def _dispatch(self, request, whole=None):
         self.started = _monotonic()
-        self.server.handler.handle(self, request, head)
+        self.server.handler.handle(self, request, whole)
 
     # -- work off the loop -------------------------------------------------------------
 

@@ -4,7 +4,8 @@ Nodes ask the same thing again and again with the same bytes: a status
 probe, an agent polling its listing on a keep-alive connection. Parsing,
 routing and building the answer anew cost more than sending it, so the
 handler keeps a plain answer (a status, or a listing and its 304) by the
-request head's bytes, and `answer` sends it again for the same bytes.
+request's bytes (its head and the blank line that ends it), and `answer`
+sends it again for the same bytes.
 
 What the full path must decide is still decided for every repeat:
 
@@ -30,12 +31,12 @@ from registry.protocol import response_head
 _monotonic = time.monotonic
 _time = time.time
 
-__all__ = ["Repeats"]
+__all__ = ["Repeats", "KEPT_LONGEST"]
 
 _ROUTES = ("/1.0/status", "/1.0/applications")
 _STATIC = "/1.0/status"           # its answer depends on no generation
 _KEPT = 256
-_HEAD = 2048                      # longer heads are not kept
+KEPT_LONGEST = 2048               # longer requests are not kept
 _SMALL = 64 * 1024                # a smaller body is sent with its head (connection.py)
 
 
@@ -61,7 +62,7 @@ class Repeats:
     def __init__(self, handler):
         self._handler = handler
         self._authorise = handler.trust.authorise
-        self._kept = {}               # head bytes -> _Kept
+        self._kept = {}               # a request's bytes -> _Kept
         self._of = None               # the generation of the kept listings
 
     def generation(self):
@@ -72,12 +73,13 @@ class Repeats:
             return None
 
     def keep(self, conn, req, head, reply, before):
-        """Keep `reply` to `req` (whose bytes are `head`) if it may be sent
-        again as it is; `before` is generation() from before it was made."""
+        """Keep `reply` to `req` (whose bytes, blank line included, are
+        `head`) if it may be sent again as it is; `before` is generation()
+        from before it was made."""
         route = conn.route
         if route not in _ROUTES or reply.status not in (200, 304) \
                 or req.method != "GET" or req.close or req.body_length != 0 \
-                or reply.file is not None or reply.close or len(head) > _HEAD:
+                or reply.file is not None or reply.close or len(head) > KEPT_LONGEST:
             return
         if route == _STATIC:
             generation = None
