@@ -27,9 +27,6 @@ run.py) on the same bucket: S2 and S3 get a sub-row new / old, measured in
 the same interleaved rounds. Processes are stopped by PID at the end.
 """
 import argparse
-import concurrent.futures
-import http.client
-import json
 import os
 import pathlib
 import shutil
@@ -37,132 +34,17 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-import urllib.parse
 
 HERE = pathlib.Path(__file__).resolve().parent
-REPO = HERE.parent
-sys.path[:0] = [str(HERE), str(REPO), str(REPO / "tests")]
+sys.path[:0] = [str(HERE), str(HERE.parent), str(HERE.parent / "tests")]
 
 import benchlib as bl  # noqa: E402
 from baseline import Baseline  # noqa: E402
+from drivers import proc_cpu  # noqa: E402
 from report import Row, log, print_table  # noqa: E402
+from s3parts import MiB, Registry, conf_for, fill_bucket, get_url, listing_rate, \
+    read_all, timed  # noqa: E402
 from swiftaio import SwiftAIO  # noqa: E402
-
-MiB = 1 << 20
-
-
-def read_all(resp):
-    n = 0
-    while True:
-        chunk = resp.read(MiB)
-        if not chunk:
-            return n
-        n += len(chunk)
-
-
-def get_url(url):
-    u = urllib.parse.urlsplit(url)
-    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=300)
-    conn.request("GET", u.path + "?" + u.query)
-    resp = conn.getresponse()
-    assert resp.status == 200, resp.status
-    n = read_all(resp)
-    conn.close()
-    return n
-
-
-def cpu_seconds(pid):
-    """User + system CPU seconds a process has used so far."""
-    fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def timed(fn, rounds):
-    best = None
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        took = time.perf_counter() - start
-        best = took if best is None else min(best, took)
-    return best
-
-
-class Registry:
-    def __init__(self, work, name, cert_from, conf=None, repo=REPO):
-        self.repo = repo
-        self.data = work / name
-        (self.data / "certs").mkdir(parents=True)
-        for f in ("server.crt", "server.key"):
-            (self.data / "certs" / f).write_bytes((cert_from / f).read_bytes())
-        os.chmod(self.data / "certs" / "server.key", 0o600)
-        if conf:
-            (self.data / "conf").mkdir()
-            (self.data / "conf" / "main.yaml").write_text(conf)
-        self.port = bl.free_port()
-        self.proc = None
-
-    def trust(self, client):
-        bl.run([sys.executable, str(REPO / "aar.py"), "trust", "add", "-p", "--init",
-                "--data-dir", str(self.data), str(client.cert)])
-
-    def start(self, client):
-        self.proc = bl.spawn([sys.executable, str(self.repo / "aar.py"), "serve",
-                              "--data-dir", str(self.data),
-                              "--listen", f"127.0.0.1:{self.port}"],
-                             log=str(self.data) + ".log", cwd=str(self.repo))
-        bl.wait_https(self.port, client, "/1.0/status", self.proc, timeout=60)
-
-    def conn(self, client):
-        return http.client.HTTPSConnection("127.0.0.1", self.port,
-                                           context=bl.client_context(client), timeout=300)
-
-
-def conf_for(swift, bucket, redirect):
-    return (f"storage:\n  s3:\n    endpoint: {swift.endpoint}\n    region: {swift.region}\n"
-            f"    bucket: {bucket}\n    access-key: \"{swift.access_key}\"\n"
-            f"    secret-access-key: \"{swift.secret_key}\"\n"
-            f"    redirect: {'true' if redirect else 'false'}\n")
-
-
-def listing_rate(reg, client, requests=2000, conns=4):
-    def worker(n):
-        c = reg.conn(client)
-        for _ in range(n):
-            c.request("GET", "/1.0/applications")
-            resp = c.getresponse()
-            resp.read()
-            assert resp.status == 200
-        c.close()
-    worker(20)                                   # warm the caches
-    start = time.perf_counter()
-    with concurrent.futures.ThreadPoolExecutor(conns) as pool:
-        list(pool.map(worker, [requests // conns] * conns))
-    return requests / (time.perf_counter() - start)
-
-
-def fill_bucket(swift, bucket, count):
-    """1,000 packages laid out in the bucket as replicas write them."""
-    from objstore import sigv4
-    from objstore.client import Endpoint, S3Client
-    client = S3Client(Endpoint(swift.endpoint, swift.region, bucket),
-                      sigv4.Credentials(swift.access_key, swift.secret_key, swift.region))
-    blob = b"x" * 1000
-    import hashlib
-    sha = hashlib.sha256(blob).hexdigest()
-    client.put(f"blobs/sha256/{sha}", blob)
-
-    def one(i):
-        name = f"app-{i:04d}"
-        record = {"name": name, "version": 1, "architecture": "amd64", "size": len(blob),
-                  "sha256": sha, "created_at": "2026-11-30T00:00:00Z", "publisher": "",
-                  "tags": ["bench"], "manifest": bl.manifest(name, 1, ["bench"])}
-        client.put(f"claims/{name}/1/amd64/{sha}.bench", b"")
-        client.put(f"packages/{name}/1/amd64/{sha}.json", json.dumps(record).encode())
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        list(pool.map(one, range(count)))
-    return blob
-
 
 ROWS = ("S1", "S2", "S3", "S4")
 
@@ -181,7 +63,8 @@ def main(argv=None):
     ap.add_argument("--size", type=int, default=1024, help="MiB moved per transfer row")
     ap.add_argument("--rounds", type=int, default=3,
                     help="transfers per column; the best counts (default 3)")
-    ap.add_argument("--apps", type=int, default=1000)
+    ap.add_argument("--apps", type=int, default=1000,
+                    help="packages in the listing row S4 (default 1000)")
     ap.add_argument("--only", type=rows_arg, default=set(ROWS), metavar="S2,S3",
                     help="run only these rows (default: all of S1-S4)")
     ap.add_argument("--baseline", metavar="REV",
@@ -365,9 +248,9 @@ def interleaved(plan, rounds):
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             reg, fn = plan[name]
-            before = cpu_seconds(reg.proc.pid) if reg else 0
+            before = proc_cpu([reg.proc.pid]) if reg else 0
             took = timed(fn, 1)
-            cpu[name] = cpu_seconds(reg.proc.pid) - before if reg else 0
+            cpu[name] = proc_cpu([reg.proc.pid]) - before if reg else 0
             best[name] = min(best.get(name, took), took)
     return best, cpu
 

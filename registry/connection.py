@@ -18,14 +18,17 @@ a thread.
 Deadlines are plain numbers that the server's sweep compares once a second:
 the handshake, the idle time between requests, the whole request head from
 its first byte, and each write that makes no progress.
+
+The answers, and what follows them, are replies.py's (a mixin of this class).
 """
 import logging
 import time
 
-from registry.bodies import FileStream, Reply
+from registry.bodies import Reply
 from registry.loop import ERRORS, READ
-from registry.protocol import (MAX_DISCARD, ProtocolError, head_end, parse_head,
-                               response_head)
+from registry.protocol import MAX_DISCARD, ProtocolError, head_end, parse_head
+from registry.repeats import KEPT_LONGEST
+from registry.replies import Replies
 from registry.transport import (BUSY, CLOSED, DISCARD, HANDSHAKE, LINGER, READING,
                                 STREAMING, UPLOAD, WAITING, WRITING, Transport)
 from trust.certs import fingerprint as der_fingerprint
@@ -33,9 +36,7 @@ from trust.certs import fingerprint as der_fingerprint
 __all__ = ["Connection"]
 
 log = logging.getLogger("aar.server")
-_access = logging.getLogger("aar.access")      # server.access_log's
 
-_JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
 # Requests answered from one buffer before other connections get a turn: a
 # client that pipelines hundreds of requests cannot hold the loop for long.
 _TURN = 16
@@ -43,7 +44,7 @@ _NEVER = float("inf")
 _monotonic = time.monotonic
 
 
-class Connection(Transport):
+class Connection(Replies, Transport):
     """A client socket from accept to close; `on_event` is called by the loop."""
 
     def __init__(self, server, sock, addr):
@@ -72,6 +73,7 @@ class Connection(Transport):
         self.body_unread = 0              # bytes of an upload's body still on the wire
         self.processing = False           # _process is on the stack
         self.route = "other"              # the route template, for the metrics
+        self.repeats = server.handler.repeats
         self.started = 0.0                # when the current request was dispatched
         self._read = sock.recv
         self._write = sock.send
@@ -117,15 +119,6 @@ class Connection(Transport):
                                          else settings.handshake_timeout)
         self._watch(READ)
 
-    def _sent(self):
-        """Everything queued is written: the next chunk of a file, or the next request."""
-        if self.stream is not None:
-            self.state = STREAMING
-            return self.stream.next()
-        if self.state == UPLOAD:          # a 100 Continue went out
-            return self.upload.readable()
-        self._written()
-
     # -- reading requests ----------------------------------------------------------
 
     def _readable(self):
@@ -140,12 +133,20 @@ class Connection(Transport):
             return self.close()
         if self.buf:
             self.buf += data
+        elif self.state == READING:
+            # One request alone, as a keep-alive client sends it: if it is a
+            # repeat (repeats.py), its kept answer goes out at once, with no
+            # buffering or scanning. A kept request's bytes end with their
+            # only blank line, so a hit is exactly one whole request.
+            if len(data) <= KEPT_LONGEST and self.fingerprint is not None \
+                    and self.repeats.answer(self, data):
+                return
+            self.buf = data
+            # The whole head must arrive within request_timeout of its
+            # first byte, however slowly it drips.
+            self.deadline = self.loop.now + self.server.settings.request_timeout
         else:
             self.buf = data
-            if self.state == READING:
-                # The whole head must arrive within request_timeout of its
-                # first byte, however slowly it drips.
-                self.deadline = self.loop.now + self.server.settings.request_timeout
         self._process()
 
     def _process(self):
@@ -185,14 +186,12 @@ class Connection(Transport):
                 if end < 0:
                     self.scanned = len(self.buf)
                     return
-                head = self.buf[:end]
+                whole = self.buf[:end + 4]        # the head and its blank line
                 self.buf = self.buf[end + 4:]
                 self.scanned = 0
-                if self.fingerprint is not None:
-                    self.started = _monotonic()
-                    if self.server.handler.repeats.answer(self, head):
-                        continue
-                request = parse_head(head)
+                if self.fingerprint is not None and self.repeats.answer(self, whole):
+                    continue
+                request = parse_head(whole[:-4])
             except ProtocolError as exc:
                 self.request = None
                 return self.send_error(exc.status, exc.message)
@@ -212,119 +211,13 @@ class Connection(Transport):
                 self.discarding = request.body_length
                 self.state = DISCARD
                 continue
-            self._dispatch(request, head)
+            self._dispatch(request, whole)
         if self.state == READING and not self.buf:
             self.deadline = self.loop.now + self.server.settings.idle_timeout
 
-    def _dispatch(self, request, head=None):
+    def _dispatch(self, request, whole=None):
         self.started = _monotonic()
-        self.server.handler.handle(self, request, head)
-
-    def unanswered(self):
-        """Close without an answer (a certificate-less caller off the join path)."""
-        request = self.request
-        self.server.events.request(self.route, request.method, "none",
-                                   time.monotonic() - self.started,
-                                   len(request.body), 0)
-        unread = self._unread()
-        self.linger(unread) if unread else self.close()
-
-    def send_error(self, status, message):
-        """A protocol-level error: a text answer, then the connection closes."""
-        body = message.encode() + b"\n"
-        self.reply(Reply(status, body, "text/plain; charset=utf-8", close=True))
-
-    # -- replies -------------------------------------------------------------------
-
-    def reply(self, reply):
-        """Send `reply` to the current request; then serve the next one."""
-        if self.dead:
-            return self.close()
-        request = self.request
-        server = self.server
-        status = reply.status
-        file = reply.file
-        body = reply.body
-        length = file.length if file is not None else \
-            reply.length if reply.length is not None else len(body)
-        if _access.isEnabledFor(logging.DEBUG):
-            server.access_log(self, request, status, length)
-        close, head_only = True, False
-        if request is not None:
-            # An upload answered before its body was read leaves the rest of
-            # the body on the wire: this connection can carry no other request.
-            close = reply.close or request.close or self.body_unread != 0
-            method = request.method
-            head_only = method == "HEAD"
-            received = request.body_length if method == "PUT" and \
-                not self.body_unread else len(request.body)
-            server.events.request(self.route, method, status,
-                                  _monotonic() - self.started, received,
-                                  0 if head_only else length)
-        self.close_after = close
-        if file is not None:
-            if head_only:
-                file.file.close()
-            else:
-                self.stream = FileStream(self, file)
-        # Head and a small body in one buffer (one TLS record, one write); a
-        # large body (a listing of a thousand applications is ~0.5 MB) on
-        # its own, as joining would copy it.
-        body = b"" if head_only else body
-        small = len(body) < _JOIN_BELOW
-        data = response_head(status, reply.content_type, length, reply.headers,
-                             close, server.server_version, body if small else b"")
-        self.out.append(data)
-        if not small:
-            self.out.append(memoryview(body))
-        self._send(len(data) + (0 if small else len(body)))
-
-    def reply_kept(self, status, length, data):
-        """reply() for an answer repeats.py kept: to a GET with no body, the
-        connection kept open; `data` is its head and body as built."""
-        server = self.server
-        if _access.isEnabledFor(logging.DEBUG):
-            server.access_log(self, self.request, status, length)
-        server.events.request(self.route, "GET", status, _monotonic() - self.started,
-                              0, length)
-        self.close_after = False
-        self.out.append(data)
-        self._send(len(data))
-
-    def _written(self):
-        if self.close_after:
-            unread = self._unread()
-            return self.linger(unread) if unread else self.close()
-        self.request = None
-        self.state = READING
-        settings = self.server.settings
-        self.deadline = self.loop.now + (settings.request_timeout if self.buf
-                                         else settings.idle_timeout)
-        if self.events != READ:
-            self._watch(READ)
-        if self.buf:
-            self._process()
-
-    # -- what FileStream calls ----------------------------------------------------------
-
-    def streaming_idle(self):
-        """True when a stream's next chunk could go out now."""
-        return self.state == STREAMING and not self.out and not self.wire
-
-    def send_more(self, chunk):
-        self.out.append(chunk)
-        self._flush()
-
-    def stream_done(self):
-        self.stream = None
-        self._written()
-
-    def stream_paused(self):
-        self._watch(0)                    # nothing to send until the pool reads
-
-    def _unread(self):
-        """How many bytes the client sent or will send that no request takes."""
-        return len(self.buf) + self.body_unread
+        self.server.handler.handle(self, request, whole)
 
     # -- work off the loop -------------------------------------------------------------
 

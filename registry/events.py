@@ -21,7 +21,7 @@ Events the transport owes (any core must call them):
 """
 import logging
 
-from metrics.core import Metrics
+from metrics.core import Metrics, tally
 
 __all__ = ["Events", "REASONS"]
 
@@ -100,6 +100,23 @@ class Events:
         self._handshake_seconds.observe(seconds)
 
     def request(self, route, method, code, seconds, received, sent):
+        count, timing = self._children(route, method, code)
+        count.inc()
+        timing.observe(seconds)
+        if received:
+            self._received_total.inc(received)
+        if sent:
+            self._sent_total.inc(sent)
+
+    def recorder(self, route, method, code):
+        """request(route, method, code, seconds, 0, sent) as one call,
+        `record(seconds, sent)`: for an answer sent again and again
+        (repeats.py), where request()'s lookups and calls would cost more
+        than the counting itself."""
+        count, timing = self._children(route, method, code)
+        return tally(count, timing, self._sent_total)
+
+    def _children(self, route, method, code):
         # One lookup per request for both children (`labels` twice would
         # build and hash two label tuples).
         children = self._per_request.get((route, method, code))
@@ -107,12 +124,7 @@ class Events:
             children = self._per_request[(route, method, code)] = (
                 self._requests.labels(route, method, str(code)),
                 self._request_seconds.labels(route))
-        children[0].inc()
-        children[1].observe(seconds)
-        if received:
-            self._received_total.inc(received)
-        if sent:
-            self._sent_total.inc(sent)
+        return children
 
     def storage_error(self):
         self._storage_errors.inc()

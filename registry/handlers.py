@@ -79,7 +79,8 @@ class ApiHandler:
 
     def handle(self, conn, req, head=None):
         """Answer `req` (or hand it to the pool, or hold it). `head`, its
-        bytes, lets a plain answer be kept for a repeat (repeats.py)."""
+        bytes up to the blank line that ends it, lets a plain answer be
+        kept for a repeat (repeats.py)."""
         conn.route = "other"
         if conn.fingerprint is None:
             return self._certificate_less(conn, req)

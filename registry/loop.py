@@ -104,20 +104,25 @@ class Loop:
         handlers = self._handlers
         poll = self._epoll.poll
         timers = self._timers
+        soon = self._soon
         wake = self._wake_r
+        monotonic = time.monotonic
         while not self._stopping:
-            timeout = -1
             self._polling = True
-            if self._soon:
+            if soon:
                 timeout = 0
             elif timers:
-                timeout = max(0.0, timers[0][0] - time.monotonic())
+                timeout = timers[0][0] - monotonic()
+                if timeout < 0:
+                    timeout = 0
+            else:
+                timeout = -1
             try:
                 events = poll(timeout)
             except InterruptedError:  # pragma: no cover - PEP 475 retries
                 events = ()
             self._polling = False
-            self.now = time.monotonic()
+            now = self.now = monotonic()
             for fd, mask in events:
                 if fd == wake:
                     self._drain_wake()
@@ -133,14 +138,14 @@ class Loop:
             # another (a connection's next turn of pipelined requests, the
             # next batch of timeouts) runs after the next poll, so the others'
             # events get their turn in between.
-            soon = self._soon
-            for _ in range(len(soon)):
-                callback, args = soon.popleft()
-                try:
-                    callback(*args)
-                except Exception:
-                    log.exception("unexpected error in a loop callback")
-            while timers and timers[0][0] <= self.now:
+            if soon:
+                for _ in range(len(soon)):
+                    callback, args = soon.popleft()
+                    try:
+                        callback(*args)
+                    except Exception:
+                        log.exception("unexpected error in a loop callback")
+            while timers and timers[0][0] <= now:
                 _, _, callback, args = heapq.heappop(timers)
                 if callback is not None:
                     try:

@@ -4,7 +4,8 @@ Nodes ask the same thing again and again with the same bytes: a status
 probe, an agent polling its listing on a keep-alive connection. Parsing,
 routing and building the answer anew cost more than sending it, so the
 handler keeps a plain answer (a status, or a listing and its 304) by the
-request head's bytes, and `answer` sends it again for the same bytes.
+request's bytes (its head and the blank line that ends it), and `answer`
+sends it again for the same bytes.
 
 What the full path must decide is still decided for every repeat:
 
@@ -14,7 +15,8 @@ What the full path must decide is still decided for every repeat:
 * a listing's answer is kept with the package store's generation and used
   only while the generation is the same; an unreadable generation (an object
   store out of date) falls through as well;
-* the answer goes out through `conn.reply`: metrics, access log, deadlines.
+* the answer goes out through `conn.reply_kept` (or `conn.reply` for a large
+  body): counted in the metrics, access-logged when that is on, deadlines.
 
 Only answers that depend on nothing else are kept: a GET with no body that
 keeps the connection open, answered on the loop with 200 or 304 (never a
@@ -26,25 +28,32 @@ import time
 
 from registry.protocol import response_head
 
-__all__ = ["Repeats"]
+_monotonic = time.monotonic
+_time = time.time
+
+__all__ = ["Repeats", "KEPT_LONGEST"]
 
 _ROUTES = ("/1.0/status", "/1.0/applications")
 _STATIC = "/1.0/status"           # its answer depends on no generation
 _KEPT = 256
-_HEAD = 2048                      # longer heads are not kept
+KEPT_LONGEST = 2048               # longer requests are not kept
 _SMALL = 64 * 1024                # a smaller body is sent with its head (connection.py)
 
 
 class _Kept:
-    __slots__ = ("request", "route", "reply", "generation", "until", "data")
+    __slots__ = ("request", "route", "reply", "generation", "until", "data", "status",
+                 "length", "record")
 
-    def __init__(self, request, route, reply, generation):
+    def __init__(self, request, route, reply, generation, record):
         self.request = request
         self.route = route
         self.reply = reply
         self.generation = generation
         self.until = 0.0              # `data` is good until then (its Date header)
         self.data = b""
+        self.status = reply.status
+        self.length = len(reply.body)
+        self.record = record          # its line of the metrics (events.recorder)
 
 
 class Repeats:
@@ -52,7 +61,8 @@ class Repeats:
 
     def __init__(self, handler):
         self._handler = handler
-        self._kept = {}               # head bytes -> _Kept
+        self._authorise = handler.trust.authorise
+        self._kept = {}               # a request's bytes -> _Kept
         self._of = None               # the generation of the kept listings
 
     def generation(self):
@@ -63,12 +73,13 @@ class Repeats:
             return None
 
     def keep(self, conn, req, head, reply, before):
-        """Keep `reply` to `req` (whose bytes are `head`) if it may be sent
-        again as it is; `before` is generation() from before it was made."""
+        """Keep `reply` to `req` (whose bytes, blank line included, are
+        `head`) if it may be sent again as it is; `before` is generation()
+        from before it was made."""
         route = conn.route
         if route not in _ROUTES or reply.status not in (200, 304) \
                 or req.method != "GET" or req.close or req.body_length != 0 \
-                or reply.file is not None or reply.close or len(head) > _HEAD:
+                or reply.file is not None or reply.close or len(head) > KEPT_LONGEST:
             return
         if route == _STATIC:
             generation = None
@@ -81,7 +92,8 @@ class Repeats:
         if len(kept) >= _KEPT or (generation is not None and generation != self._of):
             kept.clear()
             self._of = generation if generation is not None else self._of
-        kept[bytes(head)] = _Kept(req, route, reply, generation)
+        record = self._handler.events.recorder(route, "GET", reply.status)
+        kept[bytes(head)] = _Kept(req, route, reply, generation, record)
 
     def answer(self, conn, head):
         """Send the answer kept for `head` again; False if there is none or
@@ -89,28 +101,28 @@ class Repeats:
         entry = self._kept.get(head)
         if entry is None:
             return False
+        conn.started = _monotonic()
         generation = entry.generation
         if generation is not None and self.generation() != generation:
             return False
         try:
-            self._handler.trust.authorise(conn.fingerprint)
+            self._authorise(conn.fingerprint)
         except Exception:             # refused or unavailable: the handler says so
             return False
         conn.route = entry.route
         conn.request = entry.request
         conn.body_unread = 0
-        reply = entry.reply
-        body = reply.body
-        if len(body) >= _SMALL:
-            conn.reply(reply)
+        if entry.length >= _SMALL:
+            conn.reply(entry.reply)
             return True
         # Head and body as reply() would build them, kept for the second
         # their Date header names.
-        now = time.time()
+        now = _time()
         if now >= entry.until:
-            entry.data = response_head(reply.status, reply.content_type, len(body),
+            reply = entry.reply
+            entry.data = response_head(reply.status, reply.content_type, entry.length,
                                        reply.headers, False, conn.server.server_version,
-                                       body)
+                                       reply.body)
             entry.until = int(now) + 1
-        conn.reply_kept(reply.status, len(body), entry.data)
+        conn.reply_kept(entry, entry.data)
         return True

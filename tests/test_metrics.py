@@ -19,7 +19,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from agentnodes import Node, aar_cli
-from metrics.core import Metrics
+from metrics.core import Metrics, tally
 from metrics.listener import MetricsServer, parse_listen
 from regserver import ROOT, ProcessServer, ThreadServer, aar, free_port, stop_process
 
@@ -92,6 +92,30 @@ def test_exposition_parses_and_says_what_was_counted():
     assert got[("demo_seconds_bucket", (("le", "+Inf"),))] == 4
     assert got[("demo_seconds_count", ())] == 4
     assert math.isclose(got[("demo_seconds_sum", ())], 3.65)
+
+
+def test_a_tally_counts_what_its_three_calls_would():
+    """tally() (the kept answers' metrics, registry/events.py) renders the
+    same text as inc(), observe() and inc(amount) on the same children."""
+    rendered = []
+    for one_call in (False, True):
+        m = Metrics()
+        hits = m.counter("demo_hits_total", "Hits", ("route",)).labels("/a")
+        seconds = m.histogram("demo_seconds", "Durations", ("route",),
+                              buckets=(0.1, 1.0)).labels("/a")
+        sent = m.counter("demo_sent_bytes_total", "Sent")
+        record = tally(hits, seconds, sent.labels())
+        for value, amount in ((0.05, 10), (0.1, 0), (0.5, 7), (3.0, 1)):
+            if one_call:
+                record(value, amount)
+            else:
+                hits.inc()
+                seconds.observe(value)
+                sent.inc(amount)
+        rendered.append(m.render())
+    assert rendered[0] == rendered[1]
+    assert b'demo_seconds_bucket{route="/a",le="0.1"} 2' in rendered[1]
+    assert b"demo_sent_bytes_total 18" in rendered[1]
 
 
 def test_a_name_is_defined_once_and_labels_must_match():

@@ -32,6 +32,10 @@ class _Conn:
     def get(self):
         """(status, headers by lower-case name, body)."""
         self.tls.sendall(self.head)
+        return self.read()
+
+    def read(self):
+        """The next answer: (status, headers by lower-case name, body)."""
         status = int(self.reader.readline().split()[1])
         headers = {}
         while (line := self.reader.readline()) not in (b"\r\n", b""):
@@ -106,3 +110,37 @@ def test_a_repeat_in_a_later_second_names_that_second(registry, certs):  # noqa:
         assert dates[0] < dates[1] < later
     finally:
         conn.close()
+
+
+def _status_figures(registry):
+    """(answers, timed answers) of /1.0/status with 200, and body bytes sent."""
+    text = registry.server.events.metrics.render().decode()
+    found = [re.search(pattern, text) for pattern in (
+        r'aar_requests_total\{route="/1.0/status",method="GET",code="200"\} (\d+)',
+        r'aar_request_duration_seconds_count\{route="/1.0/status"\} (\d+)',
+        r'aar_sent_bytes_total (\d+)')]
+    return [int(match.group(1)) if match else 0 for match in found]
+
+
+def test_every_repeat_is_counted_once_however_its_bytes_arrive(
+        registry, certs, access):  # noqa: F811
+    """Read whole, two in one read, or split across reads: each repeat is
+    answered, counted in the metrics and logged exactly once."""
+    before = _status_figures(registry)
+    conn = _Conn(registry.port, certs.client, "/1.0/status")
+    try:
+        answers = [conn.get() for _ in range(4)]      # the first is the handler's
+        conn.tls.sendall(conn.head * 2)
+        answers += [conn.read(), conn.read()]
+        conn.tls.sendall(conn.head[:7])
+        time.sleep(0.2)                                 # its own read, surely
+        conn.tls.sendall(conn.head[7:])
+        answers.append(conn.read())
+    finally:
+        conn.close()
+    assert [status for status, _, _ in answers] == [200] * 7
+    assert all(json.loads(body)["metadata"] == {"status": "ok"} for _, _, body in answers)
+    after = _status_figures(registry)
+    assert after[0] - before[0] == 7 and after[1] - before[1] == 7
+    assert after[2] - before[2] == sum(len(body) for _, _, body in answers)
+    assert len([line for line in access if '"GET /1.0/status HTTP/1.1" 200' in line]) == 7
