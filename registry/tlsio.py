@@ -119,45 +119,48 @@ class TlsIO:
     def _recv_into(self, view):
         """_recv into ``view`` (an upload's buffer, uploads.py), with no bytes
         object made and copied: the count read, 0 at the end of the stream,
-        None when none are ready. What does not fit stays in the BIO, for
-        `buffered()` and Transport._watch to find."""
+        None when none are ready. One recv() at most, so that a fast
+        uploader leaves the loop to others between calls; what does not fit
+        stays in the BIO, for `buffered()` and Transport._watch to find."""
         tls = self.tls
         if tls is None:
             return 0
         inbio = self.inbio
         room = len(view)
         got = 0
+        pulled = False
         while got < room:
             try:
                 got += tls.read(room - got, view[got:])
                 continue
             except ssl.SSLWantReadError:
                 pass
-            except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-                break
             except ssl.SSLError as exc:
-                log.info("closing %s: TLS error: %s", self.peer, exc.reason or exc)
+                self._recv_failed(exc, None)
+                return got
+            if pulled:
                 break
+            pulled = True
             # No whole record in the BIO: bring more, no more than the buffer
             # has room for (and the records' framing), so little is left over.
             try:
                 n = self.sock.recv_into(self.inbox, min(BATCH, room - got + 1024))
             except (BlockingIOError, InterruptedError):
-                return got or None
+                break
             except OSError as exc:
                 log.debug("closing %s: %s", self.peer, exc)
-                break
+                return got
             if not n:
                 inbio.write_eof()         # the next read says how it ended
                 continue
             for start in range(0, n, _PIECE):
                 inbio.write(self.inbox[start:min(n, start + _PIECE)])
-                while got < room:         # decrypt as it goes
+                while got < room:         # decrypt as it goes: the BIO stays small
                     try:
                         got += tls.read(room - got, view[got:])
                     except ssl.SSLError:  # wants more; an error shows on the next read
                         break
-        return got
+        return got or None
 
     def buffered(self):
         """True if records wait in the incoming BIO, or the stream's end was

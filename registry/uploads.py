@@ -34,7 +34,7 @@ __all__ = ["receive"]
 log = logging.getLogger("aar.server")
 
 _CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-_TURN = 16               # TLS records read per event before others get a turn
+_TURN = 4                # reads (of 256 KiB at most) per event before others get a turn
 _SLACK = 64 * 1024       # room past a chunk's end, so a whole record always fits
 _NEVER = float("inf")
 

@@ -158,3 +158,23 @@ def test_a_slow_reader_of_a_large_download_holds_one_batch_sealed(server, certs)
         assert hashlib.sha256(body).digest() == hashlib.sha256(payload).digest()
     finally:
         client.close()
+
+
+def test_a_request_behind_an_upload_in_the_same_segment_is_answered(server, certs):
+    # The end of a body and the next request come in one recv(): what the
+    # upload's buffer has no room for stays in the BIO until reading resumes.
+    payload = b"p" * (3 * 2 ** 20 + 5)
+    sha = hashlib.sha256(payload).hexdigest()
+    head = (f"PUT /1.0/applications/game/0/amd64/package HTTP/1.1\r\nHost: registry\r\n"
+            f"Content-Length: {len(payload)}\r\nX-Aar-Sha256: {sha}\r\n"
+            f'X-Aar-Manifest: {{"name": "game"}}\r\n\r\n').encode()
+    client = MemoryClient(server.port, certs.publisher)
+    try:
+        client.handshake()
+        client.send(head, payload[:2 ** 20])
+        client.send(payload[2 ** 20:], STATUS, STATUS)
+        answers = [client.answer()[0] for _ in range(3)]
+        assert answers[0] in (200, 201) and answers[1:] == [200, 200]
+    finally:
+        client.close()
+    assert server.packages.get("game", 0, "amd64")["sha256"] == sha
