@@ -92,7 +92,7 @@ class Connection(Replies, Transport):
         elif state == HANDSHAKE:
             self.handshake()
         elif state == UPLOAD:
-            self._flush() if self.out else self.upload.readable()
+            self._flush() if self.out or self.wire else self.upload.readable()
         elif state == WAITING:
             self._readable_while_waiting()
         elif state == LINGER:

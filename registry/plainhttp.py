@@ -13,9 +13,8 @@ import socket
 
 __all__ = ["answer_plain_http", "plain_http_answer"]
 
-# What OpenSSL has not read of the request: it stops after the first bytes,
-# which were enough to tell it is HTTP. The rest is what the client sent.
-_PEEK = 4096
+# How much of the request is searched for a Host.
+_LOOK = 4096
 _HOST_RE = re.compile(rb"\r?\nhost:[ \t]*([A-Za-z0-9.-]{1,253}|\[[0-9A-Fa-f:.]{2,45}\])"
                       rb"(?::[0-9]{1,5})?[ \t]*\r?\n", re.IGNORECASE)
 
@@ -31,23 +30,20 @@ def plain_http_answer(host, port) -> bytes:
             b"Connection: close\r\n\r\n" % len(body)) + body
 
 
-def answer_plain_http(sock):
+def answer_plain_http(sock, received):
     """Write plain_http_answer() on sock's TCP stream, under its TLS layer.
 
     Best effort: the socket is non-blocking and fresh, so its send buffer
     takes these few hundred bytes at once; if it cannot, the caller closes
-    as it would have anyway. The host is the request's Host when it has a
-    safe one, else the address the connection arrived at; the port is ours.
+    as it would have anyway. The host is the Host of the request (the bytes
+    `received` so far) when it has a safe one, else the address the
+    connection arrived at; the port is ours.
     """
     try:
         host, port = sock.getsockname()[:2]
         if ":" in host:
             host = f"[{host}]"
-        try:
-            rest = socket.socket.recv(sock, _PEEK, socket.MSG_PEEK)
-        except OSError:
-            rest = b""
-        named = _HOST_RE.search(rest)
+        named = _HOST_RE.search(received[:_LOOK])
         if named:
             host = named.group(1).decode("ascii")
         socket.socket.send(sock, plain_http_answer(host, port))

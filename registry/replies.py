@@ -126,7 +126,7 @@ class Replies:
 
     def streaming_idle(self):
         """True when a stream's next chunk could go out now."""
-        return self.state == STREAMING and not self.out
+        return self.state == STREAMING and not self.out and not self.wire
 
     def send_more(self, chunk):
         self.out.append(chunk)

@@ -11,10 +11,10 @@
                                  worker ─── Reply ──► back on the loop, sent
                     package bytes: the pool reads ahead (bodies.py), the loop writes
 
-* The loop thread owns every socket. The exception is a TLS handshake step:
-  one non-blocking do_handshake() in a TLS thread (the GIL is released in
-  OpenSSL, so steps run on several CPUs), while the loop leaves that
-  connection alone; transport.py says why and how.
+* The loop thread owns every socket. A TLS handshake step, one
+  do_handshake() on the connection's memory BIOs (tlsio.py), runs in a TLS
+  thread (the GIL is released in OpenSSL, so steps run on several CPUs),
+  while the loop leaves that connection alone; transport.py says why and how.
 * A peer that is silent or slow, in its handshake, its request head, or while
   reading a response, costs a socket and its buffers, never a thread. The
   sweep below closes it when its deadline passes.

@@ -2,10 +2,10 @@
 connection.py.
 
 It waits for the first TLS record (the ClientHello) to be all here before
-it makes the socket a TLS one, does the handshake (with the reasons a
-refused one is logged under), reads (None when nothing is ready, b"" at the
-end), writes a queue of buffers as far as the socket takes them, and closes
-so that the client reads our last bytes. What the bytes mean is
+it makes the connection a TLS one, does the handshake (with the reasons a
+refused one is logged under, and the alert that tells the client), and
+closes so that the client reads our last bytes. Reads and writes of TLS
+records are tlsio.py's, whose class this one extends. What the bytes mean is
 Connection's business: it subclasses Transport and supplies `_established()`
 (the handshake is done), `_sent()` (the queue is empty) and `close()`.
 
@@ -18,8 +18,10 @@ them one at a time where nginx runs one per worker process. CPython releases
 the GIL inside SSL_do_handshake, so steps of different connections run at
 once on several CPUs. What keeps this safe:
 
-* a step is one non-blocking do_handshake(): it never waits for the peer,
-  so a slow or silent peer holds no thread, only its socket;
+* a step is one do_handshake() on memory BIOs (tlsio.py): the loop has put
+  what the peer sent in the incoming BIO and sends what the step sealed, so
+  a step never touches the socket nor waits for the peer, and a slow or
+  silent peer holds no thread, only its socket;
 * while its step is in the pool the loop leaves the connection alone: no
   event is watched, and close() (a timeout, room for newcomers, shutdown)
   does everything at once but close the socket, which waits for the step to
@@ -37,6 +39,7 @@ from functools import partial
 
 from registry.loop import READ, WRITE
 from registry.plainhttp import answer_plain_http
+from registry.tlsio import BATCH, TlsIO, inbox_of
 
 __all__ = ["Transport", "close_socket", "HELLO", "HANDSHAKE", "READING", "DISCARD", "BUSY",
            "UPLOAD", "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
@@ -47,10 +50,9 @@ HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, WAITING, WRITING, STREAMING, LINGER, 
     CLOSED = ("handshake", "reading", "discard", "busy", "upload", "waiting", "writing",
               "streaming", "linger", "closed")
 
-# One TLS record holds at most 16 KiB and a read returns at most one record,
-# so a read this large always empties OpenSSL's buffer: nothing is ever left
-# pending() that epoll would not announce.
-_RECV = 64 * 1024
+# What one recv() may bring during a handshake: a client's whole flight
+# (its certificate chain) however large, within reason.
+_HANDSHAKE_RECV = 64 * 1024
 # While a ClientHello is incomplete, only new bytes are announced: they are
 # peeked at, not read, so a level-triggered watch would fire on and on.
 HELLO = READ | select.EPOLLET
@@ -59,22 +61,30 @@ _RECORD_MAX = 5 + 16384 + 2048
 _peeked = bytearray(_RECORD_MAX)          # the loop thread's; never kept
 _LINGER_SECONDS = 0.5
 _CORK = getattr(socket, "TCP_CORK", None)     # Linux's
-_RECORD = 16 * 1024           # an answer longer than this is several TLS records
 _LINGER_BYTES = 256 * 1024
 # nginx's lingering_time; a drain reads in large bites, dropped at once.
 _DRAIN_SECONDS = 30.0
 _DRAIN_READ = 256 * 1024
 
 
-class Transport:
+class Transport(TlsIO):
     """The socket half of a Connection (see the module's docstring)."""
 
     stepping = False                      # a handshake step runs in the pool
+    first_bytes = None                    # the first bytes read, unless a TLS record
 
     def _watch(self, events):
         if events != self.events:
             self.events = events
             self.loop.modify(self.fd, events)
+            # Reading again (after a pause, a job, an answer): records left
+            # in the incoming BIO are announced by no event.
+            if events & READ and self.tls is not None and self.buffered():
+                self.loop.call_soon(self._read_buffered)
+
+    def _read_buffered(self):
+        if self.events & READ and self.state != CLOSED and self.buffered():
+            self.on_event(READ)
 
     def handshake(self):
         tls = self.tls
@@ -82,6 +92,30 @@ class Transport:
             if not self._hello_here():
                 return
             tls = self.tls
+        elif self.wire:                   # the rest of our flight goes first
+            try:
+                if not self._send_wire():
+                    return self._watch(WRITE)
+            except OSError as exc:
+                log.debug("closing %s during TLS handshake: %s", self.peer, exc)
+                return self.close()
+            self._watch(READ)
+        # What the peer sent goes to OpenSSL's incoming BIO; the step itself
+        # touches only memory.
+        try:
+            n = self.sock.recv_into(self.inbox, _HANDSHAKE_RECV)
+        except (BlockingIOError, InterruptedError):
+            return                        # nothing new
+        except OSError as exc:
+            log.debug("closing %s during TLS handshake: %s", self.peer, exc)
+            return self.close()
+        if n:
+            got = self.inbox[:n]
+            if self.first_bytes is None:  # kept for the answer to plain HTTP
+                self.first_bytes = b"" if got[0] == 0x16 else bytes(got)
+            self.inbio.write(got)
+        else:
+            self.inbio.write_eof()        # the step says how it ended
         pool = self.server.tls_pool
         if pool is None:
             try:
@@ -90,7 +124,7 @@ class Transport:
                 return self._handshake_failed(exc)
             return self._stepped(want)
         # A step in the pool: nothing on the loop touches this connection
-        # until it is back (close() leaves the socket open for it, see
+        # until it is back (close() leaves the socket open till then, see
         # _release), and no event is wanted meanwhile.
         self.stepping = True
         self.server.in_tls_pool.add(self)
@@ -107,11 +141,25 @@ class Transport:
         self._stepped(want)
 
     def _stepped(self, want):
+        if self.outbio.pending:           # our flight, the peer's to read
+            self._queue_sealed()
+            try:
+                sent = self._send_wire()
+            except OSError as exc:
+                log.debug("closing %s during TLS handshake: %s", self.peer, exc)
+                return self.close()
+            if want and not sent:
+                return self._watch(WRITE)
         if want:
-            return self._watch(want)
+            return self._watch(READ)
         self._established()
+        # A request may have come in the same segment as the handshake's end.
+        if self.state != CLOSED and self.buffered():
+            self.on_event(READ)
 
     def _handshake_failed(self, exc):
+        if isinstance(exc, ssl.SSLError):
+            self._send_alert()            # the client reads why, not a reset
         if isinstance(exc, ssl.SSLCertVerificationError):
             self.server.events.refused(self.peer, "untrusted",
                                        "at TLS handshake: " + _verify_reason(exc))
@@ -120,7 +168,8 @@ class Transport:
             self.server.events.refused(self.peer, "tls",
                                        "at TLS handshake: " + _tls_reason(exc))
             if exc.reason == "HTTP_REQUEST":
-                answer_plain_http(self.sock)    # say why, in words curl shows
+                # say why, in words curl shows
+                answer_plain_http(self.sock, self.first_bytes or b"")
             return self.linger()
         if isinstance(exc, OSError):
             log.debug("closing %s during TLS handshake: %s", self.peer, exc)
@@ -129,15 +178,15 @@ class Transport:
         raise exc
 
     def _release(self):
-        """Close the socket, unless a handshake step still runs on it in
-        the pool: then _back_from_pool closes it. Until then its descriptor
-        stays open, so no new connection can be given the same number."""
+        """Close the socket, unless a handshake step still runs in the pool:
+        then _back_from_pool closes it, so that a connection ends at one
+        point, after its TLS object is no longer in use."""
         if not self.stepping:
             close_socket(self.sock)
-            # OpenSSL's object still names the descriptor's number, which the
-            # next accept may reuse: nothing may read or write through it.
+            # Nothing may read or write through OpenSSL's object after this.
             self._read = self._write = _closed
             self.tls = None
+            self.wire = None
 
     def _hello_here(self):
         """True once the first record is all here; the socket is then a TLS one.
@@ -162,97 +211,26 @@ class Transport:
             if n < min(need, _RECORD_MAX):
                 self._watch(HELLO)        # from now on, only new bytes
                 return False
-        # OpenSSL's object on the socket itself, as ssl.SSLSocket makes it
-        # within: the wrapper class would cost five system calls and a
-        # socket object more per connection, and three Python calls on
-        # every read and write. Non-blocking, this object raises the same
-        # SSLWant* errors.
-        try:
-            self.tls = self.server.trust.context._wrap_socket(self.sock, True)
-        except OSError as exc:
-            log.debug("closing %s before its TLS handshake: %s", self.peer, exc)
-            return self.close()
+        # OpenSSL's object on two memory BIOs (tlsio.py), as ssl.SSLObject
+        # makes it within: the wrapper class would cost three Python calls
+        # more on every read and write.
+        self.inbio, self.outbio = ssl.MemoryBIO(), ssl.MemoryBIO()
+        self.tls = self.server.trust.context._wrap_bio(self.inbio, self.outbio, True, None)
+        self.inbox = inbox_of(self.loop)
         self._read, self._write = self.tls.read, self.tls.write
         self._watch(READ)
         return True
 
-    def _recv(self):
-        """Bytes read, b"" at the end of the stream, None when none are ready."""
-        try:
-            return self._read(_RECV)
-        except (ssl.SSLWantReadError, BlockingIOError):
-            return None
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return b""                    # close_notify, or a TCP close without it
-        except ssl.SSLWantWriteError:
-            self._watch(WRITE)
-            return None
-        except ssl.SSLError as exc:
-            log.info("closing %s: TLS error: %s", self.peer, exc.reason or exc)
-            return b""
-        except OSError as exc:
-            log.debug("closing %s: %s", self.peer, exc)
-            return b""
-
-    def _recv_into(self, view):
-        """_recv into ``view`` (an upload's buffer, uploads.py), with no bytes
-        object made and copied: the count read, 0 at the end of the stream,
-        None when none are ready. ``view`` must hold a whole record (_RECV),
-        so that nothing is left pending in OpenSSL, where epoll never sees it."""
-        try:
-            return self.tls.read(len(view), view)
-        except (ssl.SSLWantReadError, BlockingIOError):
-            return None
-        except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
-            return 0
-        except ssl.SSLWantWriteError:
-            self._watch(WRITE)
-            return None
-        except ssl.SSLError as exc:
-            log.info("closing %s: TLS error: %s", self.peer, exc.reason or exc)
-            return 0
-        except (OSError, AttributeError) as exc:      # AttributeError: closed
-            log.debug("closing %s: %s", self.peer, exc)
-            return 0
-
-    def _flush(self):
-        out = self.out
-        write = self._write
-        while out:
-            data = out[0]
-            try:
-                sent = write(data)
-            except (ssl.SSLWantWriteError, BlockingIOError):
-                sent = 0
-            except ssl.SSLWantReadError:  # pragma: no cover - renegotiation
-                self._watch(READ)
-                return
-            except OSError as exc:
-                log.debug("closing %s: %s", self.peer, exc)
-                return self.close()
-            if sent < len(data):
-                # OpenSSL wants the same buffer again (no partial writes);
-                # the kernel's socket buffer took what it could.
-                if sent:
-                    out[0] = memoryview(data)[sent:]
-                self._watch(WRITE)
-                return
-            # Progress: a slow reader is cut off only after request_timeout
-            # without any.
-            self.deadline = self.loop.now + self.server.settings.request_timeout
-            out.pop(0)
-        self._sent()
-
     def _send(self, size):
-        """Write the answer just queued, `size` bytes. OpenSSL writes each TLS
-        record with its own send(): uncorked, each record of a longer answer
-        would leave as its own segment and wake the client for it; corked, a
-        listing of 100 applications (47 KB, three records) is one segment and
-        one wake-up. Uncorked again at once, whether all went or the socket
-        is full, so nothing waits for the cork's timer."""
+        """Write the answer just queued, `size` bytes. An answer of up to
+        BATCH bytes leaves in one send() (tlsio.py), one segment and one
+        wake-up of the client; a longer one (a listing of a thousand
+        applications, ~0.5 MB) is corked while its batches go, so they too
+        leave in full segments. Uncorked again at once, whether all went or
+        the socket is full, so nothing waits for the cork's timer."""
         self.state = WRITING
         self.deadline = self.loop.now + self.server.settings.request_timeout
-        if size <= _RECORD or _CORK is None:
+        if size <= BATCH or _CORK is None:
             return self._flush()
         sock = self.sock
         try:
@@ -315,16 +293,15 @@ class Transport:
 
 
 def _step(tls):
-    """One step of a server handshake: the event it waits for, or 0 once
-    done. Runs in the pool or on the loop: the socket is non-blocking, so it
-    never waits for the peer, and CPython releases the GIL inside OpenSSL's
-    SSL_do_handshake, so steps of two connections run at once."""
+    """One step of a server handshake: READ while it wants more of the
+    peer, 0 once done. Runs in the pool or on the loop: it reads and writes
+    only its memory BIOs, so it never waits for the peer, and CPython
+    releases the GIL inside OpenSSL's SSL_do_handshake, so steps of two
+    connections run at once."""
     try:
         tls.do_handshake()
-    except ssl.SSLWantReadError:
+    except ssl.SSLWantReadError:         # (a memory BIO never wants to write)
         return READ
-    except ssl.SSLWantWriteError:
-        return WRITE
     return 0
 
 
