@@ -1,5 +1,5 @@
 """`--baseline REV`: an older aar measured in the same run as today's, for the
-rows that must not regress (4-6).
+rows that must not regress (4-6) and the keep-alive request rows (1 and 7).
 
 REV is checked out into a temporary `git worktree add --detach` (the
 repository's own checkout is left alone) and its `aar.py serve` runs from
@@ -8,7 +8,8 @@ worktree is removed when the run ends, whatever happened.
 
 The core before the event loop (a worker thread per busy connection) is
 27e636a; its command line (`serve --listen --data-dir`, `trust add -p`) is
-the same as today's.
+the same as today's. Rows 1 and 7 get an aar of their own from the same
+checkout (`serve`), so the transfers' peak RSS is not theirs.
 """
 import shutil
 import subprocess
@@ -26,8 +27,9 @@ class Baseline:
     def __init__(self, work, rev):
         self.rev = rev
         self.src = work / "baseline-src"
-        self.aar = None
+        self.aar = None               # rows 4-6's
         self.short = None
+        self._running = []            # every aar started from here
 
     def checkout(self):
         try:
@@ -39,10 +41,17 @@ class Baseline:
         return self
 
     def start(self, work, server, client):
-        self.aar = Aar(work, server, client, label="aar-old", repo=self.src)
-        self.aar.start()
-        log(f"aar {self.short} (baseline) up on 127.0.0.1:{self.aar.port}")
+        """The aar of rows 4-6."""
+        self.aar = self.serve(work, server, client, "aar-old")
         return self.aar
+
+    def serve(self, work, server, client, label):
+        """Another aar of REV, with its own fresh data directory."""
+        aar = Aar(work, server, client, label=label, repo=self.src)
+        self._running.append(aar)
+        aar.start()
+        log(f"aar {self.short} ({label}, baseline) up on 127.0.0.1:{aar.port}")
+        return aar
 
     def sub_row(self, unit, new, old, note=None):
         """The sub-row printed under a row: today's figure, the baseline's, new/old."""
@@ -54,9 +63,10 @@ class Baseline:
         return row
 
     def remove(self):
-        if self.aar is not None:
-            self.aar.stop()
-            self.aar = None
+        for aar in self._running:
+            aar.stop()
+        self._running = []
+        self.aar = None
         if self.src.exists():
             try:
                 _git("worktree", "remove", "--force", str(self.src))

@@ -37,13 +37,15 @@ def listing_100(b, row):
     """Row 7: keep-alive GET /1.0/applications of 100 applications."""
     aar, nginx = b.aar_w, b.need("nginx")
     requestrows.fill_apps(b, aar, APPS)
+    if b.old_r is not None:
+        requestrows.fill_apps(b, b.old_r, APPS)
     status, _, body = bl.Http(aar.port, b.client).request("GET", "/1.0/applications")
     if status != 200:
         raise RuntimeError(f"aar GET /1.0/applications answered {status}")
     apps = json.loads(body)["metadata"]
     best = requestrows.keepalive_vs_nginx(b, row, nginx, "/1.0/applications", body,
                                           "applications-100.json", b.p["list100_requests"],
-                                          aar=aar)
+                                          aar=aar, old=b.old_r)
     row.notes += [f"{len(apps)} applications, {len(body):,} bytes per listing"] + \
         requestrows.cpu_notes(best, ["aar", "nginx"])
 

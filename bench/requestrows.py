@@ -76,20 +76,29 @@ def cpu_subrow(row, best, ref):
     row.sub.append(sub)
 
 
-def keepalive_vs_nginx(b, row, nginx, path, body, filename, requests, aar=None):
+def keepalive_vs_nginx(b, row, nginx, path, body, filename, requests, aar=None, old=None):
     """aar's path against nginx serving the same body as a static file, on
     kept-alive connections; fills in the row's figures and returns the best
-    result of each server. aar: the instance to measure (default b.aar_a)."""
+    result of each server. aar: the instance to measure (default b.aar_a);
+    old: the --baseline aar to measure in the same rounds, as a sub-row."""
     aar = aar or b.aar_a
     nginx.put_file(filename, body)
-    best = best_rate(b, "keepalive", [
-        ("aar", aar.port, path, aar.pids),
-        ("nginx", nginx.port, "/" + filename, nginx.pids)], requests)
+    targets = [("aar", aar.port, path, aar.pids),
+               ("nginx", nginx.port, "/" + filename, nginx.pids)]
+    if old is not None:
+        targets.append(("old", old.port, path, old.pids))
+    best = best_rate(b, "keepalive", targets, requests)
     row.aar, row.ref, row.ref_name = best["aar"]["rate"], best["nginx"]["rate"], "nginx"
     row.ratio = row.aar / row.ref
     cpu_subrow(row, best, row.ref_name)
+    if old is not None:
+        new_r, old_r = best["aar"], best["old"]
+        row.sub.append(b.baseline.sub_row(
+            "req/s", new_r["rate"], old_r["rate"],
+            f"server CPU us/request: new {new_r['server_us']:.1f}, {b.baseline.short} "
+            f"{old_r['server_us']:.1f}; client CPU us/request: new "
+            f"{new_r['client_us']:.1f}, {b.baseline.short} {old_r['client_us']:.1f}"))
     return best
-
 
 def small_json(b, row):
     """Row 1: keep-alive GET /1.0/status."""
@@ -98,7 +107,7 @@ def small_json(b, row):
     if status != 200:
         raise RuntimeError(f"aar GET /1.0/status answered {status}")
     best = keepalive_vs_nginx(b, row, nginx, "/1.0/status", body, "status.json",
-                              b.p["small_requests"])
+                              b.p["small_requests"], old=b.old_r)
     row.notes += [f"{len(body)}-byte JSON body; {b.o.conns} keep-alive connections, "
                   f"driver {b.o.driver}"] + cpu_notes(best, ["aar", "nginx"])
 

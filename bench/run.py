@@ -70,7 +70,9 @@ class Bench:
         self.aar_w = None                   # the aar of 100 applications (rows 7-9)
         self.big_sha = None                 # of big_file()
         self.uploaded = False               # row 5 left the big package on aar_c
-        self.old = None                     # --baseline: baseline.Baseline, running
+        self.baseline = None                # --baseline: baseline.Baseline, checked out
+        self.old_r = None                   # ... its aar for rows 1 and 7
+        self.old = None                     # ... once its aar for rows 4-6 runs
 
     @staticmethod
     def _arch():
@@ -168,6 +170,8 @@ class Bench:
             aar_na = str(e)
             log(f"aar unavailable: {e}")
 
+        if o.baseline and not aar_na and (self.selected(1) or self.selected(7)):
+            self._start_baseline(requests=True)
         big = self.size_text()
         r1 = self.row("1", "keep-alive GET /1.0/status", "req/s", 1.0)
         r2 = self.row("2", f"GET /1.0/applications, {p['apps']} apps", "req/s", 1.0)
@@ -212,7 +216,7 @@ class Bench:
             except ERRORS as e:
                 self.aar_c_na = str(e)
             if self.aar_c and o.baseline:
-                self._start_baseline()
+                self._start_baseline(transfers=True)
         plan_c = [(6, r6, transferrows.agent_pull), (5, r5, transferrows.upload),
                   (4, r4, transferrows.download), (4, r4b, transferrows.peak_rss)]
         for n, row, fn in plan_c:
@@ -224,8 +228,10 @@ class Bench:
                 row.na = "not selected (--only)"
         if self.aar_c:
             self.aar_c.stop()
-        if self.old:
-            self.old.remove()
+        rows_of_old = " and ".join(rows for rows, aar in (
+            ("1, 7", self.old_r), ("4-6", self.old)) if aar)
+        if self.baseline:
+            self.baseline.remove()
 
         header = [
             f"aar benchmark  {time.strftime('%Y-%m-%d %H:%M')}  "
@@ -236,9 +242,10 @@ class Bench:
             f"request driver: {o.driver}, {o.conns} connections; transfers: curl --http1.1 "
             f"({drivers.CURL_TLS13}); ratio = aar / reference (higher is better for aar)",
         ]
-        if self.old:
-            header.append(f"baseline: rows 4-6 also against {o.baseline} ({self.old.short}), "
-                          "checked out apart, in the same run; sub-rows give new / old")
+        if rows_of_old:
+            header.append(f"baseline: rows {rows_of_old} also against {o.baseline} "
+                          f"({self.baseline.short}), checked out apart, in the same run; "
+                          "sub-rows give new / old")
         for name, why in self.na.items():
             header.append(f"{name}: n/a ({why})")
         print_table(self.rows, header)
@@ -269,20 +276,25 @@ class Bench:
             self.aar_w.stop()
             shutil.rmtree(self.aar_w.dir, ignore_errors=True)
 
-    def _start_baseline(self):
-        old = Baseline(self.work, self.o.baseline)
+    def _start_baseline(self, requests=False, transfers=False):
+        """REV checked out (once), and its aar for rows 1 and 7 or for 4-6."""
         try:
-            old.checkout()
-            old.start(self.work, self.server, self.client)
-            self.old = old
+            if self.baseline is None:
+                self.baseline = Baseline(self.work, self.o.baseline)
+                self.baseline.checkout()
+            if requests:
+                self.old_r = self.baseline.serve(self.work, self.server, self.client,
+                                                 "aar-old-r")
+            if transfers:
+                self.baseline.start(self.work, self.server, self.client)
+                self.old = self.baseline
         except ERRORS as e:
-            old.remove()
             self.na[f"baseline {self.o.baseline}"] = str(e)
             log(f"baseline unavailable: {e}")
 
     def cleanup(self):
-        if self.old:
-            self.old.remove()
+        if self.baseline:
+            self.baseline.remove()
         bl.stop_all()
         if self.o.keep:
             log(f"kept {self.work}")
@@ -300,9 +312,9 @@ def main(argv=None):
                     help="request-rate driver for rows 1-3 (default python; see README)")
     ap.add_argument("--only", help="comma-separated rows to run, e.g. 1,3 or 7,8,9 (default all)")
     ap.add_argument("--baseline", metavar="REV",
-                    help="also run rows 4-6 against aar at git revision REV (checked out "
-                         "in a temporary worktree), e.g. 27e636a, the core before the "
-                         "event loop; sub-rows give the ratio new / old")
+                    help="also run rows 1, 7 and 4-6 against aar at git revision REV "
+                         "(checked out in a temporary worktree), e.g. main or 27e636a, "
+                         "the core before the event loop; sub-rows give the ratio new / old")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     o = ap.parse_args(argv)
     bench = Bench(o)

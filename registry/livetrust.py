@@ -39,6 +39,7 @@ from trust.errors import StoreError
 __all__ = ["LiveTrust", "Refusal"]
 
 log = logging.getLogger("aar.trust")
+_now = time.time
 
 
 class Refusal(Exception):
@@ -142,7 +143,7 @@ class LiveTrust:
                 raise Refusal(f"certificate revoked at {revoked[0]}", "revoked", revoked[1])
             raise Refusal("certificate not trusted", "untrusted")
         role, starts, expires, expires_text, name = entry
-        now = time.time()
+        now = _now()
         if expires < now:
             raise Refusal(f"certificate expired at {expires_text}", "expired", name)
         if starts > now:
