@@ -91,6 +91,7 @@ class Download:
         self.progress, self.deadline, self.stop = progress, deadline, stop
         self.dest = None
         self._kicked = 0           # bytes whose write-back was started
+        self.received = 0          # bytes written and hashed so far
 
     def _check(self):
         if self.stop is not None and self.stop.is_set():
@@ -191,6 +192,9 @@ class Download:
             try:
                 received = self._body(resp, fd, buf, hasher, received, store)
             except (OSError, http.client.HTTPException) as error:
+                # What the body gave before it broke is written and hashed:
+                # the next attempt asks for the rest, not for it again.
+                received = self.received
                 self.client.close()
                 if store is not None:
                     store.close()
@@ -217,7 +221,9 @@ class Download:
                                                        expected=self.sha256))
 
     def _body(self, resp, fd, buf, hasher, received, store=None):
-        """Copy the body into fd; return the new count of bytes received."""
+        """Copy the body into fd; return the new count of bytes received,
+        which self.received also keeps as it grows (for when a read raises)."""
+        self.received = received
         conn = store if store is not None else self.client._conn
         sock = conn.sock if conn is not None else None
         while True:
@@ -240,6 +246,7 @@ class Download:
             self._write(fd, buf[:n], received)
             hasher.update(buf[:n])
             received += n
+            self.received = received
             if self.progress is not None:
                 self.progress(received, self.size)
 

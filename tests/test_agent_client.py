@@ -258,6 +258,23 @@ def test_a_broken_download_resumes_with_range(registry, certs, tmp_path, access)
     assert any('" 206 ' in line for line in access)
 
 
+def test_a_download_stalled_once_times_out_then_resumes_whole(registry, certs, tmp_path,
+                                                             access):
+    # The first connection stops in the middle of a TLS record and stays
+    # open: the agent's read times out with part of a record taken, and the
+    # resumed download must still be the package, byte for byte.
+    data, sha = publish(registry, certs, tmp_path)
+    proxy = CuttingProxy(registry.port, cut_after=MiB + 12345, stall=True, cuts=1)
+    try:
+        with connect(registry, certs.client, url=proxy.url, timeout=0.5) as c:
+            c.download("game", 0, "amd64", tmp_path / "dest", sha, len(data))
+    finally:
+        proxy.stop()
+    assert (tmp_path / "dest").read_bytes() == data
+    assert proxy.connections == 2
+    assert any('" 206 ' in line for line in access)
+
+
 def test_a_download_broken_every_time_fails_and_leaves_nothing(registry, certs, tmp_path):
     data, sha = publish(registry, certs, tmp_path)
     # Every attempt moves a quarter MiB: resuming cannot make up 3 MiB.
