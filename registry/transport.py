@@ -58,7 +58,6 @@ _HANDSHAKE_RECV = 64 * 1024
 HELLO = READ | select.EPOLLET
 # A TLS record: a 5-byte header, then at most 16 KiB (+ 2 KiB of expansion).
 _RECORD_MAX = 5 + 16384 + 2048
-_peeked = bytearray(_RECORD_MAX)          # the loop thread's; never kept
 _LINGER_SECONDS = 0.5
 _CORK = getattr(socket, "TCP_CORK", None)     # Linux's
 _LINGER_BYTES = 256 * 1024
@@ -196,8 +195,9 @@ class Transport(TlsIO):
         per byte, and a flood of them is accepted and closed cheaply. Bytes
         that are no TLS handshake record go to OpenSSL at once, which says
         what they are (plain HTTP, an old protocol)."""
+        peeked = inbox_of(self.loop)      # the loop's buffer: servers in threads share no bytes
         try:
-            n = self.sock.recv_into(_peeked, _RECORD_MAX, socket.MSG_PEEK)
+            n = self.sock.recv_into(peeked, _RECORD_MAX, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):
             return False
         except OSError as exc:
@@ -206,8 +206,8 @@ class Transport(TlsIO):
         if not n:
             log.debug("closing %s: closed before its TLS handshake", self.peer)
             return self.close()
-        if _peeked[0] == 0x16:            # a handshake record: all of it here?
-            need = 5 + int.from_bytes(_peeked[3:5], "big") if n >= 5 else 5
+        if peeked[0] == 0x16:             # a handshake record: all of it here?
+            need = 5 + int.from_bytes(peeked[3:5], "big") if n >= 5 else 5
             if n < min(need, _RECORD_MAX):
                 self._watch(HELLO)        # from now on, only new bytes
                 return False
@@ -216,7 +216,7 @@ class Transport(TlsIO):
         # more on every read and write.
         self.inbio, self.outbio = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = self.server.trust.context._wrap_bio(self.inbio, self.outbio, True, None)
-        self.inbox = inbox_of(self.loop)
+        self.inbox = peeked
         self._read, self._write = self.tls.read, self.tls.write
         self._watch(READ)
         return True
