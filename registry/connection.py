@@ -196,6 +196,8 @@ class Connection(Replies, Transport):
                 self.request = None
                 return self.send_error(exc.status, exc.message)
             self.request = request
+            # An upload's body is on the wire until uploads.py reads it; a
+            # chunked one's length is unknown (it is refused), so 1: some.
             self.body_unread = 0 if request.method != "PUT" else \
                 1 if request.body_length is None else request.body_length
             if request.body_length != 0 and request.method != "PUT":

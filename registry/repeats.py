@@ -27,6 +27,7 @@ generation at a time, at most _KEPT of them, so old listings are let go.
 import time
 
 from registry.protocol import response_head
+from registry.replies import JOIN_BELOW
 
 _monotonic = time.monotonic
 _time = time.time
@@ -37,7 +38,6 @@ _ROUTES = ("/1.0/status", "/1.0/applications")
 _STATIC = "/1.0/status"           # its answer depends on no generation
 _KEPT = 256
 KEPT_LONGEST = 2048               # longer requests are not kept
-_SMALL = 64 * 1024                # a smaller body is sent with its head (connection.py)
 
 
 class _Kept:
@@ -112,7 +112,7 @@ class Repeats:
         conn.route = entry.route
         conn.request = entry.request
         conn.body_unread = 0
-        if entry.length >= _SMALL:
+        if entry.length >= JOIN_BELOW:
             conn.reply(entry.reply)
             return True
         # Head and body as reply() would build them, kept for the second

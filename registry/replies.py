@@ -19,12 +19,12 @@ from registry.loop import READ
 from registry.protocol import response_head
 from registry.transport import READING, STREAMING, UPLOAD
 
-__all__ = ["Replies"]
+__all__ = ["Replies", "JOIN_BELOW"]
 
 _access = logging.getLogger("aar.access")      # server.access_log's
 _DEBUG = logging.DEBUG
 
-_JOIN_BELOW = 64 * 1024       # bodies smaller than this leave with their head
+JOIN_BELOW = 64 * 1024        # bodies smaller than this leave with their head
 _monotonic = time.monotonic
 
 
@@ -89,7 +89,7 @@ class Replies:
         # large body (a listing of a thousand applications is ~0.5 MB) on
         # its own, as joining would copy it.
         body = b"" if head_only else body
-        small = len(body) < _JOIN_BELOW
+        small = len(body) < JOIN_BELOW
         data = response_head(status, reply.content_type, length, reply.headers,
                              close, server.server_version, body if small else b"")
         self.out.append(data)

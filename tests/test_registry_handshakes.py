@@ -68,6 +68,17 @@ def _status_in_thread(port, pair, results):
     return thread
 
 
+def _a_step_held_in_the_pool(srv, pair):
+    """With every handshake thread held busy, start a client whose step then
+    waits in the pool's queue: (the release Event, its thread, its results)."""
+    srv.trust_cert(pair)
+    release = _hold_tls_threads(srv.server)
+    results = []
+    thread = _status_in_thread(srv.port, pair, results)
+    _until(lambda: srv.server.in_tls_pool, "a step waiting in the pool")
+    return release, thread, results
+
+
 def test_many_handshakes_at_once_with_slow_peers_among_them_are_all_answered(tmp_path, certs):
     from registry.server import Settings
     # More silent peers than handshake threads: each step is short and never
@@ -101,12 +112,8 @@ def test_a_handshake_timing_out_while_its_step_is_in_the_pool(tmp_path, certs, c
         workers=2, handshake_threads=1, handshake_timeout=0.5))
     caplog.set_level(logging.INFO, logger="aar.server")
     try:
-        srv.trust_cert(certs.client)
+        release, thread, results = _a_step_held_in_the_pool(srv, certs.client)
         server = srv.server
-        release = _hold_tls_threads(server)
-        results = []
-        thread = _status_in_thread(srv.port, certs.client, results)
-        _until(lambda: server.in_tls_pool, "a step waiting in the pool")
         conn = next(iter(server.in_tls_pool))
         # The sweep times it out: gone from every count at once...
         _until(lambda: conn.state == "closed", "the handshake timeout")
@@ -133,12 +140,7 @@ def test_a_certificate_revoked_while_its_handshake_is_in_the_pool_is_refused(tmp
     from trust import certs as tcerts
     srv = ThreadServer(tmp_path / "d", settings=Settings(workers=2, handshake_threads=1))
     try:
-        srv.trust_cert(certs.client)
-        server = srv.server
-        release = _hold_tls_threads(server)
-        results = []
-        thread = _status_in_thread(srv.port, certs.client, results)
-        _until(lambda: server.in_tls_pool, "a step waiting in the pool")
+        release, thread, results = _a_step_held_in_the_pool(srv, certs.client)
         srv.trust.revoke(tcerts.load_certificate(certs.client.cert).fingerprint)
         release.set()
         thread.join(GUARD)
