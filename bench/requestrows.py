@@ -100,6 +100,7 @@ def keepalive_vs_nginx(b, row, nginx, path, body, filename, requests, aar=None, 
             f"{new_r['client_us']:.1f}, {b.baseline.short} {old_r['client_us']:.1f}"))
     return best
 
+
 def small_json(b, row):
     """Row 1: keep-alive GET /1.0/status."""
     aar, nginx = b.aar_a, b.need("nginx")
