@@ -64,29 +64,23 @@ def listen_address(text):
     return host or DEFAULT_LISTEN[0], int(port)
 
 
-def handshake_threads(text):
-    """A count of TLS handshake threads: 0 (on the loop) to MAX_WORKERS."""
-    try:
-        count = int(text)
-    except ValueError:
-        count = None
-    if count is None or not 0 <= count <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(
-            f"invalid handshake thread count {text!r}: give a number from 0 to "
-            f"{MAX_WORKERS}")
+def _count(what, least):
+    """An argparse type: a count of `what` from `least` to MAX_WORKERS."""
+    def count(text):
+        try:
+            value = int(text)
+        except ValueError:
+            value = None
+        if value is None or not least <= value <= MAX_WORKERS:
+            raise argparse.ArgumentTypeError(
+                f"invalid {what} count {text!r}: give a number from {least} to "
+                f"{MAX_WORKERS}")
+        return value
     return count
 
 
-def workers(text):
-    """A worker count: 1 to MAX_WORKERS."""
-    try:
-        count = int(text)
-    except ValueError:
-        count = None
-    if count is None or not 1 <= count <= MAX_WORKERS:
-        raise argparse.ArgumentTypeError(
-            f"invalid worker count {text!r}: give a number from 1 to {MAX_WORKERS}")
-    return count
+handshake_threads = _count("handshake thread", 0)   # 0: every step on the loop
+workers = _count("worker", 1)
 
 
 def show_address(host, port):
