@@ -284,7 +284,10 @@ class Connection(Replies, Transport):
             self.stream = None
         if self.upload is not None:
             self.upload.abandon()
-        self.loop.remove(self.fd)
+        if self.stepping:                 # the socket stays open till the step is back
+            self.loop.remove(self.fd)
+        else:                             # closed now, which takes it out of epoll
+            self.loop.forget(self.fd)
         self._release()
         self.server.forget(self, previous)
 

@@ -50,6 +50,11 @@ class Loop:
         self._handlers[fd] = handler
         self._epoll.register(fd, events)
 
+    def forget(self, fd):
+        """remove(), for a descriptor about to be closed: closing it takes
+        it out of epoll, so the unregister call is saved."""
+        self._handlers.pop(fd, None)
+
     def modify(self, fd, events):
         self._epoll.modify(fd, events)
 

@@ -50,6 +50,9 @@ class TlsIO:
     tls = inbio = outbio = None
     inbox = None                          # the loop's, see inbox_of()
     ended = False                         # the stream's end is read (_recv_failed)
+    # The next _recv takes only what the BIO holds: set where the socket was
+    # just read and a level-triggered watch announces whatever comes after.
+    bio_only = False
     wire = None                           # sealed buffers not yet sent: a list
 
     def _recv(self):
@@ -57,17 +60,22 @@ class TlsIO:
         Decrypts every whole record the BIO holds, so none is left that no
         event would announce."""
         inbio = self.inbio
-        try:
-            n = self.sock.recv_into(self.inbox)
-        except (BlockingIOError, InterruptedError):
+        if self.bio_only:                 # records the BIO holds; the socket waits
+            self.bio_only = False
+            n = -1
+        else:
+            try:
+                n = self.sock.recv_into(self.inbox)
+            except (BlockingIOError, InterruptedError):
+                n = -1
+            except OSError as exc:
+                log.debug("closing %s: %s", self.peer, exc)
+                return b""
+        if n < 0:                         # nothing new, records left from before?
             if self.ended:
                 return b""
             if not self.buffered():
                 return None
-            n = -1                        # nothing new, records left from before
-        except OSError as exc:
-            log.debug("closing %s: %s", self.peer, exc)
-            return b""
         read = self._read
         if 0 < n <= _PIECE:               # a request: one record, most often
             inbio.write(self.inbox[:n])

@@ -32,7 +32,6 @@ With `Settings(handshake_threads=0)` (one CPU) the steps run on the loop.
 """
 import errno
 import logging
-import select
 import socket
 import ssl
 from functools import partial
@@ -41,7 +40,7 @@ from registry.loop import READ, WRITE
 from registry.plainhttp import answer_plain_http
 from registry.tlsio import BATCH, TlsIO, inbox_of
 
-__all__ = ["Transport", "close_socket", "HELLO", "HANDSHAKE", "READING", "DISCARD", "BUSY",
+__all__ = ["Transport", "close_socket", "HANDSHAKE", "READING", "DISCARD", "BUSY",
            "UPLOAD", "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
 
 log = logging.getLogger("aar.server")
@@ -53,9 +52,6 @@ HANDSHAKE, READING, DISCARD, BUSY, UPLOAD, WAITING, WRITING, STREAMING, LINGER, 
 # What one recv() may bring during a handshake: a client's whole flight
 # (its certificate chain) however large, within reason.
 _HANDSHAKE_RECV = 64 * 1024
-# While a ClientHello is incomplete, only new bytes are announced: they are
-# peeked at, not read, so a level-triggered watch would fire on and on.
-HELLO = READ | select.EPOLLET
 # A TLS record: a 5-byte header, then at most 16 KiB (+ 2 KiB of expansion).
 _RECORD_MAX = 5 + 16384 + 2048
 _LINGER_SECONDS = 0.5
@@ -71,6 +67,7 @@ class Transport(TlsIO):
 
     stepping = False                      # a handshake step runs in the pool
     first_bytes = None                    # the first bytes read, unless a TLS record
+    hello = None                          # the bytes of an unfinished ClientHello
 
     def _watch(self, events):
         if events != self.events:
@@ -88,33 +85,33 @@ class Transport(TlsIO):
     def handshake(self):
         tls = self.tls
         if tls is None:
-            if not self._hello_here():
+            got = self._hello()
+            if got is None:
                 return
             tls = self.tls
-        elif self.wire:                   # the rest of our flight goes first
+            self.inbio.write(got)
+        else:
+            if self.wire:                 # the rest of our flight goes first
+                try:
+                    if not self._send_wire():
+                        return self._watch(WRITE)
+                except OSError as exc:
+                    log.debug("closing %s during TLS handshake: %s", self.peer, exc)
+                    return self.close()
+                self._watch(READ)
+            # What the peer sent goes to OpenSSL's incoming BIO; the step
+            # itself touches only memory.
             try:
-                if not self._send_wire():
-                    return self._watch(WRITE)
+                n = self.sock.recv_into(self.inbox, _HANDSHAKE_RECV)
+            except (BlockingIOError, InterruptedError):
+                return                    # nothing new
             except OSError as exc:
                 log.debug("closing %s during TLS handshake: %s", self.peer, exc)
                 return self.close()
-            self._watch(READ)
-        # What the peer sent goes to OpenSSL's incoming BIO; the step itself
-        # touches only memory.
-        try:
-            n = self.sock.recv_into(self.inbox, _HANDSHAKE_RECV)
-        except (BlockingIOError, InterruptedError):
-            return                        # nothing new
-        except OSError as exc:
-            log.debug("closing %s during TLS handshake: %s", self.peer, exc)
-            return self.close()
-        if n:
-            got = self.inbox[:n]
-            if self.first_bytes is None:  # kept for the answer to plain HTTP
-                self.first_bytes = b"" if got[0] == 0x16 else bytes(got)
-            self.inbio.write(got)
-        else:
-            self.inbio.write_eof()        # the step says how it ended
+            if n:
+                self.inbio.write(self.inbox[:n])
+            else:
+                self.inbio.write_eof()    # the step says how it ended
         pool = self.server.tls_pool
         if pool is None:
             try:
@@ -152,9 +149,13 @@ class Transport(TlsIO):
         if want:
             return self._watch(READ)
         self._established()
-        # A request may have come in the same segment as the handshake's end.
+        # A request may have come in the same segment as the handshake's
+        # end: it is in the BIO, and the socket, just read, need not be
+        # asked again (it is watched, level-triggered, from here on).
         if self.state != CLOSED and self.buffered():
+            self.bio_only = True
             self.on_event(READ)
+            self.bio_only = False
 
     def _handshake_failed(self, exc):
         if isinstance(exc, ssl.SSLError):
@@ -187,39 +188,48 @@ class Transport(TlsIO):
             self.tls = None
             self.wire = None
 
-    def _hello_here(self):
-        """True once the first record is all here; the socket is then a TLS one.
+    def _hello(self):
+        """What the peer sent, once its first record is all here (the socket
+        is then a TLS one, and OpenSSL's object made); else None.
 
-        Until then its bytes are only peeked at: a peer that drips its
-        ClientHello a byte at a time costs no TLS object and no OpenSSL call
-        per byte, and a flood of them is accepted and closed cheaply. Bytes
-        that are no TLS handshake record go to OpenSSL at once, which says
-        what they are (plain HTTP, an old protocol)."""
-        peeked = inbox_of(self.loop)      # the loop's buffer: servers in threads share no bytes
+        Until then its bytes are kept here (`hello`, at most a record): a
+        peer that drips its ClientHello a byte at a time costs no TLS object
+        and no OpenSSL call per byte, and a flood of them is accepted and
+        closed cheaply. Bytes that are no TLS handshake record go to OpenSSL
+        at once, which says what they are (plain HTTP, an old protocol).
+        Read, not peeked at and read again: with TCP_DEFER_ACCEPT the whole
+        ClientHello is usually here at the first look, and one recv() less
+        a connection is worth having."""
+        inbox = inbox_of(self.loop)       # the loop's buffer: servers in threads share no bytes
         try:
-            n = self.sock.recv_into(peeked, _RECORD_MAX, socket.MSG_PEEK)
+            n = self.sock.recv_into(inbox, _HANDSHAKE_RECV)
         except (BlockingIOError, InterruptedError):
-            return False
+            return None
         except OSError as exc:
             log.debug("closing %s before its TLS handshake: %s", self.peer, exc)
             return self.close()
         if not n:
             log.debug("closing %s: closed before its TLS handshake", self.peer)
             return self.close()
-        if peeked[0] == 0x16:             # a handshake record: all of it here?
-            need = 5 + int.from_bytes(peeked[3:5], "big") if n >= 5 else 5
-            if n < min(need, _RECORD_MAX):
-                self._watch(HELLO)        # from now on, only new bytes
-                return False
+        got = inbox[:n] if self.hello is None else self.hello + inbox[:n]
+        if got[0] == 0x16:                # a handshake record: all of it here?
+            size = len(got)
+            need = 5 + int.from_bytes(got[3:5], "big") if size >= 5 else 5
+            if size < min(need, _RECORD_MAX):
+                self.hello = bytes(got)
+                return None
+            self.first_bytes = b""
+        else:                             # kept for the answer to plain HTTP
+            self.first_bytes = bytes(got)
+        self.hello = None
         # OpenSSL's object on two memory BIOs (tlsio.py), as ssl.SSLObject
         # makes it within: the wrapper class would cost three Python calls
         # more on every read and write.
         self.inbio, self.outbio = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.tls = self.server.trust.context._wrap_bio(self.inbio, self.outbio, True, None)
-        self.inbox = peeked
+        self.inbox = inbox
         self._read, self._write = self.tls.read, self.tls.write
-        self._watch(READ)
-        return True
+        return got
 
     def _send(self, size):
         """Write the answer just queued, `size` bytes. An answer of up to

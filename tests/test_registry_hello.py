@@ -48,3 +48,16 @@ def test_a_clienthello_in_pieces_is_answered(registry, certs):
                 assert chunk, "closed before the answer"
                 incoming.write(chunk)
     assert answer.startswith(b"HTTP/1.1 200 ")
+
+
+def test_an_accepted_connection_is_non_blocking_and_sends_at_once(registry, certs):
+    # The server sets TCP_NODELAY once, on the listening socket, and counts
+    # on Linux giving it to every connection it accepts (server._listen).
+    with socket.create_connection(("127.0.0.1", registry.port), timeout=20):
+        end = time.monotonic() + 20       # a hang guard, not a measurement
+        while not registry.server.connections:
+            assert time.monotonic() < end, "the connection was never accepted"
+            time.sleep(0.01)
+        accepted = next(iter(registry.server.connections)).sock
+        assert accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
+        assert accepted.getblocking() is False
