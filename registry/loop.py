@@ -98,6 +98,13 @@ class Loop:
         except OSError:
             pass                             # closing
 
+    left = 0                                 # events of this round not yet handled
+
+    def busy(self):
+        """True while more of this round's events, or callbacks, wait for
+        the loop."""
+        return self.left > 0 or bool(self._soon)
+
     def stop(self):
         """Make run() return; safe from any thread or a signal handler."""
         self._stopping = True
@@ -128,7 +135,10 @@ class Loop:
                 events = ()
             self._polling = False
             now = self.now = monotonic()
+            left = len(events)
             for fd, mask in events:
+                left -= 1
+                self.left = left
                 if fd == wake:
                     self._drain_wake()
                     continue
@@ -139,6 +149,7 @@ class Loop:
                     except Exception:
                         log.exception("unexpected error in the event loop")
                         _close_quietly(handler)
+            self.left = 0
             # Only what was queued before this round: a callback that queues
             # another (a connection's next turn of pipelined requests, the
             # next batch of timeouts) runs after the next poll, so the others'

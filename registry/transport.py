@@ -113,7 +113,7 @@ class Transport(TlsIO):
             else:
                 self.inbio.write_eof()    # the step says how it ended
         pool = self.server.tls_pool
-        if pool is None:
+        if pool is None or not self.loop.busy():
             try:
                 want = _step(tls)
             except Exception as exc:
