@@ -102,7 +102,8 @@ class Loop:
 
     def busy(self):
         """True while more of this round's events, or callbacks, wait for
-        the loop."""
+        the loop: work that would make them wait longer had better go to a
+        thread (transport.py's handshake steps)."""
         return self.left > 0 or bool(self._soon)
 
     def stop(self):

@@ -165,3 +165,25 @@ def test_aar_serve_with_handshakes_on_the_loop_or_in_threads(tmp_path, certs):
             assert results == [200] * 4
         finally:
             server.stop()
+
+
+def test_on_an_idle_loop_only_the_first_step_goes_to_a_thread(tmp_path, certs):
+    from registry.server import Settings
+    # A hand-off costs wake-ups and GIL changes; a step after the first one
+    # goes to a thread only while other work waits for the loop. One client
+    # at a time leaves the loop idle: its second step runs there.
+    srv = ThreadServer(tmp_path / "d", settings=Settings(workers=2, handshake_threads=2))
+    try:
+        srv.trust_cert(certs.client)
+        _until(lambda: srv.server.tls_pool is not None, "the server's threads")
+        pool = srv.server.tls_pool
+        submitted = []
+        submit = pool.submit
+        pool.submit = lambda job, done: (submitted.append(job), submit(job, done))
+        for _ in range(3):
+            client = Client(srv.port, certs.client, timeout=GUARD)
+            assert client.json("GET", "/1.0/status")[0] == 200
+            client.close()
+        assert len(submitted) == 3        # each client's first step, no other
+    finally:
+        srv.stop()
