@@ -283,7 +283,7 @@ class RegistryServer:
             log.info("closing %s: too many unfinished TLS handshakes", oldest.peer)
             oldest.close()
         try:
-            sock.setblocking(False)       # TCP_NODELAY: the listener's (_listen)
+            sock.setblocking(False)       # TCP_NODELAY: the listener's (listen)
         except OSError as exc:
             log.debug("closing %s before its handshake: %s", _show(addr), exc)
             sock.close()

@@ -52,7 +52,7 @@ def test_a_clienthello_in_pieces_is_answered(registry, certs):
 
 def test_an_accepted_connection_is_non_blocking_and_sends_at_once(registry, certs):
     # The server sets TCP_NODELAY once, on the listening socket, and counts
-    # on Linux giving it to every connection it accepts (server._listen).
+    # on Linux giving it to every connection it accepts (server.listen).
     with socket.create_connection(("127.0.0.1", registry.port), timeout=20):
         end = time.monotonic() + 20       # a hang guard, not a measurement
         while not registry.server.connections:
