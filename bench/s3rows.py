@@ -160,9 +160,12 @@ def transfer_rows(opts, work, swift, s3, proto, client, rows, old):
                 "boto3": (None, lambda: s3.upload_file(str(big), "bench", "ref/big"))}
         if old is not None:
             plan["old"] = (old.proxy, lambda: upload_via(old.proxy))
-        best, cpu = interleaved(plan, opts.rounds)
+        best, cpu = interleaved(plan, opts.rounds, [p.pid for p in swift.procs.values()])
         row = rows["S3"]
-        row.notes.append(f"replica CPU {cpu['aar'] / (size / (1 << 30)):.2f} s/GiB")
+        gib = size / (1 << 30)
+        row.notes.append(f"replica CPU {cpu['aar'] / gib:.2f} s/GiB; Swift CPU per GiB: "
+                         + ", ".join(f"{name} {cpu[(name, 'store')] / gib:.2f} s"
+                                     for name in plan))
         row.aar, row.ref, row.ref_name = size / MiB / best["aar"], size / MiB / best["boto3"], \
             "boto3 multipart"
         row.ratio = row.aar / row.ref
@@ -242,19 +245,22 @@ def transfer_rows(opts, work, swift, s3, proto, client, rows, old):
                                        f"{cpu['old'] / (size / (1 << 30)):.2f} s/GiB"))
 
 
-def interleaved(plan, rounds):
+def interleaved(plan, rounds, store_pids=()):
     """Each column of plan {name: (replica or None, fn)} once per round, each
     round starting with another column (what runs first after the uploads
     meets the store's background work); the best time of each, and the CPU
-    its replica used in that column's last round."""
+    its replica used in that column's last round (with store_pids: also the
+    store's, as cpu[(name, "store")])."""
     best, cpu = {}, {}
     names = list(plan)
     for r in range(rounds):
         for name in names[r % len(names):] + names[:r % len(names)]:
             reg, fn = plan[name]
             before = proc_cpu([reg.proc.pid]) if reg else 0
+            store = proc_cpu(store_pids)
             took = timed(fn, 1)
             cpu[name] = proc_cpu([reg.proc.pid]) - before if reg else 0
+            cpu[(name, "store")] = proc_cpu(store_pids) - store
             best[name] = min(best.get(name, took), took)
     return best, cpu
 
