@@ -81,6 +81,15 @@ def _count(what, least):
 
 handshake_threads = _count("handshake thread", 0)   # 0: every step on the loop
 workers = _count("worker", 1)
+_process_count = _count("process", 1)
+
+
+def processes(text):
+    """--processes: a count, or `auto` for one per CPU (as nginx's auto)."""
+    if text == "auto":
+        from registry.workers import cpus
+        return min(cpus(), MAX_WORKERS)
+    return _process_count(text)
 
 
 def show_address(host, port):
@@ -185,15 +194,12 @@ def _metrics(args, server, data, close):
 
 def _serve(args, out):
     from registry import backends
-    from registry.audit import AuditLog
-    from registry.events import Events
-    from registry.handlers import ApiHandler
-    from registry.served import record_serving
-    from registry.server import RegistryServer, Settings
+    from registry.server import Settings
 
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    log = logging.getLogger("aar")
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if args.processes > 1:                # which worker said it
+        fmt = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=fmt)
     data = _data_dir(args.data_dir)
     try:
         conf = backends.load_config(data.root)
@@ -205,37 +211,19 @@ def _serve(args, out):
             args.metrics_listen = _metrics_address(str(conf.get("metrics")))
         except argparse.ArgumentTypeError as exc:
             raise CommandError(f"{conf.path}: metrics: {exc}")
-    packages, trust_store, cert = _open_stores(args, data, conf, host, port, out)
+    if args.processes > 1 and conf.s3 is not None:
+        raise CommandError("--processes above 1 needs the data directory's own "
+                           "storage; with storage.s3, run more replicas on the bucket")
+    stores = _open_stores(args, data, conf, host, port, out)
+    if args.processes > 1:
+        from .serveprocs import serve_many
+        return serve_many(args, data, (host, port), stores, _server, _serving)
+    packages, trust_store, cert = stores
     settings = Settings(workers=args.workers, handshake_threads=args.handshake_threads)
-    audit_log = AuditLog(data.audit_log)
-    try:
-        server = RegistryServer((host, port), ApiHandler, trust_store=trust_store,
-                                packages=packages, certfile=str(data.server_cert),
-                                keyfile=str(data.server_key),
-                                server_fingerprint=cert.fingerprint, settings=settings,
-                                events=Events(audit_log))
-    except OSError as exc:
-        packages.close()
-        trust_store.close()
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise CommandError(f"cannot listen on {show_address(host, port)}: {reason}")
-
-    def close():
-        packages.close()
-        trust_store.close()
-        server.server_close()             # after the stores: see its docstring
-        audit_log.close()
-
+    server, close = _server(args, data, (host, port), stores, settings)
     metrics = _metrics(args, server, data, close)
-    bound = server.server_address
-    log.info("serving https://%s from %s (server fingerprint %s, %d trusted)",
-             show_address(bound[0], bound[1]), data.root, cert.fingerprint,
-             len(trust_store.trusted()))
-    if ipaddress.ip_address(bound[0]).is_unspecified:
-        log.info(EVERY_INTERFACE.format(address=show_address(bound[0], bound[1]),
-                                        port=bound[1]))
-    # From here on a lost trust store, index or key is refused, not recreated.
-    record_serving(data, cert.fingerprint)
+    _serving(server.server_address, data, cert, len(trust_store.trusted()))
+    log = logging.getLogger("aar")
 
     def stop(signum, frame):
         log.info("signal %d: shutting down", signum)
@@ -253,6 +241,50 @@ def _serve(args, out):
             metrics.stop()
         close()
     return 0
+
+
+def _server(args, data, address, stores, settings, sock=None):
+    """(the RegistryServer over `stores`, a function that closes it all)."""
+    from registry.audit import AuditLog
+    from registry.events import Events
+    from registry.handlers import ApiHandler
+    from registry.server import RegistryServer
+
+    packages, trust_store, cert = stores
+    audit_log = AuditLog(data.audit_log)
+    try:
+        server = RegistryServer(address, ApiHandler, trust_store=trust_store,
+                                packages=packages, certfile=str(data.server_cert),
+                                keyfile=str(data.server_key),
+                                server_fingerprint=cert.fingerprint, settings=settings,
+                                events=Events(audit_log), sock=sock)
+    except OSError as exc:
+        packages.close()
+        trust_store.close()
+        audit_log.close()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(f"cannot listen on {show_address(*address)}: {reason}")
+
+    def close():
+        packages.close()
+        trust_store.close()
+        server.server_close()             # after the stores: see its docstring
+        audit_log.close()
+    return server, close
+
+
+def _serving(bound, data, cert, trusted):
+    """Say where the registry serves; from here on a lost trust store,
+    index or key is refused, not recreated (registry/served.py)."""
+    from registry.served import record_serving
+
+    log = logging.getLogger("aar")
+    log.info("serving https://%s from %s (server fingerprint %s, %d trusted)",
+             show_address(bound[0], bound[1]), data.root, cert.fingerprint, trusted)
+    if ipaddress.ip_address(bound[0]).is_unspecified:
+        log.info(EVERY_INTERFACE.format(address=show_address(bound[0], bound[1]),
+                                        port=bound[1]))
+    record_serving(data, cert.fingerprint)
 
 
 def _configured_listen(conf):
@@ -285,6 +317,14 @@ def add_parser(cmds, common):
                        metavar="N", help="threads for the CPU-heavy steps of TLS "
                        "handshakes, which then run on several CPUs at once; 0 runs "
                        "them on the event loop (default: the CPUs less one)")
+    serve.add_argument("--processes", type=processes, default=1, metavar="N",
+                       help="worker processes, each an event loop of its own, sharing "
+                       "the listening socket, as nginx's worker_processes: more new "
+                       "TLS connections a second on a machine of several CPUs; `auto` "
+                       "is one per CPU. With N above 1 the parent process only "
+                       "supervises (a worker that dies is started again) and sums "
+                       "the workers' metrics, and each worker runs its handshakes on "
+                       "its loop unless --handshake-threads is given (default 1)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
                        metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
                        "there, e.g. 127.0.0.1:9300 (default: off)")

@@ -193,6 +193,31 @@ class Metrics:
         return self._add(_Family("histogram", name, help_text, labelnames,
                                  lambda: _Buckets(bounds)))
 
+    def snapshot(self) -> list:
+        """Every family's values now, as plain data (JSON): what a worker
+        process of `aar serve --processes N` hands its parent, which sums
+        them (metrics/combined.py). A gauge computed at scrape time from a
+        shared store is marked "shared": the same in every process."""
+        out = []
+        for family in self._families.values():
+            try:
+                items = family._items()
+            except Exception as error:  # as in render(): the rest still counts
+                log.warning("metric %s not collected: %s", family.name, error)
+                continue
+            entry = {"name": family.name, "kind": family.kind, "help": family.help,
+                     "labels": list(family.labelnames),
+                     "shared": family.collect is not None, "items": []}
+            for key, child in items:
+                if family.kind == "histogram":
+                    entry["buckets"] = list(child.bounds)
+                    value = [list(child.counts), child.sum]
+                else:
+                    value = child if family.collect is not None else child.value
+                entry["items"].append([list(key), value])
+            out.append(entry)
+        return out
+
     def render(self) -> bytes:
         out = []
         for family in self._families.values():

@@ -15,7 +15,7 @@ import threading
 
 from .core import CONTENT_TYPE
 
-__all__ = ["MetricsServer", "parse_listen"]
+__all__ = ["MetricsServer", "InlineMetricsServer", "parse_listen"]
 
 log = logging.getLogger("metrics")
 
@@ -60,21 +60,41 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         log.debug("%s %s", self.address_string(), format % args)
 
 
-class MetricsServer(http.server.ThreadingHTTPServer):
+class _Inline(_Handler):
+    timeout = 5                  # a stalled scraper holds the caller no longer
+
+
+class _Answers:
+    """What both servers share: the address family, metrics and health."""
+
+    def __init__(self, address, metrics, health=lambda: ""):
+        host = address[0]
+        if ":" in host:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, _Inline if self.inline else _Handler)
+        self.metrics = metrics
+        self.health = health
+
+
+class InlineMetricsServer(_Answers, http.server.HTTPServer):
+    """The same answers, one request at a time in the caller's thread: call
+    handle_request() when fileno() is readable. For a process that must
+    stay single-threaded because it forks (registry/workers.py)."""
+
+    inline = True
+
+
+class MetricsServer(_Answers, http.server.ThreadingHTTPServer):
     """GET /metrics and /healthz over plain HTTP, in a thread of its own.
 
     health() returns "" when all is well, else the reason for a 503.
     """
 
     daemon_threads = True
+    inline = False
 
     def __init__(self, address, metrics, health=lambda: ""):
-        host = address[0]
-        if ":" in host:
-            self.address_family = socket.AF_INET6
-        super().__init__(address, _Handler)
-        self.metrics = metrics
-        self.health = health
+        super().__init__(address, metrics, health)
         self._thread = None
 
     def start(self):

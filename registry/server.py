@@ -35,6 +35,7 @@ import gc
 import logging
 import os
 import resource
+import select
 import socket
 import time
 
@@ -44,7 +45,7 @@ from registry.livetrust import LiveTrust
 from registry.loop import READ, Loop, Pool
 from version import VERSION
 
-__all__ = ["RegistryServer", "Settings"]
+__all__ = ["RegistryServer", "Settings", "listen"]
 
 log = logging.getLogger("aar.server")
 access = logging.getLogger("aar.access")
@@ -61,7 +62,8 @@ class Settings:
     def __init__(self, workers=32, handshake_timeout=10.0, idle_timeout=60.0,
                  request_timeout=60.0, max_package_size=64 << 30, backlog=1024,
                  max_connections=None, max_per_address=None, max_handshakes=512,
-                 handshake_grace=1.0, handshake_threads=None):
+                 handshake_grace=1.0, handshake_threads=None, change_poll=1.0,
+                 shared_listener=False):
         self.workers = workers
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -84,6 +86,12 @@ class Settings:
         # worker per CPU. 0 (on one CPU) keeps them on the loop.
         self.handshake_threads = _cpus() - 1 if handshake_threads is None \
             else handshake_threads
+        # How often held listings (waiters.py) look for a change another
+        # process made; sibling worker processes want it short.
+        self.change_poll = change_poll
+        # One of several worker processes accepting on one inherited socket
+        # (registry/workers.py): each connection wakes one of them, not all.
+        self.shared_listener = shared_listener
 
 
 def _cpus():
@@ -110,7 +118,9 @@ def _fd_budget():
     return max(16, soft - _FD_RESERVE)
 
 
-def _listen(host, port, backlog, defer):
+def listen(host, port, backlog, defer):
+    """The listening socket, non-blocking; `aar serve --processes N` makes it
+    before forking the workers that share it."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.create_server((host, port), family=family, backlog=backlog,
                                 dualstack_ipv6=(family == socket.AF_INET6 and host in ("::", "")))
@@ -128,7 +138,7 @@ class RegistryServer:
     server_version = "aar/" + VERSION
 
     def __init__(self, address, handler_class, *, trust_store, packages, certfile,
-                 keyfile, server_fingerprint, settings=None, events=None):
+                 keyfile, server_fingerprint, settings=None, events=None, sock=None):
         self.settings = settings or Settings()
         self.packages = packages
         self.trust = LiveTrust(trust_store, certfile, keyfile)
@@ -139,8 +149,10 @@ class RegistryServer:
         self.events = events or Events()
         self.events.attach(self)
         self._stopping = False
-        self.socket = _listen(address[0], address[1], self.settings.backlog,
-                              self.settings.handshake_timeout)
+        # `sock`: a listening socket made by listen() and inherited, then
+        # `address` is not used.
+        self.socket = sock if sock is not None else listen(
+            address[0], address[1], self.settings.backlog, self.settings.handshake_timeout)
         self.server_address = self.socket.getsockname()[:2]
         self.loop = Loop()
         self.pool = None
@@ -150,6 +162,12 @@ class RegistryServer:
         self.connections = set()
         self.handshaking = collections.OrderedDict()    # oldest first
         self.per_address = collections.Counter()
+        # Alone, drain the backlog in batches; beside sibling workers, take one
+        # connection per wake-up, so the next one wakes a sibling that is idle.
+        self._accept_events, self._accept_batch = READ, _ACCEPT_BATCH
+        if self.settings.shared_listener:
+            self._accept_batch = 1
+            self._accept_events |= getattr(select, "EPOLLEXCLUSIVE", 0)
         self._accept_timer = None         # set while accepting is paused
         self._out_of_fds = False          # ... because accept() failed
 
@@ -165,7 +183,7 @@ class RegistryServer:
         # fraction of a millisecond, not several in the middle of a request.
         gc.collect()
         gc.freeze()
-        self.loop.add(self.socket.fileno(), _Acceptor(self), READ)
+        self.loop.add(self.socket.fileno(), _Acceptor(self), self._accept_events)
         self.loop.call_later(_SWEEP_SECONDS, self._sweep)
         try:
             self.loop.run()
@@ -201,7 +219,7 @@ class RegistryServer:
     # -- admission ------------------------------------------------------------
 
     def accept(self):
-        for _ in range(_ACCEPT_BATCH):    # drain the backlog, but let others run
+        for _ in range(self._accept_batch):   # drain the backlog, but let others run
             if not self._handshake_room():
                 return
             try:
@@ -239,7 +257,7 @@ class RegistryServer:
         if self._accept_timer is not None and not self._stopping:
             self.loop.cancel(self._accept_timer)
             self._accept_timer = None
-            self.loop.add(self.socket.fileno(), _Acceptor(self), READ)
+            self.loop.add(self.socket.fileno(), _Acceptor(self), self._accept_events)
 
     def _admit(self, sock, addr):
         host = addr[0]

@@ -34,7 +34,7 @@ import time
 
 from cas import unlink_quiet
 from registry import recovery
-from registry.blobs import CHUNK_SIZE, BlobFiles
+from registry.blobs import CHUNK_SIZE, BlobFiles, WriteLock
 from registry.errors import ApiError, full_is_507, is_full
 from registry.incoming import pump
 from registry.packagerules import check_upload, same_or_conflict
@@ -50,12 +50,16 @@ _LIST_CACHE_SIZE = 8
 class PackageStore:
     """Packages of one data directory. Thread-safe; one per process and directory."""
 
-    def __init__(self, datadir, recover=False, *, read_only=False):
+    def __init__(self, datadir, recover=False, *, read_only=False, attach=False):
         """Open (creating on a fresh directory) and recover; ``recover=True``
         sets aside whatever recovery would otherwise refuse to start with.
         Raises StartRefused (nothing changed) or ApiError (directory in use).
         read_only: only read, beside the server that owns the directory
-        (`aar application list`): no lock, no schema, no recovery, no writes."""
+        (`aar application list`): no lock, no schema, no recovery, no writes.
+        attach: a worker process of `aar serve --processes N`, whose parent
+        opened the directory (checked, recovered, locked: keep_lock()) just
+        before forking it: reads and writes, but none of that again (recovery
+        would remove a sibling's uploads in flight)."""
         self.datadir = datadir if isinstance(datadir, DataDir) else DataDir(datadir)
         self.read_only = read_only
         if read_only:
@@ -66,15 +70,19 @@ class PackageStore:
         # Before ensure(): it would recreate a vanished blobs/ directory.
         # One quarantine directory per start, made only if something goes there.
         self._quarantine = recovery.Quarantine(self.datadir)
-        recovery.check_files(self.datadir, self._quarantine, force=recover)
-        self.datadir.ensure()
+        if not attach:
+            recovery.check_files(self.datadir, self._quarantine, force=recover)
+            self.datadir.ensure()
         self._db = PackagesDB(self.datadir.packages_db)
         # Serialises the commit step (rename + row) against deletes, so a
-        # blob is never unlinked between "it exists" and "a row names it".
-        self._write_lock = threading.Lock()
+        # blob is never unlinked between "it exists" and "a row names it",
+        # in this process and in its sibling worker processes.
+        self._write_lock = WriteLock(self.datadir.blobs_dir)
         self._cache = collections.OrderedDict()
         self._cache_lock = threading.Lock()
         self._blobs = BlobFiles(self.datadir)
+        if attach:
+            return
         try:
             self._blobs.lock()
             with self._write_lock:
@@ -91,6 +99,15 @@ class PackageStore:
         self._db.close()
         if self._blobs is not None:
             self._blobs.unlock()
+            self._write_lock.close()
+
+    def keep_lock(self) -> int:
+        """The descriptor that claims the data directory, kept open past
+        close(): `aar serve --processes N` closes the store before forking its
+        workers, which inherit the claim (flock belongs to the open file, so
+        it holds while any of them lives)."""
+        fd, self._blobs._lockfd = self._blobs._lockfd, None
+        return fd
 
     def __enter__(self):
         return self

@@ -9,7 +9,9 @@ no CPU: a socket, a timer and an entry here) until either
 
 * the package store changes: a publish or delete through this server calls
   `check()` at once; a change made by another process is noticed by a
-  generation check every POLL_SECONDS (no system call, see gate.py). Each
+  generation check every POLL_SECONDS (no system call, see gate.py; a
+  worker process of `aar serve --processes N` checks ten times as often, for
+  its siblings' writes: Settings.change_poll). Each
   waiter whose ETag no longer matches gets the new listing (200);
 * its time is up: 304 with the unchanged ETag.
 
@@ -63,6 +65,7 @@ class Waiters:
         self._building = set()            # listing keys being built in the pool
         self._generation = None
         self._poll = None
+        self._every = getattr(handler.server.settings, "change_poll", POLL_SECONDS)
 
     def __len__(self):
         return len(self._waiting)
@@ -72,9 +75,10 @@ class Waiters:
         timer = self._loop.call_later(seconds, self._expire, conn)
         self._waiting[conn] = _Waiter(req, key, etags, timer)
         conn.wait()
+        log.debug("%s: listing held for at most %d s", conn.peer, seconds)
         if self._poll is None:
             self._generation = self._handler.generation.get()
-            self._poll = self._loop.call_later(POLL_SECONDS, self._tick)
+            self._poll = self._loop.call_later(self._every, self._tick)
         return None
 
     def forget(self, conn):
@@ -94,7 +98,7 @@ class Waiters:
         self._poll = None
         if not self._waiting:
             return
-        self._poll = self._loop.call_later(POLL_SECONDS, self._tick)
+        self._poll = self._loop.call_later(self._every, self._tick)
         generation = self._handler.generation.get()
         if generation != self._generation:
             self.check()

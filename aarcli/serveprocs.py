@@ -1,0 +1,104 @@
+"""`aar serve --processes N` (N > 1): the parent's start and each worker's.
+
+The parent has done what happens once (aarcli/serve.py: configuration,
+the stores' checks and recovery, the server identity). Here it binds the
+listening socket and the metrics port, keeps the data directory's claim,
+closes every database (a sqlite connection must not cross a fork: its
+POSIX locks stay behind while its memory says it holds them), and hands
+over to the Supervisor (registry/workers.py), which forks the workers
+before any thread starts. Each worker opens the stores again, attached
+(no recovery: a sibling's upload may be in flight), and serves on the
+inherited socket as a single `aar serve` does.
+
+Per worker, not divided: the connection limits (each has its own
+descriptors), the limit on unfinished handshakes, the limit per client
+address and the join endpoint's rate limit; so N workers admit N times
+as many. Shared through the data directory: the trust store (a revocation
+reaches every worker's next request: the generation gate, livetrust.py),
+join tokens (redeemed in one transaction of trust.db), the package store
+(writes serialised by flock, registry/blobs.py WriteLock) and the audit log
+(one O_APPEND write per record).
+"""
+import logging
+import os
+import signal
+
+from .common import CommandError
+
+__all__ = ["serve_many"]
+
+log = logging.getLogger("aar")
+
+_CHANGE_POLL = 0.1      # a sibling's publish reaches held listings this fast
+
+
+def serve_many(args, data, address, stores, make_server, serving):
+    from registry.server import Settings, listen
+    from registry.workers import Supervisor
+    from .serve import show_address
+
+    packages, trust_store, cert = stores
+    base = Settings()
+    try:
+        sock = listen(address[0], address[1], base.backlog, base.handshake_timeout)
+    except OSError as exc:
+        packages.close()
+        trust_store.close()
+        reason = os.strerror(exc.errno) if exc.errno else str(exc)
+        raise CommandError(f"cannot listen on {show_address(*address)}: {reason}")
+    trusted = len(trust_store.trusted())
+    claim = packages.keep_lock()
+    packages.close()
+    trust_store.close()
+    try:
+        try:
+            supervisor = Supervisor(
+                args.processes, lambda slot, control: _worker(
+                    args, data, address, cert, sock, control, make_server),
+                args.metrics_listen)
+        except OSError as exc:
+            reason = os.strerror(exc.errno) if exc.errno else str(exc)
+            raise CommandError(f"cannot listen for metrics on "
+                               f"{show_address(*args.metrics_listen)}: {reason}")
+        serving(sock.getsockname()[:2], data, cert, trusted)
+        if supervisor.metrics_address is not None:
+            log.info("metrics on http://%s/metrics and /healthz (the sum over the "
+                     "worker processes)", show_address(*supervisor.metrics_address))
+        return supervisor.run()
+    finally:
+        sock.close()
+        os.close(claim)
+
+
+def _worker(args, data, address, cert, sock, control, make_server):
+    """One worker process: the stores attached, the server on `sock`."""
+    from registry import health
+    from registry.server import Settings
+    from registry.storage import PackageStore
+    from registry.workers import Control
+    from trust.store import TrustStore
+
+    packages = PackageStore(data, attach=True)
+    try:
+        trust_store = TrustStore(data.trust_db)
+    except BaseException:
+        packages.close()
+        raise
+    threads = 0 if args.handshake_threads is None else args.handshake_threads
+    settings = Settings(workers=args.workers, handshake_threads=threads,
+                        change_poll=_CHANGE_POLL, shared_listener=True)
+    server, close = make_server(args, data, address, (packages, trust_store, cert),
+                                settings, sock=sock)
+    Control(control, server, lambda: health.check(server, data))
+
+    def stop(signum, frame):
+        log.info("signal %d: shutting down", signum)
+        server.shutdown()
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    try:
+        server.serve_forever()
+    finally:
+        close()
+    return 0

@@ -1,0 +1,181 @@
+"""`aar serve --processes 2`: two worker processes on one port, supervised.
+
+One real server (a subprocess, real TLS) for the module; the tests run in
+file order and the last one stops it. Which worker serves a connection is
+read from the access log (-v), whose lines carry the worker's PID and the
+client's port.
+"""
+import concurrent.futures
+import http.client
+import json
+import os
+import re
+import signal
+import time
+import urllib.request
+
+import pytest
+
+from certs import make_cert
+from regserver import Client, ProcessServer, aar, free_port
+
+ACCESS = re.compile(r"aar\.access\[(\d+)\]: 127\.0\.0\.1:(\d+) ")
+STARTED = re.compile(r"worker process (\d) started \(pid (\d+)\)")
+
+
+class Served:
+    """The server and what the tests learn of it."""
+
+    def __init__(self, tmp, certs):
+        self.data = tmp / "registry"
+        self.metrics_port = free_port()
+        for pair, role in ((certs.publisher, "-p"), (certs.client, None)):
+            args = ["trust", "add", "--init", str(pair.cert)] + ([role] if role else [])
+            assert aar(*args, data_dir=self.data).returncode == 0
+        self.server = ProcessServer(self.data, extra=[
+            "--processes", "2", "-v", "--metrics-listen",
+            f"127.0.0.1:{self.metrics_port}"])
+        self.requests = 0
+        for _ in range(600):      # it listens before it forks: wait for both
+            if len(self.workers()) == 2:
+                break
+            time.sleep(0.05)
+
+    def workers(self):
+        """{slot: pid} of the workers running now, from the parent's log."""
+        return {int(s): int(p) for s, p in STARTED.findall(self.server.output())}
+
+    def pid_of(self, client):
+        """The worker that answered on `client`'s connection."""
+        port = str(client.conn.sock.getsockname()[1])
+        for _ in range(100):                  # the log line is written first,
+            for pid, peer in ACCESS.findall(self.server.output()):  # but buffered
+                if peer == port:
+                    return int(pid)
+            time.sleep(0.05)
+        raise AssertionError(f"no access log line for port {port}")
+
+    def status(self, client):
+        status = client.json("GET", "/1.0/status")[0]
+        self.requests += 1
+        return status
+
+    def one_on_each(self, pair, count=2):
+        """Open connections, 16 at once, until `count` workers hold one
+        each: {pid: Client}. Others are closed."""
+        held = {}
+        for _ in range(20):
+            clients = [Client(self.server.port, pair) for _ in range(16)]
+            with concurrent.futures.ThreadPoolExecutor(16) as pool:
+                assert set(pool.map(self.status, clients)) == {200}
+            for client in clients:
+                pid = self.pid_of(client)
+                if pid not in held:
+                    held[pid] = client
+                else:
+                    client.close()
+            if len(held) >= count:
+                return held
+        raise AssertionError(f"only workers {sorted(held)} answered")
+
+    def scrape(self, path="/metrics"):
+        url = f"http://127.0.0.1:{self.metrics_port}{path}"
+        with urllib.request.urlopen(url, timeout=10) as resp:
+            return resp.read().decode()
+
+
+def _total(text, name):
+    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+               if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, certs):
+    served = Served(tmp_path_factory.mktemp("procs"), certs)
+    yield served
+    served.server.stop()
+
+
+def test_both_workers_answer_and_the_metrics_are_their_sum(served, certs):
+    workers = served.workers()
+    assert sorted(workers) == [1, 2] and len(set(workers.values())) == 2
+    held = served.one_on_each(certs.client)
+    assert set(held) == set(workers.values())
+    for client in held.values():
+        assert served.status(client) == 200
+        client.close()
+    text = served.scrape()
+    assert _total(text, "aar_requests_total") == served.requests
+    assert _total(text, "aar_packages") == 0          # one store, not two
+    assert served.scrape("/healthz") == "ok\n"
+
+
+def test_a_revocation_refuses_the_next_request_in_every_worker(served, certs, tmp_path):
+    gone = make_cert(tmp_path, "gone")
+    assert aar("trust", "add", str(gone.cert), data_dir=served.data).returncode == 0
+    held = served.one_on_each(gone)
+    fingerprint = json.loads(aar("trust", "list", "--format", "json",
+                                 data_dir=served.data).stdout)
+    fingerprint = [c["fingerprint"] for c in fingerprint if c["name"] == "gone"][0]
+    result = aar("trust", "revoke", fingerprint, "-y", data_dir=served.data)
+    assert result.returncode == 0, result.stderr
+    for client in held.values():
+        status, body, _ = client.json("GET", "/1.0/status")
+        assert status == 403 and "revoked" in body["error"]
+
+
+def test_a_publish_wakes_a_listing_held_by_the_other_worker(served, certs):
+    held = served.one_on_each(certs.publisher)
+    (waiter_pid, waiter), (_, publisher) = sorted(held.items())
+    status, _, resp = waiter.json("GET", "/1.0/applications")
+    etag = resp.getheader("ETag")
+    assert status == 200 and etag
+    waiter.conn.request("GET", "/1.0/applications?wait=60",
+                        headers={"If-None-Match": etag})
+    port = waiter.conn.sock.getsockname()[1]
+    held_line = f"aar.api[{waiter_pid}]: 127.0.0.1:{port} "
+    for _ in range(600):                         # held before the publish
+        if held_line in served.server.output():
+            break
+        time.sleep(0.05)
+    assert "listing held" in served.server.output().split(held_line, 1)[1]
+    payload = b"procs" * 100
+    assert publisher.upload("held", 0, "amd64", payload)[0] == 201
+    resp = waiter.conn.getresponse()             # answered by the waiter's worker
+    listing = json.loads(resp.read())
+    assert resp.status == 200 and resp.getheader("ETag") != etag
+    assert [a["name"] for a in listing["metadata"]] == ["held"]
+    for client in held.values():
+        client.close()
+
+
+def test_a_killed_worker_is_replaced_and_counts_do_not_go_back(served, certs):
+    before = served.workers()
+    counted = _total(served.scrape(), "aar_requests_total")
+    os.kill(before[1], signal.SIGKILL)
+    for _ in range(200):
+        if served.workers()[1] != before[1]:
+            break
+        time.sleep(0.05)
+    log = served.server.output()
+    assert f"worker process 1 (pid {before[1]}) was killed by signal 9 (SIGKILL)" in log
+    after = served.workers()
+    assert after[1] != before[1] and after[2] == before[2]
+    held = served.one_on_each(certs.client)
+    assert set(held) == set(after.values())
+    for client in held.values():
+        client.close()
+    assert _total(served.scrape(), "aar_requests_total") >= counted + 2
+
+
+def test_sigterm_stops_the_parent_and_every_worker(served):
+    pids = list(served.workers().values())
+    proc = served.server.proc
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    with pytest.raises(OSError):                   # nobody listens any more
+        http.client.HTTPConnection("127.0.0.1", served.server.port,
+                                   timeout=5).connect()
