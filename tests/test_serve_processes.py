@@ -89,6 +89,14 @@ def _total(text, name):
                if line.startswith(name + "{") or line.startswith(name + " "))
 
 
+@pytest.mark.parametrize("value", ["0", "two", "1025"])
+def test_a_bad_process_count_is_a_usage_error(tmp_path, value):
+    result = aar("serve", "--processes", value, data_dir=tmp_path / "d")
+    assert result.returncode == 2
+    assert f"invalid process count {value!r}" in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, certs):
     served = Served(tmp_path_factory.mktemp("procs"), certs)
