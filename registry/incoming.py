@@ -26,6 +26,9 @@ is the same for a caller with a readable stream (put(), the tests).
 
 __all__ = ["pump"]
 
+_READ = 1 << 20      # bytes per read: a chunk (24 MiB for the bucket) is filled in
+                     # pieces, never held twice, and a stream is read as it comes
+
 
 def pump(incoming, stream, length):
     """Push ``length`` bytes read from ``stream`` into ``incoming`` and finish.
@@ -44,7 +47,7 @@ def pump(incoming, stream, length):
             want = min(len(buf), length - done)
             pos = 0
             while pos < want:
-                data = stream.read(want - pos)
+                data = stream.read(min(want - pos, _READ))
                 if not data:
                     break
                 view[pos:pos + len(data)] = data
