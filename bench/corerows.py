@@ -45,7 +45,8 @@ def listing_100(b, row):
     apps = json.loads(body)["metadata"]
     best = requestrows.keepalive_vs_nginx(b, row, nginx, "/1.0/applications", body,
                                           "applications-100.json", b.p["list100_requests"],
-                                          aar=aar, old=b.old_r)
+                                          aar=aar, old=b.old_r,
+                                          one=requestrows.single(b, "aar_w_one", APPS))
     row.notes += [f"{len(apps)} applications, {len(body):,} bytes per listing"] + \
         requestrows.cpu_notes(best, ["aar", "nginx"])
 
