@@ -42,15 +42,20 @@ def _hold_tls_threads(server):
 
 def _silent_after_hello(port):
     """A TLS client that sends its whole ClientHello, then nothing: its first
-    step runs in the pool, and then it must hold no thread."""
-    raw = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
-    tls = client_context(None).wrap_socket(raw, do_handshake_on_connect=False)
-    tls.setblocking(False)
+    step runs in the pool, and then it must hold no thread. The hello is
+    made in memory and sent on a plain socket, which reads nothing: a TLS
+    socket that read the server's answer within its first do_handshake()
+    (a fast server, a client descheduled after its write) would finish its
+    certificate-less handshake, and be no silent peer."""
+    outgoing = ssl.MemoryBIO()
+    tls = client_context(None).wrap_bio(ssl.MemoryBIO(), outgoing)
     try:
         tls.do_handshake()
     except ssl.SSLWantReadError:
         pass
-    return tls
+    raw = socket.create_connection(("127.0.0.1", port), timeout=GUARD)
+    raw.sendall(outgoing.read())
+    return raw
 
 
 def _status_in_thread(port, pair, results):
