@@ -5,7 +5,8 @@
     aar config set --stdin < pairs       KEY=VALUE lines, kept out of the
                                          process list (secret keys)
 
-KEY is listen or metrics (ADDR:PORT), or one of storage.s3's keys that
+KEY is listen or metrics (ADDR:PORT), processes (a count or auto: `aar serve
+--processes`), or one of storage.s3's keys that
 DESIGN.md fixes: storage.s3.endpoint, .region, .bucket, .prefix,
 .access-key, .secret-access-key, .ca-file, .redirect (true or false).
 
@@ -24,14 +25,14 @@ import re
 import tempfile
 
 from .common import CommandError
-from .serve import listen_address
+from .serve import listen_address, processes
 
 __all__ = ["add_parser", "KEYS", "S3_KEYS", "SET"]
 
 S3_KEYS = tuple("storage.s3." + key for key in (
     "endpoint", "region", "bucket", "prefix", "access-key", "secret-access-key",
     "ca-file", "redirect"))
-KEYS = ("listen", "metrics") + S3_KEYS
+KEYS = ("listen", "metrics", "processes") + S3_KEYS
 _SECRET = "storage.s3.secret-access-key"
 SET = "{key}: {value}"
 UNSET = "{key}: unset (default)"
@@ -87,6 +88,8 @@ def _pair(text):
             parse_listen(value)
         except ValueError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+    if key == "processes":
+        processes(value)                    # ArgumentTypeError when it is not one
     if key == "storage.s3.redirect":
         value = value.lower()
         if value not in ("true", "false"):

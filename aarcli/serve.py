@@ -196,15 +196,22 @@ def _serve(args, out):
     from registry import backends
     from registry.server import Settings
 
-    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    if args.processes > 1:                # which worker said it
-        fmt = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=fmt)
     data = _data_dir(args.data_dir)
     try:
         conf = backends.load_config(data.root)
     except backends.BackendError as exc:
         raise CommandError(str(exc))
+    if args.processes is None:
+        args.processes = 1
+        if conf.get("processes") is not None:
+            try:
+                args.processes = processes(str(conf.get("processes")))
+            except argparse.ArgumentTypeError as exc:
+                raise CommandError(f"{conf.path}: processes: {exc}")
+    fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    if args.processes > 1:                # which worker said it
+        fmt = "%(asctime)s %(levelname)s %(name)s[%(process)d]: %(message)s"
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format=fmt)
     host, port = args.listen or _configured_listen(conf)
     if args.metrics_listen is None and conf.get("metrics"):
         try:
@@ -317,14 +324,15 @@ def add_parser(cmds, common):
                        metavar="N", help="threads for the CPU-heavy steps of TLS "
                        "handshakes, which then run on several CPUs at once; 0 runs "
                        "them on the event loop (default: the CPUs less one)")
-    serve.add_argument("--processes", type=processes, default=1, metavar="N",
+    serve.add_argument("--processes", type=processes, default=None, metavar="N",
                        help="worker processes, each an event loop of its own, sharing "
                        "the listening socket, as nginx's worker_processes: more new "
                        "TLS connections a second on a machine of several CPUs; `auto` "
                        "is one per CPU. With N above 1 the parent process only "
                        "supervises (a worker that dies is started again) and sums "
                        "the workers' metrics, and each worker runs its handshakes on "
-                       "its loop unless --handshake-threads is given (default 1)")
+                       "its loop unless --handshake-threads is given (default: `processes` "
+                       "in <data-dir>/conf/main.yaml, else 1)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
                        metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
                        "there, e.g. 127.0.0.1:9300 (default: off)")

@@ -16,7 +16,40 @@ from aarproc import Aar
 from agentnode import Agent
 from report import Row, log
 
-INLINE = "aar --handshake-threads 0"
+ONE = "aar --processes 1"
+INLINE = "aar --processes 1 --handshake-threads 0"
+
+
+def single(b, attr, apps=0):
+    """aar as one process (`attr`: "aar_one" beside b.aar_a, "aar_w_one"
+    beside b.aar_w), started on first use and filled with `apps`
+    applications, for the sub-row that keeps the one-process figure; None
+    when the row's aar is one process anyway, or this one cannot start."""
+    if b.o.processes == 1:
+        return None
+    srv = getattr(b, attr)
+    if srv is None:
+        try:
+            srv = b.start_aar(attr.replace("_", "-"), 1)
+        except bl.Unavailable as e:
+            log(f"{ONE} unavailable: {e}")
+            return None
+        setattr(b, attr, srv)
+    fill_apps(b, srv, apps)
+    return srv
+
+
+def one_subrow(row, best, unit):
+    """The sub-row of aar as one process, against the row's reference."""
+    r = best.get(ONE)
+    if r is None:
+        return
+    sub = Row("", f"  {ONE} ({unit})", "", None)
+    sub.aar, sub.ref, sub.ref_name = r["rate"], row.ref, row.ref_name
+    sub.ratio = sub.aar / sub.ref
+    sub.notes.append(f"one process, as before --processes; server CPU us/request "
+                     f"{r['server_us'] or 0:.0f}")
+    row.sub.append(sub)
 
 
 def best_rate(b, mode, targets, requests):
@@ -76,21 +109,26 @@ def cpu_subrow(row, best, ref):
     row.sub.append(sub)
 
 
-def keepalive_vs_nginx(b, row, nginx, path, body, filename, requests, aar=None, old=None):
+def keepalive_vs_nginx(b, row, nginx, path, body, filename, requests, aar=None, old=None,
+                       one=None):
     """aar's path against nginx serving the same body as a static file, on
     kept-alive connections; fills in the row's figures and returns the best
     result of each server. aar: the instance to measure (default b.aar_a);
-    old: the --baseline aar to measure in the same rounds, as a sub-row."""
+    old: the --baseline aar to measure in the same rounds, as a sub-row;
+    one: aar as one process (single()), likewise."""
     aar = aar or b.aar_a
     nginx.put_file(filename, body)
     targets = [("aar", aar.port, path, aar.pids),
                ("nginx", nginx.port, "/" + filename, nginx.pids)]
     if old is not None:
         targets.append(("old", old.port, path, old.pids))
+    if one is not None:
+        targets.append((ONE, one.port, path, one.pids))
     best = best_rate(b, "keepalive", targets, requests)
     row.aar, row.ref, row.ref_name = best["aar"]["rate"], best["nginx"]["rate"], "nginx"
     row.ratio = row.aar / row.ref
     cpu_subrow(row, best, row.ref_name)
+    one_subrow(row, best, "req/s")
     if old is not None:
         new_r, old_r = best["aar"], best["old"]
         row.sub.append(b.baseline.sub_row(
@@ -108,7 +146,7 @@ def small_json(b, row):
     if status != 200:
         raise RuntimeError(f"aar GET /1.0/status answered {status}")
     best = keepalive_vs_nginx(b, row, nginx, "/1.0/status", body, "status.json",
-                              b.p["small_requests"], old=b.old_r)
+                              b.p["small_requests"], old=b.old_r, one=single(b, "aar_one"))
     row.notes += [f"{len(body)}-byte JSON body; {b.o.conns} keep-alive connections, "
                   f"driver {b.o.driver}"] + cpu_notes(best, ["aar", "nginx"])
 
@@ -124,7 +162,8 @@ def listing(b, row):
     if len(apps) < b.p["apps"]:
         raise RuntimeError(f"aar lists {len(apps)} applications, expected {b.p['apps']}")
     best = keepalive_vs_nginx(b, row, nginx, "/1.0/applications", body, "applications.json",
-                              b.p["list_requests"])
+                              b.p["list_requests"],
+                              one=single(b, "aar_one", b.p["apps"]))
     row.notes += [f"{len(apps)} applications, {len(body):,} bytes per listing"] + \
         cpu_notes(best, ["aar", "nginx"])
 
@@ -163,21 +202,26 @@ def new_connections(b, row):
     if len(targets) == 1:
         raise bl.Unavailable("no reference server: " + "; ".join(
             b.na.get(m, m) for m in missing))
-    # aar again with every handshake step on its loop thread (no TLS threads),
-    # in the same rounds: what the TLS threads give or cost on this machine.
+    # aar as one process (the figure before --processes), and one process
+    # with every handshake step on its loop thread (no TLS threads), in the
+    # same rounds: what the processes and the TLS threads give or cost here.
+    one = single(b, "aar_one")
+    if one is not None:
+        targets.append((ONE, one.port, "/1.0/status", one.pids))
     inline = Aar(b.work, b.server, b.client, label="aar-inline",
-                 extra=("--handshake-threads", "0"))
+                 extra=("--processes", "1", "--handshake-threads", "0"))
     try:
         inline.start()
         targets.append((INLINE, inline.port, "/1.0/status", inline.pids))
     except bl.Unavailable as e:
-        log(f"aar --handshake-threads 0 unavailable: {e}")
+        log(f"{INLINE} unavailable: {e}")
     try:
         best = best_rate(b, "newconn", targets, b.p["newconn_requests"])
     finally:
         inline.stop()
         shutil.rmtree(inline.dir, ignore_errors=True)
     inline_best = best.pop(INLINE, None)
+    one_best = {ONE: best.pop(ONE)} if ONE in best else {}
     refs = sorted((n for n in best if n != "aar"), key=lambda n: -best[n]["rate"])
     row.aar = best["aar"]["rate"]
     row.ref_name, row.ref = refs[0], best[refs[0]]["rate"]
@@ -192,11 +236,13 @@ def new_connections(b, row):
         sub = Row("", f"  vs {m}", "", None)
         sub.na = b.na.get(m, "not started")
         row.sub.append(sub)
+    one_subrow(row, one_best, "conn/s")
     if inline_best is not None:
-        sub = Row("", "  aar --handshake-threads 0 (conn/s)", "", None)
+        sub = Row("", f"  {INLINE} (conn/s)", "", None)
         sub.aar, sub.ref, sub.ref_name = inline_best["rate"], row.ref, row.ref_name
         sub.ratio = sub.aar / sub.ref
-        sub.notes.append(f"every handshake step on the loop thread; server CPU us/request "
+        sub.notes.append(f"one process, every handshake step on its loop thread; server "
+                         f"CPU us/request "
                          f"{inline_best['server_us'] or 0:.0f}")
         row.sub.append(sub)
     row.notes += [f"one request per connection, full handshake (no session resumption), "

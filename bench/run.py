@@ -2,7 +2,7 @@
 """aar benchmark: the registry against nginx and docker-registry, side by side.
 
     python3 bench/run.py [--quick] [--rounds N] [--conns N] [--driver python|curl]
-                         [--only 1,2,3,4,5,6] [--baseline REV] [--keep]
+                         [--only 1,2,3,4,5,6] [--baseline REV] [--processes N] [--keep]
 
 Starts everything on private loopback ports with fresh certificates, runs each
 row with a bounded amount of work and a time cap, prints one table
@@ -68,6 +68,7 @@ class Bench:
         self.aar_a = self.aar_c = None      # the filled aar (rows 1-3, 6b), the fresh one
         self.aar_c_na = None                # why the fresh one is not running
         self.aar_w = None                   # the aar of 100 applications (rows 7-9)
+        self.aar_one = self.aar_w_one = None    # ... as one process (requestrows.single)
         self.big_sha = None                 # of big_file()
         self.uploaded = False               # row 5 left the big package on aar_c
         self.baseline = None                # --baseline: baseline.Baseline, checked out
@@ -99,8 +100,9 @@ class Bench:
                 self.na[srv.name] = str(e)
                 log(f"{srv.name} unavailable: {e}")
 
-    def start_aar(self, label):
-        srv = Aar(self.work, self.server, self.client, label=label)
+    def start_aar(self, label, processes=1):
+        srv = Aar(self.work, self.server, self.client, label=label,
+                  extra=("--processes", str(processes)))
         srv.start()
         self.tls["aar"] = bl.tls_probe(srv.port, self.client)
         if not srv.same_cert:
@@ -165,7 +167,7 @@ class Bench:
         self.start_refs()
         aar_na = None
         try:
-            self.aar_a = self.start_aar("aar-a")
+            self.aar_a = self.start_aar("aar-a", o.processes)
         except ERRORS as e:
             aar_na = str(e)
             log(f"aar unavailable: {e}")
@@ -184,7 +186,7 @@ class Bench:
                       "MiB/s", 0.8)
         r6b = self.row("6b", f"agent no-change cycle, {p['apps']} apps", "", None)
         r7 = self.row("7", f"GET /1.0/applications, {corerows.APPS} apps", "req/s", 1.0)
-        r8 = self.row("8", f"{corerows.AGENTS:,} agents holding wait: server RSS", "MiB", None)
+        r8 = self.row("8", f"{corerows.AGENTS:,} agents holding wait: server memory (Pss)", "MiB", None)
         r9 = self.row("9", "slow-connection attack: trusted client p99", "ms", 0.5)
 
         def with_aar(fn, need_c=False):
@@ -204,8 +206,7 @@ class Bench:
                 self.guard(row, with_aar(fn))
         if self.aar_a:
             self.rss["aar-a"] = self.aar_a.peak_rss_kib()
-            self.aar_a.stop()
-            shutil.rmtree(self.aar_a.dir, ignore_errors=True)
+        self._stop("aar_a", "aar_one")
         self._rows_w(aar_na, [(7, r7, corerows.listing_100), (8, r8, corerows.waiting_agents),
                               (9, r9, corerows.slow_attack)])
         # a fresh aar for the large transfers, so its peak RSS is theirs
@@ -239,6 +240,8 @@ class Bench:
             f"{os.cpu_count()} CPUs, load {os.getloadavg()[0]:.2f}, "
             f"{time.monotonic() - started:.0f} s",
             "TLS: " + "; ".join(f"{k} {v}" for k, v in self.tls.items()),
+            f"aar: --processes {o.processes} for rows 1-3 and 7-9 (sub-rows: --processes 1, "
+            f"the single process before), one process for rows 4-6",
             f"request driver: {o.driver}, {o.conns} connections; transfers: curl --http1.1 "
             f"({drivers.CURL_TLS13}); ratio = aar / reference (higher is better for aar)",
         ]
@@ -261,7 +264,7 @@ class Bench:
         plan = [(n, row, fn) for n, row, fn in plan if self.selected(n)]
         if plan and not aar_na:
             try:
-                self.aar_w = self.start_aar("aar-w")
+                self.aar_w = self.start_aar("aar-w", self.o.processes)
             except ERRORS as e:
                 aar_na = str(e)
         for n, row, fn in plan:
@@ -272,9 +275,15 @@ class Bench:
                     raise bl.Unavailable(aar_na)
                 fn(self, row)
             self.guard(row, go)
-        if self.aar_w:
-            self.aar_w.stop()
-            shutil.rmtree(self.aar_w.dir, ignore_errors=True)
+        self._stop("aar_w", "aar_w_one")
+
+    def _stop(self, *attrs):
+        for attr in attrs:
+            srv = getattr(self, attr)
+            if srv is not None:
+                srv.stop()
+                shutil.rmtree(srv.dir, ignore_errors=True)
+                setattr(self, attr, None)
 
     def _start_baseline(self, requests=False, transfers=False):
         """REV checked out (once), and its aar for rows 1 and 7 or for 4-6."""
@@ -315,6 +324,10 @@ def main(argv=None):
                     help="also run rows 1, 7 and 4-6 against aar at git revision REV "
                          "(checked out in a temporary worktree), e.g. main or 27e636a, "
                          "the core before the event loop; sub-rows give the ratio new / old")
+    ap.add_argument("--processes", type=int, default=2, metavar="N",
+                    help="aar's worker processes for rows 1-3 and 7-9 (default 2, as "
+                         "nginx's worker_processes here); each such row also has a "
+                         "sub-row of aar as one process. Rows 4-6 run one process")
     ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
     o = ap.parse_args(argv)
     bench = Bench(o)

@@ -118,6 +118,36 @@ def test_a_tally_counts_what_its_three_calls_would():
     assert b"demo_sent_bytes_total 18" in rendered[1]
 
 
+def test_worker_snapshots_sum_and_a_retired_worker_still_counts():
+    from metrics.combined import combine, retire, to_metrics
+
+    def worker(requests, open_now):
+        m = Metrics()
+        m.counter("x_requests_total", "Requests", ("code",)).labels(200).inc(requests)
+        m.histogram("x_seconds", "Durations").observe(0.003 * requests)
+        m.gauge("x_open", "Open now").set(open_now)
+        m.gauge("x_packages", "Stored", collect=lambda: {(): 7})
+        return m.snapshot()
+
+    def values(snapshot):
+        text = to_metrics(snapshot).render().decode()
+        return {(s.name, tuple(sorted(s.labels.items()))): s.value
+                for f in text_string_to_metric_families(text) for s in f.samples}
+
+    one, two = worker(3, 1), worker(5, 2)
+    both = values(combine([one, two]))
+    assert both[("x_requests_total", (("code", "200"),))] == 8
+    assert both[("x_seconds_count", ())] == 2
+    assert both[("x_open", ())] == 3
+    assert both[("x_packages", ())] == 7           # one store, counted once
+    # Worker one exits; its replacement starts from nothing: the sum keeps
+    # what the old one had counted, and drops its open connections.
+    later = values(combine([worker(0, 0), two], retire(None, one)))
+    assert later[("x_requests_total", (("code", "200"),))] == 8
+    assert later[("x_seconds_count", ())] == 3
+    assert later[("x_open", ())] == 2
+
+
 def test_a_name_is_defined_once_and_labels_must_match():
     m = Metrics()
     c = m.counter("x_total", "X", ("a",))

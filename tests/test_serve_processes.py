@@ -32,9 +32,10 @@ class Served:
         for pair, role in ((certs.publisher, "-p"), (certs.client, None)):
             args = ["trust", "add", "--init", str(pair.cert)] + ([role] if role else [])
             assert aar(*args, data_dir=self.data).returncode == 0
+        # The count from conf/main.yaml, as the snap or a charm would set it.
+        assert aar("config", "set", "processes=2", data_dir=self.data).returncode == 0
         self.server = ProcessServer(self.data, extra=[
-            "--processes", "2", "-v", "--metrics-listen",
-            f"127.0.0.1:{self.metrics_port}"])
+            "-v", "--metrics-listen", f"127.0.0.1:{self.metrics_port}"])
         self.requests = 0
         for _ in range(600):      # it listens before it forks: wait for both
             if len(self.workers()) == 2:
@@ -87,6 +88,16 @@ class Served:
 def _total(text, name):
     return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                if line.startswith(name + "{") or line.startswith(name + " "))
+
+
+@pytest.mark.parametrize("value", ["0", "two", "1025"])
+def test_a_bad_process_count_is_a_usage_error(tmp_path, value):
+    result = aar("serve", "--processes", value, data_dir=tmp_path / "d")
+    assert result.returncode == 2
+    assert f"invalid process count {value!r}" in result.stderr
+    assert not (tmp_path / "d").exists()
+    result = aar("config", "set", f"processes={value}", data_dir=tmp_path / "d")
+    assert result.returncode == 2 and f"invalid process count {value!r}" in result.stderr
 
 
 @pytest.fixture(scope="module")
