@@ -2,7 +2,7 @@
 fresh aar filled with 100 applications (`Bench.aar_w`):
 
   7  the listing of those 100 applications, against nginx serving its bytes;
-  8  1,000 agents each holding a `wait` request: the server's RSS and CPU
+  8  1,000 agents each holding a `wait` request: the server's memory (Pss) and CPU
      while nothing changes (nginx holding 1,000 idle kept-alive TLS
      connections, for scale), and the time from a publish to the last
      agent's whole listing answer;
@@ -51,22 +51,28 @@ def listing_100(b, row):
         requestrows.cpu_notes(best, ["aar", "nginx"])
 
 
-def _rss_mib(pids):
+def _memory_mib(pids):
+    """Proportional set size (Pss) summed over pids, in MiB: pages that
+    processes share (forked workers, nginx's master and workers) count once in
+    all, not once per process as VmRSS would count them. VmRSS where the
+    kernel has no smaps_rollup."""
     total = 0
     for pid in pids:
-        try:
-            with open(f"/proc/{pid}/status") as f:
-                total += next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
-        except (OSError, StopIteration):
-            pass
+        for path, key in ((f"/proc/{pid}/smaps_rollup", "Pss:"), (f"/proc/{pid}/status", "VmRSS:")):
+            try:
+                with open(path) as f:
+                    total += next(int(line.split()[1]) for line in f if line.startswith(key))
+                break
+            except (OSError, StopIteration):
+                continue
     return total / 1024
 
 
 def _idle(pids, seconds):
-    """(server CPU ms over `seconds` of doing nothing, RSS MiB at the end)."""
+    """(server CPU ms over `seconds` of doing nothing, memory (Pss) MiB at the end)."""
     cpu = drivers.proc_cpu(pids)
     time.sleep(seconds)
-    return (drivers.proc_cpu(pids) - cpu) * 1000, _rss_mib(pids)
+    return (drivers.proc_cpu(pids) - cpu) * 1000, _memory_mib(pids)
 
 
 def waiting_agents(b, row):
@@ -79,7 +85,7 @@ def waiting_agents(b, row):
     if status != 200 or not hdrs.get("etag"):
         raise RuntimeError(f"aar GET {path} answered {status} without an ETag")
     idle_s = b.p["idle"]
-    rss_before = _rss_mib(aar.pids())
+    rss_before = _memory_mib(aar.pids())
     w = Waiters(aar.port, b.client, path + "&wait=60", hdrs["etag"], AGENTS)
     try:
         opened = w.ready()
@@ -130,7 +136,7 @@ def waiting_agents(b, row):
         statuses[status] = statuses.get(status, 0) + 1
     row.notes.append(f"{opened['ready']} of {AGENTS} agents held `GET {path}&wait=60` with "
                      f"If-None-Match ({opened['failed']} could not connect), "
-                     f"{len(body):,}-byte listing; aar RSS before them {rss_before:.1f} MiB")
+                     f"{len(body):,}-byte listing; aar memory (Pss) before them {rss_before:.1f} MiB")
     if before:
         row.notes.append(f"answered before the publish, so not held: {len(before)} "
                          f"({', '.join(f'{k} x{v}' for k, v in sorted(statuses.items()))})")

@@ -186,7 +186,7 @@ class Bench:
                       "MiB/s", 0.8)
         r6b = self.row("6b", f"agent no-change cycle, {p['apps']} apps", "", None)
         r7 = self.row("7", f"GET /1.0/applications, {corerows.APPS} apps", "req/s", 1.0)
-        r8 = self.row("8", f"{corerows.AGENTS:,} agents holding wait: server RSS", "MiB", None)
+        r8 = self.row("8", f"{corerows.AGENTS:,} agents holding wait: server memory (Pss)", "MiB", None)
         r9 = self.row("9", "slow-connection attack: trusted client p99", "ms", 0.5)
 
         def with_aar(fn, need_c=False):

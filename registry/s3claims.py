@@ -8,6 +8,7 @@ every replica judges the same way, keyed under the bucket's prefix:
     alive/<app>/<version>/<arch>/<sha256>.<push>   the claim's heartbeat while its push runs
     blobs/sha256/<sha256>                         the bytes, checked before they exist
     packages/<app>/<version>/<arch>/<sha256>.json phase 2: the record; only the winner writes it
+    index/changed                                 rewritten after records are written or deleted
 
 1. The pusher PUTs its claim, an empty object named by the digest and a random
    id of its own (so that no push ever rewrites or removes another's claim),
@@ -84,6 +85,13 @@ def record_prefix(prefix, app=None, version=None, arch=None):
 
 def record_key(prefix, app, version, arch, sha256):
     return record_prefix(prefix, app, version, arch) + sha256 + ".json"
+
+
+def changed_key(prefix):
+    """The object every writer of records rewrites (random bytes, so a new
+    ETag) after it wrote or deleted some: readers HEAD it to know whether
+    packages/ needs listing again (registry/s3store.py)."""
+    return f"{prefix}index/changed"
 
 
 def parse_record_key(prefix, key):

@@ -9,19 +9,25 @@ deletes and dead pushes leave is collected by registry/s3gc.py, at start and
 then every GC_EVERY seconds on the index thread.
 
 Reading never waits for the bucket: a thread LISTs ``packages/`` (and
-``blobs/``) every POLL seconds and swaps in a new index. Records are immutable
-once written, so each is fetched once and cached by key and ETag: a listing of
-1,000 packages costs a LIST page or two, not 1,000 GETs. A record whose blob
-is missing or has the wrong size is left out of the index, loudly. When the
-bucket cannot be listed for STALE_INDEX seconds, generation() raises 503 with
-the reason: a replica never serves a listing that silently lost packages.
+``blobs/``) and swaps in a new index. Records are immutable once written, so
+each is fetched once and cached by key and ETag: a listing of 1,000 packages
+costs a LIST page or two, not 1,000 GETs. Nor does it LIST every second when
+nothing changed: every writer of records (a push, a delete, on any replica
+or host) rewrites ``index/changed`` afterwards, and the thread HEADs that
+object every POLL seconds and LISTs only when its ETag moved, or FULL_EVERY
+seconds after its last LIST whatever it says (a writer that died between
+its record and the marker, a blob removed by hand, an older replica that
+writes no marker: seen within FULL_EVERY). A record whose blob is missing
+or has the wrong size is left out of the index, loudly. When the index has
+not been confirmed (a LIST, or a HEAD of an unmoved marker) for STALE_INDEX
+seconds, generation() raises 503 with the reason: a replica never serves a
+listing that silently lost packages.
 """
 import concurrent.futures
 import hashlib
-import http.client
 import json
 import logging
-import socket
+import os
 import threading
 import time
 
@@ -31,6 +37,7 @@ from registry import s3gc
 from registry.errors import ApiError
 from registry.packagerules import build_listing, check_upload, same_or_conflict
 from registry.incoming import pump
+from registry.s3blob import ObjectReader
 from registry.s3commit import Incoming, unavailable
 
 __all__ = ["S3PackageStore", "StorageError"]
@@ -38,6 +45,7 @@ __all__ = ["S3PackageStore", "StorageError"]
 log = logging.getLogger("aar.storage")
 
 POLL = 1.0
+FULL_EVERY = 10.0
 GC_EVERY = 60.0
 BLOB_AGE = 600.0
 _RECOVER_BUDGET = 10_000
@@ -55,75 +63,13 @@ def _now_text():
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
-class _Blob:
-    """A streamed GET of a blob, read like a file and closed after.
-
-    A proxied download (bodies.FileStream) reads it `chunk` bytes at a time,
-    up to `read_ahead` chunks ahead of the one it sends: the store's bytes
-    keep flowing while the loop encrypts, at 3 x 2 MiB per download. Each
-    chunk wakes the reading thread about once (see readinto), not once per
-    arriving segment: on a machine the store shares, the replica's CPU per
-    byte is what the store does not get.
-    """
-
-    read_ahead = 2
-    chunk = 2 << 20
-
-    def __init__(self, resp):
-        self._resp = resp
-        self._sock = resp.conn_to_close.sock
-        self._lowat = 1
-
-    def readinto(self, buf):
-        left = self._resp.length
-        try:
-            self._wake_after(len(buf))
-            got = self._resp.readinto(buf)
-            if not got and buf and left:  # http.client returns 0 for a cut body
-                raise http.client.IncompleteRead(b"", left)
-            return got
-        except (OSError, http.client.HTTPException) as exc:
-            # Headers are out: all that is left is ending the connection,
-            # which the client sees as a short body (its sha256 check fails).
-            log.error("object store stopped mid-download: %s", exc)
-            raise ConnectionAbortedError(f"object store: {exc}") from None
-
-    def _wake_after(self, n):
-        """The socket reports readable once `want` bytes are in, or at its
-        end or an error (SO_RCVLOWAT). Never more than the body still has to
-        send at any read of these n bytes (left - n + 1 at the last one), or
-        that read would wait for bytes that never come."""
-        left = self._resp.length
-        want = 1 if left is None else max(1, min(n, left - n + 1))
-        if want != self._lowat:
-            try:
-                self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVLOWAT, want)
-            except (OSError, AttributeError):
-                return                    # only slower where unsupported
-            self._lowat = want
-
-    def read(self, n):
-        buf = bytearray(n)
-        got = self.readinto(buf)
-        return bytes(buf[:got])
-
-    def close(self):
-        self._resp.close()
-        self._resp.conn_to_close.close()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-
 class S3PackageStore:
     """Packages in one bucket under one prefix. Thread-safe."""
 
     def __init__(self, client, prefix="", redirect=True, presign_expiry=300,
                  stale_uploads=86400.0, stale_claims=claims.STALE, poll=POLL,
-                 read_only=False, blob_age=BLOB_AGE, gc_every=GC_EVERY):
+                 read_only=False, blob_age=BLOB_AGE, gc_every=GC_EVERY,
+                 full_every=FULL_EVERY):
         self.client = client
         self.prefix = prefix
         self.redirect = redirect
@@ -135,6 +81,7 @@ class S3PackageStore:
         self._index = {}
         self._generation = 0
         self._listed_at = 0.0
+        self._changed = None          # index/changed's ETag before the last LIST
         self._error = None
         self._polling = not read_only
         self._lock = threading.Lock()
@@ -149,7 +96,8 @@ class S3PackageStore:
         except _STORE_ERRORS as exc:
             raise StorageError(f"S3 storage unusable ({where}): {exc}") from None
         if not read_only:
-            threading.Thread(target=self._poll, args=(poll, gc_every), name="aar-s3-index",
+            threading.Thread(target=self._poll, args=(poll, gc_every, full_every),
+                             name="aar-s3-index",
                              daemon=True).start()
 
     def close(self):
@@ -163,11 +111,13 @@ class S3PackageStore:
 
     # -- the index ------------------------------------------------------------
 
-    def _poll(self, interval, gc_every):
-        collected = time.monotonic()
+    def _poll(self, interval, gc_every, full_every):
+        collected = listed = time.monotonic()
         while not self._stop.wait(interval):
             try:
-                self.refresh()
+                if time.monotonic() - listed >= full_every or not self._unchanged():
+                    self.refresh()
+                    listed = time.monotonic()
             except _STORE_ERRORS as exc:
                 if self._error is None:
                     log.error("cannot list the bucket: %s", exc)
@@ -180,8 +130,31 @@ class S3PackageStore:
                 except _STORE_ERRORS as exc:
                     log.warning("collecting garbage in the bucket: %s", exc)
 
+    def _unchanged(self):
+        """True if no writer rewrote index/changed since the last LIST: the
+        index is confirmed current as of now (raises on store errors)."""
+        found = self.client.head(claims.changed_key(self.prefix))
+        if self._changed is None or (found or {}).get("etag", "") != self._changed:
+            return False
+        with self._lock:
+            self._listed_at = time.monotonic()
+            if self._error is not None:
+                log.info("the bucket answers again")
+            self._error = None
+        return True
+
+    def _touch(self):
+        """Tell every replica's index thread that records changed."""
+        try:
+            self.client.put(claims.changed_key(self.prefix), os.urandom(8).hex().encode())
+        except _STORE_ERRORS as exc:
+            log.warning("marking the index changed: %s (other replicas see the change "
+                        "within %.0fs)", exc, FULL_EVERY)
+
     def refresh(self):
         """LIST the bucket and swap in a new index (raises on store errors)."""
+        found = self.client.head(claims.changed_key(self.prefix))
+        changed = (found or {}).get("etag", "")  # read first: a later write shows
         items, _ = self.client.list(self.prefix + "packages/")
         blobs, _ = self.client.list(self.prefix + "blobs/sha256/")
         sizes = {b["key"].rsplit("/", 1)[1]: b["size"] for b in blobs}
@@ -209,6 +182,7 @@ class S3PackageStore:
             self._index = index
             self._generation = int.from_bytes(digest[:7], "big")
             self._listed_at = time.monotonic()
+            self._changed = changed
             if self._error is not None:
                 log.info("the bucket answers again")
             self._error = None
@@ -282,7 +256,7 @@ class S3PackageStore:
 
     def open_blob(self, pkg, start, end):
         try:
-            return _Blob(self.client.open(self._blob_key(pkg["sha256"]), start, end))
+            return ObjectReader(self.client.open(self._blob_key(pkg["sha256"]), start, end))
         except (S3Error, Unreachable) as exc:
             raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
 
@@ -319,6 +293,7 @@ class S3PackageStore:
         log.info("stored %s %s %s: %d bytes, sha256 %s, publisher %s", record["name"],
                  record["version"], record["architecture"], record["size"],
                  record["sha256"], record["publisher"] or "-")
+        self._touch()
         try:
             self.refresh()
         except _STORE_ERRORS:
@@ -357,6 +332,8 @@ class S3PackageStore:
             raise ApiError.of("unavailable", f"storage unavailable: {exc}") from None
         for parsed in found:
             log.info("deleted %s %s %s", *parsed[:3])
+        if found:
+            self._touch()
         try:
             self.refresh()
         except _STORE_ERRORS:

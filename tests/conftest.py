@@ -51,7 +51,11 @@ def swift(tmp_path_factory):
 def bucket(swift, request):
     """A fresh, empty bucket on the session's Swift; its name."""
     import re
+    import uuid
     name = "t-" + re.sub(r"[^a-z0-9-]", "-", request.node.name.lower())[:40].strip("-")
-    name = f"{name}-{id(request) % 100000}"
+    # Not id(request): parametrised tests share the truncated name, and a
+    # freed request's address comes back, so two of them met on one bucket
+    # (BucketAlreadyOwnedByYou).
+    name = f"{name}-{uuid.uuid4().hex[:10]}"
     swift.client().create_bucket(Bucket=name)
     return name

@@ -214,3 +214,32 @@ def test_the_collector_runs_by_itself(swift, bucket):
         assert c.head(key) is None
     finally:
         store.close()
+
+
+def test_an_unchanged_index_costs_a_head_and_a_change_anywhere_is_listed(swift, bucket):
+    plain = client_for(swift, bucket)
+    counting = Counting(plain.endpoint, plain.creds)
+    watcher = S3PackageStore(counting, poll=0.05, gc_every=3600, full_every=3600)
+    writer = S3PackageStore(client_for(swift, bucket), read_only=True)  # another host
+    try:
+        counting.count.clear()
+        while counting.count.get("HEAD", 0) < 5:     # polls with nothing changed
+            time.sleep(0.05)
+        assert counting.count.get("LIST", 0) == 0 and counting.count.get("GET", 0) == 0
+        data = b"published elsewhere"
+        assert _put(writer, "elsewhere", 1, data)[0] is True
+        for _ in range(600):
+            if watcher.get("elsewhere", 1, "amd64") is not None:
+                break
+            time.sleep(0.05)
+        assert watcher.get("elsewhere", 1, "amd64")["sha256"] == \
+            hashlib.sha256(data).hexdigest()
+        assert writer.delete_application("elsewhere") == 1
+        for _ in range(600):
+            if watcher.get("elsewhere", 1, "amd64") is None:
+                break
+            time.sleep(0.05)
+        assert watcher.get("elsewhere", 1, "amd64") is None and watcher.list() == []
+    finally:
+        watcher.close()
+        writer.close()
