@@ -187,9 +187,13 @@ def _metrics(args, server, data, close):
                              lambda: health.check(server, data)).start()
     except OSError as exc:
         close()
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise CommandError(f"cannot listen for metrics on "
-                           f"{show_address(*args.metrics_listen)}: {reason}")
+        raise cannot_listen("for metrics on", args.metrics_listen, exc)
+
+
+def cannot_listen(where, address, exc):
+    """The one line for a port that cannot be bound (taken, no such address)."""
+    reason = os.strerror(exc.errno) if exc.errno else str(exc)
+    return CommandError(f"cannot listen {where} {show_address(*address[:2])}: {reason}")
 
 
 def _serve(args, out):
@@ -230,6 +234,15 @@ def _serve(args, out):
     server, close = _server(args, data, (host, port), stores, settings)
     metrics = _metrics(args, server, data, close)
     _serving(server.server_address, data, cert, len(trust_store.trusted()))
+    if metrics is not None:
+        logging.getLogger("aar").info("metrics on http://%s/metrics and /healthz",
+                                      show_address(*metrics.server_address[:2]))
+    return run_server(server, close, metrics)
+
+
+def run_server(server, close, metrics=None):
+    """Serve until SIGTERM or SIGINT, then stop the metrics listener and
+    close(): one process, or one worker of `--processes N`. Exit code 0."""
     log = logging.getLogger("aar")
 
     def stop(signum, frame):
@@ -238,9 +251,6 @@ def _serve(args, out):
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    if metrics is not None:
-        log.info("metrics on http://%s/metrics and /healthz",
-                 show_address(*metrics.server_address[:2]))
     try:
         server.serve_forever()
     finally:
@@ -269,8 +279,7 @@ def _server(args, data, address, stores, settings, sock=None):
         packages.close()
         trust_store.close()
         audit_log.close()
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise CommandError(f"cannot listen on {show_address(*address)}: {reason}")
+        raise cannot_listen("on", address, exc)
 
     def close():
         packages.close()

@@ -21,9 +21,6 @@ join tokens (redeemed in one transaction of trust.db), the package store
 """
 import logging
 import os
-import signal
-
-from .common import CommandError
 
 __all__ = ["serve_many"]
 
@@ -35,7 +32,7 @@ _CHANGE_POLL = 0.1      # a sibling's publish reaches held listings this fast
 def serve_many(args, data, address, stores, make_server, serving):
     from registry.server import Settings, listen
     from registry.workers import Supervisor
-    from .serve import show_address
+    from .serve import cannot_listen, show_address
 
     packages, trust_store, cert = stores
     base = Settings()
@@ -44,8 +41,7 @@ def serve_many(args, data, address, stores, make_server, serving):
     except OSError as exc:
         packages.close()
         trust_store.close()
-        reason = os.strerror(exc.errno) if exc.errno else str(exc)
-        raise CommandError(f"cannot listen on {show_address(*address)}: {reason}")
+        raise cannot_listen("on", address, exc)
     trusted = len(trust_store.trusted())
     claim = packages.keep_lock()
     packages.close()
@@ -57,9 +53,7 @@ def serve_many(args, data, address, stores, make_server, serving):
                     args, data, address, cert, sock, control, make_server),
                 args.metrics_listen)
         except OSError as exc:
-            reason = os.strerror(exc.errno) if exc.errno else str(exc)
-            raise CommandError(f"cannot listen for metrics on "
-                               f"{show_address(*args.metrics_listen)}: {reason}")
+            raise cannot_listen("for metrics on", args.metrics_listen, exc)
         serving(sock.getsockname()[:2], data, cert, trusted)
         if supervisor.metrics_address is not None:
             log.info("metrics on http://%s/metrics and /healthz (the sum over the "
@@ -77,6 +71,7 @@ def _worker(args, data, address, cert, sock, control, make_server):
     from registry.storage import PackageStore
     from registry.workers import Control
     from trust.store import TrustStore
+    from .serve import run_server
 
     packages = PackageStore(data, attach=True)
     try:
@@ -90,15 +85,4 @@ def _worker(args, data, address, cert, sock, control, make_server):
     server, close = make_server(args, data, address, (packages, trust_store, cert),
                                 settings, sock=sock)
     Control(control, server, lambda: health.check(server, data))
-
-    def stop(signum, frame):
-        log.info("signal %d: shutting down", signum)
-        server.shutdown()
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    try:
-        server.serve_forever()
-    finally:
-        close()
-    return 0
+    return run_server(server, close)

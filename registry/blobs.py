@@ -121,6 +121,11 @@ class BlobFiles:
                               "`aar serve` running on it?") from None
         self._lockfd = fd
 
+    def hand_over_lock(self) -> int:
+        """The claim's descriptor, no longer this object's to close."""
+        fd, self._lockfd = self._lockfd, None
+        return fd
+
     def unlock(self):
         if self._lockfd is not None:
             os.close(self._lockfd)

@@ -157,6 +157,7 @@ class RegistryServer:
         self.socket = sock if sock is not None else listen(
             address[0], address[1], self.settings.backlog, self.settings.handshake_timeout)
         self.server_address = self.socket.getsockname()[:2]
+        self._family = int(self.socket.family)    # for accept(), as an int
         self.loop = Loop()
         self.pool = None
         self.tls_pool = None                     # handshake steps, transport.py
@@ -221,11 +222,7 @@ class RegistryServer:
 
     # -- admission ------------------------------------------------------------
 
-    _family = None                # the listening socket's, an int
-
     def accept(self):
-        if self._family is None:
-            self._family = int(self.socket.family)
         for _ in range(self._accept_batch):   # drain the backlog, but let others run
             if not self._handshake_room():
                 return

@@ -106,8 +106,7 @@ class PackageStore:
         close(): `aar serve --processes N` closes the store before forking its
         workers, which inherit the claim (flock belongs to the open file, so
         it holds while any of them lives)."""
-        fd, self._blobs._lockfd = self._blobs._lockfd, None
-        return fd
+        return self._blobs.hand_over_lock()
 
     def __enter__(self):
         return self
