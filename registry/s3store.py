@@ -115,9 +115,12 @@ class S3PackageStore:
         collected = listed = time.monotonic()
         while not self._stop.wait(interval):
             try:
-                if time.monotonic() - listed >= full_every or not self._unchanged():
-                    self.refresh()
+                marker = self._marker()
+                if time.monotonic() - listed >= full_every or marker != self._changed:
+                    self.refresh(marker)
                     listed = time.monotonic()
+                else:                     # no writer since the last LIST
+                    self._confirmed()
             except _STORE_ERRORS as exc:
                 if self._error is None:
                     log.error("cannot list the bucket: %s", exc)
@@ -130,18 +133,18 @@ class S3PackageStore:
                 except _STORE_ERRORS as exc:
                     log.warning("collecting garbage in the bucket: %s", exc)
 
-    def _unchanged(self):
-        """True if no writer rewrote index/changed since the last LIST: the
-        index is confirmed current as of now (raises on store errors)."""
-        found = self.client.head(claims.changed_key(self.prefix))
-        if self._changed is None or (found or {}).get("etag", "") != self._changed:
-            return False
+    def _marker(self):
+        """index/changed's ETag now ("" while no writer made it): a writer
+        rewrites it after its records (raises on store errors)."""
+        return (self.client.head(claims.changed_key(self.prefix)) or {}).get("etag", "")
+
+    def _confirmed(self):
+        """The index is current as of now (a LIST, or an unmoved marker)."""
         with self._lock:
             self._listed_at = time.monotonic()
             if self._error is not None:
                 log.info("the bucket answers again")
             self._error = None
-        return True
 
     def _touch(self):
         """Tell every replica's index thread that records changed."""
@@ -151,10 +154,12 @@ class S3PackageStore:
             log.warning("marking the index changed: %s (other replicas see the change "
                         "within %.0fs)", exc, FULL_EVERY)
 
-    def refresh(self):
-        """LIST the bucket and swap in a new index (raises on store errors)."""
-        found = self.client.head(claims.changed_key(self.prefix))
-        changed = (found or {}).get("etag", "")  # read first: a later write shows
+    def refresh(self, changed=None):
+        """LIST the bucket and swap in a new index (raises on store errors).
+        `changed`: the marker's ETag if just read; it is read before the LIST,
+        so a write that lands during the LIST moves it again."""
+        if changed is None:
+            changed = self._marker()
         items, _ = self.client.list(self.prefix + "packages/")
         blobs, _ = self.client.list(self.prefix + "blobs/sha256/")
         sizes = {b["key"].rsplit("/", 1)[1]: b["size"] for b in blobs}
@@ -181,11 +186,8 @@ class S3PackageStore:
         with self._lock:
             self._index = index
             self._generation = int.from_bytes(digest[:7], "big")
-            self._listed_at = time.monotonic()
             self._changed = changed
-            if self._error is not None:
-                log.info("the bucket answers again")
-            self._error = None
+        self._confirmed()
         live = {i["key"] for i in items}
         for key in [k for k in self._records if k not in live]:
             self._records.pop(key, None)
