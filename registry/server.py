@@ -30,6 +30,7 @@ Everything the server reports (refusals, requests, writes) goes through
 State lives on the server object: the trust view, the package store, the
 settings. Nothing is module-global.
 """
+import _socket
 import collections
 import gc
 import logging
@@ -54,6 +55,7 @@ _SWEEP_SECONDS = 1.0
 _FD_RESERVE = 64              # descriptors kept for the databases, blobs, logs
 _ACCEPT_BATCH = 64
 _EXPIRE_BATCH = 32
+_STREAM = socket.SOCK_STREAM
 
 
 class Settings:
@@ -223,8 +225,9 @@ class RegistryServer:
     # -- admission ------------------------------------------------------------
 
     def accept(self):
+        handshaking, limit = self.handshaking, self.settings.max_handshakes
         for _ in range(self._accept_batch):   # drain the backlog, but let others run
-            if not self._handshake_room():
+            if len(handshaking) >= limit and not self._handshake_room():
                 return
             try:
                 # socket.accept() less its two enum conversions (family and
@@ -238,7 +241,10 @@ class RegistryServer:
                 log.error("accept failed: %s", exc)
                 self._pause_accept(0.5, full=True)
                 return
-            self._admit(socket.socket(self._family, socket.SOCK_STREAM, 0, fd), addr[:2])
+            # The C socket type, not socket.socket: the Python class's
+            # __init__ and close() (two Python frames each, and _real_close)
+            # add nothing a connection uses.
+            self._admit(_socket.socket(self._family, _STREAM, 0, fd), addr[:2])
 
     def _handshake_room(self):
         """True if one more handshake may start: below the limit, or the
@@ -268,10 +274,11 @@ class RegistryServer:
     def _admit(self, sock, addr):
         host = addr[0]
         settings = self.settings
+        per_address = self.per_address
+        held = per_address.get(host, 0)   # (get: a Counter's [] is a Python call when absent)
         if (len(self.connections) >= settings.max_connections
                 and not self._make_room(None)) \
-                or (self.per_address[host] >= settings.max_per_address
-                    and not self._make_room(host)):
+                or (held >= settings.max_per_address and not self._make_room(host)):
             log.warning("refused %s: connection limit reached", _show(addr))
             sock.close()
             return
@@ -289,7 +296,7 @@ class RegistryServer:
         self.events.connection_opened()
         self.connections.add(conn)
         self.handshaking[conn] = None
-        self.per_address[host] += 1
+        per_address[host] = per_address.get(host, 0) + 1    # room made may have changed it
         self.loop.add(conn.fd, conn, READ)
         # With TCP_DEFER_ACCEPT the ClientHello is usually here already.
         conn.handshake()
@@ -323,9 +330,12 @@ class RegistryServer:
         if state == HANDSHAKE:
             self.handshake_done(conn)
         host = conn.addr[0]
-        self.per_address[host] -= 1
-        if self.per_address[host] <= 0:
-            del self.per_address[host]
+        per_address = self.per_address
+        left = per_address[host] - 1
+        if left > 0:
+            per_address[host] = left
+        else:
+            del per_address[host]
         self.handler.forget(conn)
 
     def _sweep(self):

@@ -49,7 +49,7 @@ from registry.loop import READ, WRITE
 from registry.plainhttp import answer_plain_http
 from registry.tlsio import BATCH, TlsIO, inbox_of
 
-__all__ = ["Transport", "close_socket", "HANDSHAKE", "READING", "DISCARD", "BUSY",
+__all__ = ["Transport", "HANDSHAKE", "READING", "DISCARD", "BUSY",
            "UPLOAD", "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
 
 log = logging.getLogger("aar.server")
@@ -71,12 +71,18 @@ _DRAIN_SECONDS = 30.0
 _DRAIN_READ = 256 * 1024
 
 
+def _closed(*args):
+    raise OSError(errno.EBADF, "connection closed")
+
+
 class Transport(TlsIO):
     """The socket half of a Connection (see the module's docstring)."""
 
     stepping = False                      # a handshake step runs in the pool
     first_bytes = None                    # the first bytes read, unless a TLS record
     hello = None                          # the bytes of an unfinished ClientHello
+    # OpenSSL's read and write (tlsio.py), once the ClientHello is here.
+    _read = _write = staticmethod(_closed)
 
     def _watch(self, events):
         if events != self.events:
@@ -194,7 +200,10 @@ class Transport(TlsIO):
         then _back_from_pool closes it, so that a connection ends at one
         point, after its TLS object is no longer in use."""
         if not self.stepping:
-            close_socket(self.sock)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
             # Nothing may read or write through OpenSSL's object after this.
             self._read = self._write = _closed
             self.tls = None
@@ -325,17 +334,6 @@ def _step(tls):
     except ssl.SSLWantReadError:         # (a memory BIO never wants to write)
         return READ
     return 0
-
-
-def _closed(*args):
-    raise OSError(errno.EBADF, "connection closed")
-
-
-def close_socket(sock):
-    try:
-        sock.close()
-    except OSError:
-        pass
 
 
 _TLS_REASONS = {
