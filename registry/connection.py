@@ -217,7 +217,9 @@ class Connection(Replies, Transport):
                 self.discarding = request.body_length
                 self.state = DISCARD
                 continue
-            self._dispatch(request, whole)
+            # The head lets a plain answer be kept for a repeat (repeats.py);
+            # an answer that closes the connection is never kept.
+            self._dispatch(request, None if request.close else whole)
         if self.state == READING and not self.buf:
             self.deadline = self.loop.now + self.server.settings.idle_timeout
 
@@ -280,9 +282,10 @@ class Connection(Replies, Transport):
     # -- closing -------------------------------------------------------------------------
 
     def close(self):
-        if self.state == CLOSED:
+        previous = self.state
+        if previous == CLOSED:
             return
-        previous, self.state = self.state, CLOSED
+        self.state = CLOSED
         if self.stream is not None:
             self.stream.abandon()
             self.stream = None

@@ -40,10 +40,11 @@ import select
 import socket
 import time
 
-from registry.connection import Connection, HANDSHAKE, READING
+from registry.connection import Connection, HANDSHAKE, READING, WAITING
 from registry.events import Events
 from registry.livetrust import LiveTrust
 from registry.loop import READ, Loop, Pool
+from registry.tlsio import inbox_of
 from version import VERSION
 
 __all__ = ["RegistryServer", "Settings", "listen"]
@@ -161,6 +162,7 @@ class RegistryServer:
         self.server_address = self.socket.getsockname()[:2]
         self._family = int(self.socket.family)    # for accept(), as an int
         self.loop = Loop()
+        self.inbox = inbox_of(self.loop)         # what the loop's recv()s read into
         self.pool = None
         self.tls_pool = None                     # handshake steps, transport.py
         self.in_tls_pool = set()                 # connections with a step there
@@ -329,14 +331,17 @@ class RegistryServer:
         self.events.connection_closed()
         if state == HANDSHAKE:
             self.handshake_done(conn)
+        elif state == WAITING:
+            # Only a held request (waiters.py) leaves anything behind: a
+            # connection is WAITING for as long as the handler holds it.
+            self.handler.forget(conn)
         host = conn.addr[0]
         per_address = self.per_address
         left = per_address[host] - 1
         if left > 0:
             per_address[host] = left
         else:
-            del per_address[host]
-        self.handler.forget(conn)
+            per_address.pop(host)         # (del: a Counter's __delitem__ is a Python call)
 
     def _sweep(self):
         self.loop.call_later(_SWEEP_SECONDS, self._sweep)

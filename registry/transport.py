@@ -47,7 +47,7 @@ from functools import partial
 
 from registry.loop import READ, WRITE
 from registry.plainhttp import answer_plain_http
-from registry.tlsio import BATCH, TlsIO, inbox_of
+from registry.tlsio import BATCH, TlsIO
 
 __all__ = ["Transport", "HANDSHAKE", "READING", "DISCARD", "BUSY",
            "UPLOAD", "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
@@ -156,16 +156,17 @@ class Transport(TlsIO):
 
     def _stepped(self, want):
         if self.outbio.pending:           # our flight, the peer's to read
-            self._queue_sealed()
             try:
-                sent = self._send_wire()
+                sent = self._send_sealed()
             except OSError as exc:
                 log.debug("closing %s during TLS handshake: %s", self.peer, exc)
                 return self.close()
             if want and not sent:
                 return self._watch(WRITE)
         if want:
-            return self._watch(READ)
+            if self.events != READ:
+                self._watch(READ)
+            return
         self._established()
         # A request may have come in the same segment as the handshake's
         # end: it is in the BIO, and the socket, just read, need not be
@@ -221,7 +222,7 @@ class Transport(TlsIO):
         Read, not peeked at and read again: with TCP_DEFER_ACCEPT the whole
         ClientHello is usually here at the first look, and one recv() less
         a connection is worth having."""
-        inbox = inbox_of(self.loop)       # the loop's buffer: servers in threads share no bytes
+        inbox = self.server.inbox         # its loop's buffer (tlsio.inbox_of)
         try:
             n = self.sock.recv_into(inbox, _HANDSHAKE_RECV)
         except (BlockingIOError, InterruptedError):
@@ -232,17 +233,18 @@ class Transport(TlsIO):
         if not n:
             log.debug("closing %s: closed before its TLS handshake", self.peer)
             return self.close()
-        got = inbox[:n] if self.hello is None else self.hello + inbox[:n]
+        hello = self.hello
+        got = inbox[:n] if hello is None else hello + inbox[:n]
         if got[0] == 0x16:                # a handshake record: all of it here?
             size = len(got)
-            need = 5 + int.from_bytes(got[3:5], "big") if size >= 5 else 5
+            need = 5 + (got[3] << 8 | got[4]) if size >= 5 else 5
             if size < min(need, _RECORD_MAX):
                 self.hello = bytes(got)
                 return None
-            self.first_bytes = b""
         else:                             # kept for the answer to plain HTTP
             self.first_bytes = bytes(got)
-        self.hello = None
+        if hello is not None:
+            self.hello = None
         # OpenSSL's object on two memory BIOs (tlsio.py), as ssl.SSLObject
         # makes it within: the wrapper class would cost three Python calls
         # more on every read and write.
