@@ -7,7 +7,8 @@ refused one is logged under, and the alert that tells the client), and
 closes so that the client reads our last bytes. Reads and writes of TLS
 records are tlsio.py's, whose class this one extends. What the bytes mean is
 Connection's business: it subclasses Transport and supplies `_established()`
-(the handshake is done), `_sent()` (the queue is empty) and `close()`.
+(the handshake is done), `_readable()` (requests may be read), `_sent()` (the
+queue is empty) and `close()`.
 
 Handshake steps run in threads of their own (`server.tls_pool`), not on the
 loop. This departs from "every handshake on the loop thread" (issue 8) for
@@ -133,7 +134,10 @@ class Transport(TlsIO):
         # the loop (the module's docstring says why).
         if pool is None or not (first or self.loop.busy()):
             try:
-                want = _step(tls)
+                tls.do_handshake()        # _step's, without its call (two a connection)
+                want = 0
+            except ssl.SSLWantReadError:
+                want = READ
             except Exception as exc:
                 return self._handshake_failed(exc)
             return self._stepped(want)
@@ -171,9 +175,9 @@ class Transport(TlsIO):
         # A request may have come in the same segment as the handshake's
         # end: it is in the BIO, and the socket, just read, need not be
         # asked again (it is watched, level-triggered, from here on).
-        if self.state != CLOSED and self.buffered():
+        if self.state == READING and self.buffered():
             self.bio_only = True
-            self.on_event(READ)
+            self._readable()
             self.bio_only = False
 
     def _handshake_failed(self, exc):
