@@ -226,7 +226,8 @@ class RegistryServer:
 
     # -- admission ------------------------------------------------------------
 
-    def accept(self):
+    def accept(self, mask=READ):
+        """Take new connections (the listening socket is readable)."""
         handshaking, limit = self.handshaking, self.settings.max_handshakes
         for _ in range(self._accept_batch):   # drain the backlog, but let others run
             if len(handshaking) >= limit and not self._handshake_room():
@@ -368,15 +369,13 @@ class RegistryServer:
 
 
 class _Acceptor:
-    """The listening socket's entry in the loop."""
+    """The listening socket's entry in the loop: its on_event is the
+    server's accept itself (a call less a wake-up)."""
 
-    __slots__ = ("server",)
+    __slots__ = ("on_event",)
 
     def __init__(self, server):
-        self.server = server
-
-    def on_event(self, mask):
-        self.server.accept()
+        self.on_event = server.accept
 
 
 def _show(addr):
