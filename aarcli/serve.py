@@ -79,6 +79,18 @@ def _count(what, least):
     return count
 
 
+def change_poll(text):
+    """--change-poll: seconds, from 0.1 to 3600."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = None
+    if value is None or not 0.1 <= value <= 3600:
+        raise argparse.ArgumentTypeError(
+            f"invalid change poll {text!r}: give seconds from 0.1 to 3600")
+    return value
+
+
 handshake_threads = _count("handshake thread", 0)   # 0: every step on the loop
 workers = _count("worker", 1)
 _process_count = _count("process", 1)
@@ -230,7 +242,8 @@ def _serve(args, out):
         from .serveprocs import serve_many
         return serve_many(args, data, (host, port), stores, _server, _serving)
     packages, trust_store, cert = stores
-    settings = Settings(workers=args.workers, handshake_threads=args.handshake_threads)
+    settings = Settings(workers=args.workers, handshake_threads=args.handshake_threads,
+                        change_poll=args.change_poll)
     server, close = _server(args, data, (host, port), stores, settings)
     metrics = _metrics(args, server, data, close)
     _serving(server.server_address, data, cert, len(trust_store.trusted()))
@@ -342,6 +355,11 @@ def add_parser(cmds, common):
                        "the workers' metrics, and each worker runs its handshakes on "
                        "its loop unless --handshake-threads is given (default: `processes` "
                        "in <data-dir>/conf/main.yaml, else 1)")
+    serve.add_argument("--change-poll", type=change_poll, default=1.0, metavar="SECONDS",
+                       help="how often listings held with wait= look for a change "
+                       "made outside the server, e.g. by `aar application delete` "
+                       "(a publish or delete through the server, or any of its "
+                       "--processes, wakes them at once); 0.1 to 3600 (default 1)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
                        metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
                        "there, e.g. 127.0.0.1:9300 (default: off)")

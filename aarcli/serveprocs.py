@@ -17,7 +17,8 @@ as many. Shared through the data directory: the trust store (a revocation
 reaches every worker's next request: the generation gate, livetrust.py),
 join tokens (redeemed in one transaction of trust.db), the package store
 (writes serialised by flock, registry/blobs.py WriteLock) and the audit log
-(one O_APPEND write per record).
+(one O_APPEND write per record). A publish or delete through one worker
+nudges the others (registry/nudges.py), whose held listings answer at once.
 """
 import logging
 import os
@@ -25,9 +26,6 @@ import os
 __all__ = ["serve_many"]
 
 log = logging.getLogger("aar")
-
-_CHANGE_POLL = 0.1      # a sibling's publish reaches held listings this fast
-
 
 def serve_many(args, data, address, stores, make_server, serving):
     from registry.server import Settings, listen
@@ -49,8 +47,8 @@ def serve_many(args, data, address, stores, make_server, serving):
     try:
         try:
             supervisor = Supervisor(
-                args.processes, lambda slot, control: _worker(
-                    args, data, address, cert, sock, control, make_server),
+                args.processes, lambda slot, control, nudge: _worker(
+                    args, data, address, cert, sock, control, nudge, make_server),
                 args.metrics_listen)
         except OSError as exc:
             raise cannot_listen("for metrics on", args.metrics_listen, exc)
@@ -64,7 +62,7 @@ def serve_many(args, data, address, stores, make_server, serving):
         os.close(claim)
 
 
-def _worker(args, data, address, cert, sock, control, make_server):
+def _worker(args, data, address, cert, sock, control, nudge, make_server):
     """One worker process: the stores attached, the server on `sock`."""
     from registry import health
     from registry.server import Settings
@@ -81,7 +79,8 @@ def _worker(args, data, address, cert, sock, control, make_server):
         raise
     threads = 0 if args.handshake_threads is None else args.handshake_threads
     settings = Settings(workers=args.workers, handshake_threads=threads,
-                        change_poll=_CHANGE_POLL, shared_listener=True)
+                        change_poll=args.change_poll, shared_listener=True,
+                        nudge=nudge)
     server, close = make_server(args, data, address, (packages, trust_store, cert),
                                 settings, sock=sock)
     Control(control, server, lambda: health.check(server, data))

@@ -66,7 +66,7 @@ class Settings:
                  request_timeout=60.0, max_package_size=64 << 30, backlog=1024,
                  max_connections=None, max_per_address=None, max_handshakes=512,
                  handshake_grace=1.0, handshake_threads=None, change_poll=1.0,
-                 shared_listener=False):
+                 shared_listener=False, nudge=None):
         self.workers = workers
         self.handshake_timeout = handshake_timeout
         self.idle_timeout = idle_timeout
@@ -90,11 +90,14 @@ class Settings:
         self.handshake_threads = _cpus() - 1 if handshake_threads is None \
             else handshake_threads
         # How often held listings (waiters.py) look for a change another
-        # process made; sibling worker processes want it short.
+        # process made (the CLI; sibling workers nudge instead, below).
         self.change_poll = change_poll
         # One of several worker processes accepting on one inherited socket
         # (registry/workers.py): each connection wakes one of them, not all.
         self.shared_listener = shared_listener
+        # Such a worker's link to its siblings (nudges.py): a change through
+        # one wakes the others' held listings at once.
+        self.nudge = nudge
 
 
 def _cpus():

@@ -8,11 +8,12 @@ to wait is not answered at once. Its connection stays in the loop (no thread,
 no CPU: a socket, a timer and an entry here) until either
 
 * the package store changes: a publish or delete through this server calls
-  `check()` at once; a change made by another process is noticed by a
-  generation check every POLL_SECONDS (no system call, see gate.py; a
-  worker process of `aar serve --processes N` checks ten times as often, for
-  its siblings' writes: Settings.change_poll). Each
-  waiter whose ETag no longer matches gets the new listing (200);
+  `check()` at once. In a worker of `aar serve --processes N`, check() also
+  nudges the sibling workers (nudges.py), which then compare the store's
+  generation at once. A change made by any other process (the CLI) is
+  noticed by a generation check every Settings.change_poll seconds
+  (POLL_SECONDS by default; no system call, see gate.py). Each waiter whose
+  ETag no longer matches gets the new listing (200);
 * its time is up: 304 with the unchanged ETag.
 
 Every answer is authorised again first, so a certificate revoked while its
@@ -23,6 +24,7 @@ import json
 import logging
 
 from registry.errors import ApiError, envelope_sync
+from registry.loop import READ
 
 __all__ = ["Waiters", "ListingCache", "parse_wait", "MAX_WAIT", "POLL_SECONDS"]
 
@@ -65,7 +67,11 @@ class Waiters:
         self._building = set()            # listing keys being built in the pool
         self._generation = None
         self._poll = None
-        self._every = getattr(handler.server.settings, "change_poll", POLL_SECONDS)
+        settings = handler.server.settings
+        self._every = getattr(settings, "change_poll", POLL_SECONDS)
+        self._nudge = getattr(settings, "nudge", None)
+        if self._nudge is not None:       # a sibling worker's change
+            self._loop.add(self._nudge.fileno(), self, READ)
 
     def __len__(self):
         return len(self._waiting)
@@ -99,12 +105,26 @@ class Waiters:
         if not self._waiting:
             return
         self._poll = self._loop.call_later(self._every, self._tick)
-        generation = self._handler.generation.get()
-        if generation != self._generation:
-            self.check()
+        self._look()
+
+    def on_event(self, mask):
+        """A sibling worker nudged us: it changed the store."""
+        self._nudge.take()
+        if self._waiting:
+            self._look()
+
+    def _look(self):
+        if self._handler.generation.get() != self._generation:
+            self._refresh()
 
     def check(self):
-        """The store may have changed: answer every waiter whose listing did."""
+        """The store changed through this server: answer every waiter whose
+        listing changed, here and (nudged) in the sibling workers."""
+        if self._nudge is not None:
+            self._nudge.others()
+        self._refresh()
+
+    def _refresh(self):
         self._generation = self._handler.generation.get()
         keys = {w.key for w in self._waiting.values()}
         for key in keys:

@@ -10,6 +10,10 @@ nginx runs its workers, and the parent that supervises them.
       ├─ worker 1: RegistryServer on the inherited socket (one event loop)
       └─ worker 2: …   each connection wakes one of them (EPOLLEXCLUSIVE)
 
+Before the first fork the parent also makes one eventfd per slot (Nudges,
+registry/nudges.py), which every worker inherits: a publish through one
+worker wakes the listings held by the others at once.
+
 A worker's side of its control socket (a socketpair made before the fork)
 is read by a thread of the worker (Control): a request is one byte of kind
 ("m" metrics snapshot, "h" health) and a 4-byte sequence number; the answer
@@ -32,6 +36,7 @@ import threading
 import time
 
 from metrics.combined import combine, retire, to_metrics
+from registry.nudges import Nudges
 
 __all__ = ["Supervisor", "Control", "cpus"]
 
@@ -62,8 +67,9 @@ class _Worker:
 
 
 class Supervisor:
-    """Forks `count` workers, each running `run_worker(slot, control)` (its
-    exit code), keeps them running and stops them; `run()` is the exit code."""
+    """Forks `count` workers, each running `run_worker(slot, control, nudge)`
+    (its exit code), keeps them running and stops them; `run()` is the exit
+    code. `nudge` is the worker's registry.nudges.Nudge."""
 
     def __init__(self, count, run_worker, metrics_address=None):
         self.count = count
@@ -82,6 +88,7 @@ class Supervisor:
             self._metrics = InlineMetricsServer(metrics_address, self, self._health)
             # Readable may still mean nothing to accept (a reset): never block.
             self._metrics.socket.setblocking(False)
+        self._nudges = None               # made in run(): kept by the slots
 
     @property
     def metrics_address(self):
@@ -97,6 +104,7 @@ class Supervisor:
         signal.signal(signal.SIGINT, self._on_stop)
         signal.signal(signal.SIGCHLD, lambda *_: None)   # wakes the selector
         log.info("%d worker processes", self.count)
+        self._nudges = Nudges(self.count)
         for slot in range(1, self.count + 1):
             self._spawn(slot)
         selector = selectors.DefaultSelector()
@@ -123,6 +131,7 @@ class Supervisor:
             signal.set_wakeup_fd(-1)
             if self._metrics is not None:
                 self._metrics.server_close()
+            self._nudges.close()
         return 1 if self._failed else 0
 
     def _on_stop(self, signum, frame):
@@ -136,7 +145,8 @@ class Supervisor:
             try:
                 parent_end.close()
                 self._forget_parent()
-                code = self._run_worker(slot, child_end)
+                code = self._run_worker(slot, child_end,
+                                        self._nudges.for_slot(slot))
             except BaseException:                         # it must never return here
                 log.exception("worker process %d failed", slot)
             finally:
@@ -259,7 +269,11 @@ class Supervisor:
 
 
 class Control:
-    """A worker's side of its control socket, in a thread of its own: answers
+    """Before the first fork the parent also makes one eventfd per slot (Nudges,
+registry/nudges.py), which every worker inherits: a publish through one
+worker wakes the listings held by the others at once.
+
+A worker's side of its control socket, in a thread of its own: answers
     the parent's questions; stops the server when the parent is gone."""
 
     def __init__(self, sock, server, health):

@@ -34,8 +34,11 @@ class Served:
             assert aar(*args, data_dir=self.data).returncode == 0
         # The count from conf/main.yaml, as the snap or a charm would set it.
         assert aar("config", "set", "processes=2", data_dir=self.data).returncode == 0
+        # No poll within any test's time: only a sibling's nudge can wake a
+        # listing held on one worker after a change through the other.
         self.server = ProcessServer(self.data, extra=[
-            "-v", "--metrics-listen", f"127.0.0.1:{self.metrics_port}"])
+            "-v", "--metrics-listen", f"127.0.0.1:{self.metrics_port}",
+            "--change-poll", "3600"])
         self.requests = 0
         for _ in range(600):      # it listens before it forks: wait for both
             if len(self.workers()) == 2:
@@ -100,6 +103,14 @@ def test_a_bad_process_count_is_a_usage_error(tmp_path, value):
     assert result.returncode == 2 and f"invalid process count {value!r}" in result.stderr
 
 
+@pytest.mark.parametrize("value", ["0", "soon", "3601", "nan"])
+def test_a_bad_change_poll_is_a_usage_error(tmp_path, value):
+    result = aar("serve", "--change-poll", value, data_dir=tmp_path / "d")
+    assert result.returncode == 2
+    assert f"invalid change poll {value!r}" in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, certs):
     served = Served(tmp_path_factory.mktemp("procs"), certs)
@@ -135,27 +146,48 @@ def test_a_revocation_refuses_the_next_request_in_every_worker(served, certs, tm
         assert status == 403 and "revoked" in body["error"]
 
 
-def test_a_publish_wakes_a_listing_held_by_the_other_worker(served, certs):
+def _hold(served, pid, client, etag):
+    """Send a wait= listing on `client` (served by worker `pid`) and return
+    once that worker has logged that it holds it."""
+    port = client.conn.sock.getsockname()[1]
+    held = re.compile(rf"aar\.api\[{pid}\]: 127\.0\.0\.1:{port} .*: listing held")
+    before = len(held.findall(served.server.output()))
+    client.conn.request("GET", "/1.0/applications?wait=20",
+                        headers={"If-None-Match": etag})
+    # Unwoken, the answer is a 304 after 20 s: give it time to come.
+    client.conn.sock.settimeout(60)
+    for _ in range(600):
+        if len(held.findall(served.server.output())) > before:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"worker {pid} did not hold the listing of port {port}")
+
+
+def _answer(client, etag):
+    resp = client.conn.getresponse()
+    body = resp.read()
+    assert resp.status == 200, (resp.status, body)
+    assert resp.getheader("ETag") != etag
+    return resp.getheader("ETag"), [a["name"] for a in json.loads(body)["metadata"]]
+
+
+def test_a_change_through_one_worker_wakes_a_listing_held_by_the_other(served, certs):
+    """The server polls for changes once an hour (--change-poll 3600) and the
+    listing is held for 20 s: a 200 with the new listing can only come from
+    the publishing worker's nudge (registry/nudges.py). Without it: 304."""
     held = served.one_on_each(certs.publisher)
     (waiter_pid, waiter), (_, publisher) = sorted(held.items())
     status, _, resp = waiter.json("GET", "/1.0/applications")
     etag = resp.getheader("ETag")
     assert status == 200 and etag
-    waiter.conn.request("GET", "/1.0/applications?wait=60",
-                        headers={"If-None-Match": etag})
-    port = waiter.conn.sock.getsockname()[1]
-    held_line = f"aar.api[{waiter_pid}]: 127.0.0.1:{port} "
-    for _ in range(600):                         # held before the publish
-        if held_line in served.server.output():
-            break
-        time.sleep(0.05)
-    assert "listing held" in served.server.output().split(held_line, 1)[1]
+    _hold(served, waiter_pid, waiter, etag)
     payload = b"procs" * 100
     assert publisher.upload("held", 0, "amd64", payload)[0] == 201
-    resp = waiter.conn.getresponse()             # answered by the waiter's worker
-    listing = json.loads(resp.read())
-    assert resp.status == 200 and resp.getheader("ETag") != etag
-    assert [a["name"] for a in listing["metadata"]] == ["held"]
+    etag, names = _answer(waiter, etag)          # answered by the waiter's worker
+    assert names == ["held"]
+    _hold(served, waiter_pid, waiter, etag)     # a delete nudges too
+    assert publisher.json("DELETE", "/1.0/applications/held")[0] == 200
+    assert _answer(waiter, etag)[1] == []
     for client in held.values():
         client.close()
 
