@@ -135,6 +135,7 @@ class Connection(Replies, Transport):
             if self.buf and self.state == READING:
                 log.debug("closing %s: connection closed mid-request", self.peer)
             return self.close()
+        tried = None
         if self.buf:
             self.buf += data
         elif self.state == READING:
@@ -142,25 +143,27 @@ class Connection(Replies, Transport):
             # repeat (repeats.py), its kept answer goes out at once, with no
             # buffering or scanning. A kept request's bytes end with their
             # only blank line, so a hit is exactly one whole request.
-            if len(data) <= KEPT_LONGEST and self.fingerprint is not None \
-                    and self.repeats.answer(self, data):
-                return
+            if len(data) <= KEPT_LONGEST and self.fingerprint is not None:
+                if self.repeats.answer(self, data):
+                    return
+                tried = data              # not asked again below
             self.buf = data
             # The whole head must arrive within request_timeout of its
             # first byte, however slowly it drips.
             self.deadline = self.loop.now + self.server.settings.request_timeout
         else:
             self.buf = data
-        self._process()
+        self._process(tried)
 
-    def _process(self):
+    def _process(self, tried=None):
         """Serve the requests in buf for as long as answers go out at once,
-        at most _TURN of them before the loop serves other connections."""
+        at most _TURN of them before the loop serves other connections;
+        `tried`: bytes repeats.py was just asked about, in vain."""
         if self.processing:
             return                        # an answer went out inside the loop below
         self.processing = True
         try:
-            self._serve_buffered()
+            self._serve_buffered(tried)
         finally:
             self.processing = False
 
@@ -168,7 +171,7 @@ class Connection(Replies, Transport):
         if self.state == READING and self.buf:
             self._process()
 
-    def _serve_buffered(self):
+    def _serve_buffered(self, tried=None):
         served = 0
         while self.buf and self.state in (READING, DISCARD):
             if served == _TURN:
@@ -193,7 +196,10 @@ class Connection(Replies, Transport):
                 whole = self.buf[:end + 4]        # the head and its blank line
                 self.buf = self.buf[end + 4:]
                 self.scanned = 0
-                if self.fingerprint is not None and self.repeats.answer(self, whole):
+                # (A head that is all of `tried` is the same object: its
+                # bytes were sliced whole.)
+                if self.fingerprint is not None and whole is not tried \
+                        and self.repeats.answer(self, whole):
                     continue
                 request = parse_head(whole[:-4])
             except ProtocolError as exc:
