@@ -37,6 +37,8 @@ then trust each node's registry/client.crt here with
 EVERY_INTERFACE = ("listening on every interface ({address}): give --listen "
                    "127.0.0.1:{port} or one address to bind less")
 BAD_DATA_DIR = "cannot use data directory {path}: {reason}"
+PROCESSES_WITH_S3 = ("{what} above 1 needs the data directory's own storage; with "
+                     "storage.s3, run more replicas on the bucket")
 
 
 # -- argument types: a bad value is a usage error (exit 2) ---------------------------
@@ -235,8 +237,7 @@ def _serve(args, out):
         except argparse.ArgumentTypeError as exc:
             raise CommandError(f"{conf.path}: metrics: {exc}")
     if args.processes > 1 and conf.s3 is not None:
-        raise CommandError("--processes above 1 needs the data directory's own "
-                           "storage; with storage.s3, run more replicas on the bucket")
+        raise CommandError(PROCESSES_WITH_S3.format(what="--processes"))
     stores = _open_stores(args, data, conf, host, port, out)
     if args.processes > 1:
         from .serveprocs import serve_many
