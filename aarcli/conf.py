@@ -277,9 +277,8 @@ def add_parser(cmds, common):
     st = sub.add_parser(
         "set", parents=[common], help="Set settings",
         description="Set listen, metrics, processes and storage.s3 keys in "
-        "conf/main.yaml; an "
-        "empty VALUE removes the key. `aar serve` reads them at start; --listen wins "
-        "over listen. A storage.s3 section must end up usable (a bucket and "
+        "conf/main.yaml; an empty VALUE removes the key. `aar serve` reads them at "
+        "start; --listen wins over listen. A storage.s3 section must end up usable (a bucket and "
         "credentials, here or in $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY).",
         epilog="Examples:\n  sudo aar config set listen=0.0.0.0:3000\n"
                "  sudo aar config set metrics=127.0.0.1:9300 listen=[::]:3000\n"

@@ -358,9 +358,10 @@ def add_parser(cmds, common):
                        "in <data-dir>/conf/main.yaml, else 1)")
     serve.add_argument("--change-poll", type=change_poll, default=1.0, metavar="SECONDS",
                        help="how often listings held with wait= look for a change "
-                       "made outside the server, e.g. by `aar application delete` "
-                       "(a publish or delete through the server, or any of its "
-                       "--processes, wakes them at once); 0.1 to 3600 (default 1)")
+                       "made outside this server, e.g. by another replica on the "
+                       "same S3 bucket (a publish or delete through this server, or "
+                       "any of its --processes, wakes them at once); 0.1 to 3600 "
+                       "(default 1)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
                        metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
                        "there, e.g. 127.0.0.1:9300 (default: off)")

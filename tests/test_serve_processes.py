@@ -177,25 +177,31 @@ def _answer(client, etag):
     return resp.getheader("ETag"), [a["name"] for a in json.loads(body)["metadata"]]
 
 
+def _each_wakes_the_other(served, certs):
+    """For each worker in turn: a listing held on it is answered after a
+    publish, then a delete, through the other worker."""
+    held = served.one_on_each(certs.publisher)
+    for (waiter_pid, waiter), (_, publisher) in (sorted(held.items()),
+                                                 sorted(held.items(), reverse=True)):
+        status, _, resp = waiter.json("GET", "/1.0/applications")
+        etag = resp.getheader("ETag")
+        assert status == 200 and etag
+        _hold(served, waiter_pid, waiter, etag)
+        assert publisher.upload("held", 0, "amd64", b"procs" * 100)[0] == 201
+        etag, names = _answer(waiter, etag)      # answered by the waiter's worker
+        assert names == ["held"]
+        _hold(served, waiter_pid, waiter, etag)  # a delete nudges too
+        assert publisher.json("DELETE", "/1.0/applications/held")[0] == 200
+        assert _answer(waiter, etag)[1] == []
+    for client in held.values():
+        client.close()
+
+
 def test_a_change_through_one_worker_wakes_a_listing_held_by_the_other(served, certs):
     """The server polls for changes once an hour (--change-poll 3600) and the
     listing is held for 20 s: a 200 with the new listing can only come from
     the publishing worker's nudge (registry/nudges.py). Without it: 304."""
-    held = served.one_on_each(certs.publisher)
-    (waiter_pid, waiter), (_, publisher) = sorted(held.items())
-    status, _, resp = waiter.json("GET", "/1.0/applications")
-    etag = resp.getheader("ETag")
-    assert status == 200 and etag
-    _hold(served, waiter_pid, waiter, etag)
-    payload = b"procs" * 100
-    assert publisher.upload("held", 0, "amd64", payload)[0] == 201
-    etag, names = _answer(waiter, etag)          # answered by the waiter's worker
-    assert names == ["held"]
-    _hold(served, waiter_pid, waiter, etag)     # a delete nudges too
-    assert publisher.json("DELETE", "/1.0/applications/held")[0] == 200
-    assert _answer(waiter, etag)[1] == []
-    for client in held.values():
-        client.close()
+    _each_wakes_the_other(served, certs)
 
 
 def test_a_join_token_is_used_once_across_workers(served, certs, tmp_path):
@@ -251,6 +257,8 @@ def test_a_killed_worker_is_replaced_and_counts_do_not_go_back(served, certs):
     for client in held.values():
         client.close()
     assert _total(served.scrape(), "aar_requests_total") >= counted + 2
+    # The new worker watches its slot's descriptor, and nudges its sibling.
+    _each_wakes_the_other(served, certs)
 
 
 def test_sigterm_stops_the_parent_and_every_worker(served):
