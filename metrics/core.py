@@ -82,18 +82,20 @@ class _Buckets:
         self.sum += value
 
 
-def tally(counter, histogram, total):
-    """`record(value, amount)`: counter.inc(), histogram.observe(value) and
-    total.inc(amount), children all three, in one call. The three method
-    calls cost about as much again as the arithmetic; this is for the
-    busiest path (a kept answer's line of the metrics, registry/events.py)."""
+def tally(counter, histogram, total, other=None):
+    """`record(value, amount, more=0)`: counter.inc(), histogram.observe(value),
+    total.inc(amount) and other.inc(more), children all, in one call. The
+    method calls cost about as much again as the arithmetic; this is for the
+    busiest paths (a request's line of the metrics, registry/events.py)."""
     bounds, counts, bucket = histogram.bounds, histogram.counts, bisect.bisect_left
 
-    def record(value, amount):
+    def record(value, amount, more=0):
         counter.value += 1
         counts[bucket(bounds, value)] += 1
         histogram.sum += value
         total.value += amount
+        if more:
+            other.value += more
     return record
 
 

@@ -68,6 +68,11 @@ class Events:
                                      collect=lambda: self._totals(1))
         self._server = None
         self._per_request = {}               # (route, method, code) -> children
+        self._recorders = {}                 # (route, method, code) -> request()'s tally
+        # Once per connection each: the children themselves, not the families
+        # (whose inc() and observe() look the child up, a Python call more).
+        self._open = self._connections.labels()
+        self.handshake = self._handshake_seconds.labels().observe
         for reason in REASONS:               # every reason shows, 0 until it happens
             self._refusals.labels(reason)
 
@@ -91,22 +96,20 @@ class Events:
     # -- transport events ----------------------------------------------------------
 
     def connection_opened(self):
-        self._connections.inc()
+        self._open.value += 1
 
     def connection_closed(self):
-        self._connections.dec()
+        self._open.value -= 1
 
-    def handshake(self, seconds):
-        self._handshake_seconds.observe(seconds)
+    # handshake(seconds): the histogram child's observe, bound in __init__.
 
     def request(self, route, method, code, seconds, received, sent):
-        count, timing = self._children(route, method, code)
-        count.inc()
-        timing.observe(seconds)
-        if received:
-            self._received_total.inc(received)
-        if sent:
-            self._sent_total.inc(sent)
+        record = self._recorders.get((route, method, code))
+        if record is None:
+            count, timing = self._children(route, method, code)
+            record = self._recorders[(route, method, code)] = tally(
+                count, timing, self._sent_total, self._received_total)
+        record(seconds, sent, received)
 
     def recorder(self, route, method, code):
         """request(route, method, code, seconds, 0, sent) as one call,

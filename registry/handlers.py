@@ -115,7 +115,8 @@ class ApiHandler:
         return self._error(ApiError.of("internal"))
 
     def forget(self, conn):
-        """The connection closed: drop whatever waits on its behalf."""
+        """A connection held by `wait=` (WAITING) closed: drop its waiter.
+        (The server calls it for those only: nothing else is held.)"""
         self.waiters.forget(conn)
 
     def changed(self):

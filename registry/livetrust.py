@@ -124,7 +124,9 @@ class LiveTrust:
     @property
     def context(self):
         try:
-            self._current()
+            generation = self._gate.get()   # _current(), a call less: one per connection
+            if generation != self._generation:
+                self._reload(generation)
         except StoreError:
             pass      # handshakes go on; authorise() refuses their requests (503)
         return self._context

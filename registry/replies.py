@@ -110,7 +110,7 @@ class Replies:
 
     def _written(self):
         if self.close_after:
-            unread = self._unread()
+            unread = len(self.buf) + self.body_unread      # _unread(), inline
             return self.linger(unread) if unread else self.close()
         self.request = None
         self.state = READING

@@ -30,6 +30,7 @@ Everything the server reports (refusals, requests, writes) goes through
 State lives on the server object: the trust view, the package store, the
 settings. Nothing is module-global.
 """
+import _socket
 import collections
 import gc
 import logging
@@ -39,10 +40,11 @@ import select
 import socket
 import time
 
-from registry.connection import Connection, HANDSHAKE, READING
+from registry.connection import Connection, HANDSHAKE, READING, WAITING
 from registry.events import Events
 from registry.livetrust import LiveTrust
 from registry.loop import READ, Loop, Pool
+from registry.tlsio import inbox_of
 from version import VERSION
 
 __all__ = ["RegistryServer", "Settings", "listen"]
@@ -54,6 +56,7 @@ _SWEEP_SECONDS = 1.0
 _FD_RESERVE = 64              # descriptors kept for the databases, blobs, logs
 _ACCEPT_BATCH = 64
 _EXPIRE_BATCH = 32
+_STREAM = socket.SOCK_STREAM
 
 
 class Settings:
@@ -163,6 +166,7 @@ class RegistryServer:
         self.server_address = self.socket.getsockname()[:2]
         self._family = int(self.socket.family)    # for accept(), as an int
         self.loop = Loop()
+        self.inbox = inbox_of(self.loop)         # what the loop's recv()s read into
         self.pool = None
         self.tls_pool = None                     # handshake steps, transport.py
         self.in_tls_pool = set()                 # connections with a step there
@@ -226,9 +230,11 @@ class RegistryServer:
 
     # -- admission ------------------------------------------------------------
 
-    def accept(self):
+    def accept(self, mask=READ):
+        """Take new connections (the listening socket is readable)."""
+        handshaking, limit = self.handshaking, self.settings.max_handshakes
         for _ in range(self._accept_batch):   # drain the backlog, but let others run
-            if not self._handshake_room():
+            if len(handshaking) >= limit and not self._handshake_room():
                 return
             try:
                 # socket.accept() less its two enum conversions (family and
@@ -242,7 +248,10 @@ class RegistryServer:
                 log.error("accept failed: %s", exc)
                 self._pause_accept(0.5, full=True)
                 return
-            self._admit(socket.socket(self._family, socket.SOCK_STREAM, 0, fd), addr[:2])
+            # The C socket type, not socket.socket: the Python class's
+            # __init__ and close() (two Python frames each, and _real_close)
+            # add nothing a connection uses.
+            self._admit(_socket.socket(self._family, _STREAM, 0, fd), addr[:2])
 
     def _handshake_room(self):
         """True if one more handshake may start: below the limit, or the
@@ -272,10 +281,11 @@ class RegistryServer:
     def _admit(self, sock, addr):
         host = addr[0]
         settings = self.settings
+        per_address = self.per_address
+        held = per_address.get(host, 0)   # (get: a Counter's [] is a Python call when absent)
         if (len(self.connections) >= settings.max_connections
                 and not self._make_room(None)) \
-                or (self.per_address[host] >= settings.max_per_address
-                    and not self._make_room(host)):
+                or (held >= settings.max_per_address and not self._make_room(host)):
             log.warning("refused %s: connection limit reached", _show(addr))
             sock.close()
             return
@@ -293,7 +303,7 @@ class RegistryServer:
         self.events.connection_opened()
         self.connections.add(conn)
         self.handshaking[conn] = None
-        self.per_address[host] += 1
+        per_address[host] = per_address.get(host, 0) + 1    # room made may have changed it
         self.loop.add(conn.fd, conn, READ)
         # With TCP_DEFER_ACCEPT the ClientHello is usually here already.
         conn.handshake()
@@ -326,11 +336,17 @@ class RegistryServer:
         self.events.connection_closed()
         if state == HANDSHAKE:
             self.handshake_done(conn)
+        elif state == WAITING:
+            # Only a held request (waiters.py) leaves anything behind: a
+            # connection is WAITING for as long as the handler holds it.
+            self.handler.forget(conn)
         host = conn.addr[0]
-        self.per_address[host] -= 1
-        if self.per_address[host] <= 0:
-            del self.per_address[host]
-        self.handler.forget(conn)
+        per_address = self.per_address
+        left = per_address[host] - 1
+        if left > 0:
+            per_address[host] = left
+        else:
+            per_address.pop(host)         # (del: a Counter's __delitem__ is a Python call)
 
     def _sweep(self):
         self.loop.call_later(_SWEEP_SECONDS, self._sweep)
@@ -357,15 +373,13 @@ class RegistryServer:
 
 
 class _Acceptor:
-    """The listening socket's entry in the loop."""
+    """The listening socket's entry in the loop: its on_event is the
+    server's accept itself (a call less a wake-up)."""
 
-    __slots__ = ("server",)
+    __slots__ = ("on_event",)
 
     def __init__(self, server):
-        self.server = server
-
-    def on_event(self, mask):
-        self.server.accept()
+        self.on_event = server.accept
 
 
 def _show(addr):

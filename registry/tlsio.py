@@ -60,10 +60,8 @@ class TlsIO:
         Decrypts every whole record the BIO holds, so none is left that no
         event would announce."""
         inbio = self.inbio
-        if self.bio_only:                 # records the BIO holds; the socket waits
-            self.bio_only = False
-            n = -1
-        else:
+        fresh = not self.bio_only
+        if fresh:
             try:
                 n = self.sock.recv_into(self.inbox)
             except (BlockingIOError, InterruptedError):
@@ -71,6 +69,13 @@ class TlsIO:
             except OSError as exc:
                 log.debug("closing %s: %s", self.peer, exc)
                 return b""
+        else:                             # records the BIO holds; the socket waits
+            self.bio_only = False
+            # As if just read: what the BIO holds, when none of it is
+            # decrypted yet (after the handshake) and it is at most a record.
+            n = inbio.pending
+            if not 0 < n <= _PIECE or self.tls.pending():
+                n = -1
         if n < 0:                         # nothing new, records left from before?
             if self.ended:
                 return b""
@@ -78,9 +83,12 @@ class TlsIO:
                 return None
         read = self._read
         if 0 < n <= _PIECE:               # a request: one record, most often
-            inbio.write(self.inbox[:n])
+            if fresh:
+                inbio.write(self.inbox[:n])
             try:
-                data = read(_RECV)
+                # Its plaintext is shorter than the n bytes it came in: a
+                # buffer of n, not _RECV (64 KiB allocated and shrunk again).
+                data = read(n)
             except ssl.SSLWantReadError:
                 return None
             except ssl.SSLError as exc:
@@ -178,13 +186,22 @@ class TlsIO:
 
     # -- out ---------------------------------------------------------------------
 
-    def _queue_sealed(self):
-        """Move what OpenSSL has sealed into `wire`."""
+    def _send_sealed(self):
+        """Send what OpenSSL has sealed (a handshake flight, an alert) after
+        whatever `wire` still holds: True when all went. Raises OSError.
+        Most often `wire` is empty and one send() takes it all."""
         sealed = self.outbio.read()
-        if self.wire is None:
-            self.wire = [sealed]
-        else:
+        if self.wire:
             self.wire.append(sealed)
+            return self._send_wire()
+        try:
+            sent = self.sock.send(sealed)
+        except (BlockingIOError, InterruptedError):
+            sent = 0
+        if sent == len(sealed):
+            return True
+        self.wire = [memoryview(sealed)[sent:]]
+        return False
 
     def _seal(self, out):
         """Seal up to BATCH bytes of `out`'s buffers into `wire`, _SEAL at a
@@ -280,9 +297,8 @@ class TlsIO:
         """Send what OpenSSL wrote when it refused the handshake (its alert),
         as far as the socket takes it at once, before the connection lingers."""
         if self.outbio is not None and self.outbio.pending:
-            self._queue_sealed()
             try:
-                self._send_wire()
+                self._send_sealed()
             except OSError:
                 pass
             self.wire = None

@@ -7,7 +7,8 @@ refused one is logged under, and the alert that tells the client), and
 closes so that the client reads our last bytes. Reads and writes of TLS
 records are tlsio.py's, whose class this one extends. What the bytes mean is
 Connection's business: it subclasses Transport and supplies `_established()`
-(the handshake is done), `_sent()` (the queue is empty) and `close()`.
+(the handshake is done), `_readable()` (requests may be read), `_sent()` (the
+queue is empty) and `close()`.
 
 Handshake steps run in threads of their own (`server.tls_pool`), not on the
 loop. This departs from "every handshake on the loop thread" (issue 8) for
@@ -47,9 +48,9 @@ from functools import partial
 
 from registry.loop import READ, WRITE
 from registry.plainhttp import answer_plain_http
-from registry.tlsio import BATCH, TlsIO, inbox_of
+from registry.tlsio import BATCH, TlsIO
 
-__all__ = ["Transport", "close_socket", "HANDSHAKE", "READING", "DISCARD", "BUSY",
+__all__ = ["Transport", "HANDSHAKE", "READING", "DISCARD", "BUSY",
            "UPLOAD", "WAITING", "WRITING", "STREAMING", "LINGER", "CLOSED"]
 
 log = logging.getLogger("aar.server")
@@ -71,12 +72,18 @@ _DRAIN_SECONDS = 30.0
 _DRAIN_READ = 256 * 1024
 
 
+def _closed(*args):
+    raise OSError(errno.EBADF, "connection closed")
+
+
 class Transport(TlsIO):
     """The socket half of a Connection (see the module's docstring)."""
 
     stepping = False                      # a handshake step runs in the pool
     first_bytes = None                    # the first bytes read, unless a TLS record
     hello = None                          # the bytes of an unfinished ClientHello
+    # OpenSSL's read and write (tlsio.py), once the ClientHello is here.
+    _read = _write = staticmethod(_closed)
 
     def _watch(self, events):
         if events != self.events:
@@ -127,7 +134,10 @@ class Transport(TlsIO):
         # the loop (the module's docstring says why).
         if pool is None or not (first or self.loop.busy()):
             try:
-                want = _step(tls)
+                tls.do_handshake()        # _step's, without its call (two a connection)
+                want = 0
+            except ssl.SSLWantReadError:
+                want = READ
             except Exception as exc:
                 return self._handshake_failed(exc)
             return self._stepped(want)
@@ -150,23 +160,24 @@ class Transport(TlsIO):
 
     def _stepped(self, want):
         if self.outbio.pending:           # our flight, the peer's to read
-            self._queue_sealed()
             try:
-                sent = self._send_wire()
+                sent = self._send_sealed()
             except OSError as exc:
                 log.debug("closing %s during TLS handshake: %s", self.peer, exc)
                 return self.close()
             if want and not sent:
                 return self._watch(WRITE)
         if want:
-            return self._watch(READ)
+            if self.events != READ:
+                self._watch(READ)
+            return
         self._established()
         # A request may have come in the same segment as the handshake's
         # end: it is in the BIO, and the socket, just read, need not be
         # asked again (it is watched, level-triggered, from here on).
-        if self.state != CLOSED and self.buffered():
+        if self.state == READING and self.buffered():
             self.bio_only = True
-            self.on_event(READ)
+            self._readable()
             self.bio_only = False
 
     def _handshake_failed(self, exc):
@@ -194,7 +205,10 @@ class Transport(TlsIO):
         then _back_from_pool closes it, so that a connection ends at one
         point, after its TLS object is no longer in use."""
         if not self.stepping:
-            close_socket(self.sock)
+            try:
+                self.sock.close()
+            except OSError:
+                pass
             # Nothing may read or write through OpenSSL's object after this.
             self._read = self._write = _closed
             self.tls = None
@@ -212,7 +226,7 @@ class Transport(TlsIO):
         Read, not peeked at and read again: with TCP_DEFER_ACCEPT the whole
         ClientHello is usually here at the first look, and one recv() less
         a connection is worth having."""
-        inbox = inbox_of(self.loop)       # the loop's buffer: servers in threads share no bytes
+        inbox = self.server.inbox         # its loop's buffer (tlsio.inbox_of)
         try:
             n = self.sock.recv_into(inbox, _HANDSHAKE_RECV)
         except (BlockingIOError, InterruptedError):
@@ -223,17 +237,18 @@ class Transport(TlsIO):
         if not n:
             log.debug("closing %s: closed before its TLS handshake", self.peer)
             return self.close()
-        got = inbox[:n] if self.hello is None else self.hello + inbox[:n]
+        hello = self.hello
+        got = inbox[:n] if hello is None else hello + inbox[:n]
         if got[0] == 0x16:                # a handshake record: all of it here?
             size = len(got)
-            need = 5 + int.from_bytes(got[3:5], "big") if size >= 5 else 5
+            need = 5 + (got[3] << 8 | got[4]) if size >= 5 else 5
             if size < min(need, _RECORD_MAX):
                 self.hello = bytes(got)
                 return None
-            self.first_bytes = b""
         else:                             # kept for the answer to plain HTTP
             self.first_bytes = bytes(got)
-        self.hello = None
+        if hello is not None:
+            self.hello = None
         # OpenSSL's object on two memory BIOs (tlsio.py), as ssl.SSLObject
         # makes it within: the wrapper class would cost three Python calls
         # more on every read and write.
@@ -325,17 +340,6 @@ def _step(tls):
     except ssl.SSLWantReadError:         # (a memory BIO never wants to write)
         return READ
     return 0
-
-
-def _closed(*args):
-    raise OSError(errno.EBADF, "connection closed")
-
-
-def close_socket(sock):
-    try:
-        sock.close()
-    except OSError:
-        pass
 
 
 _TLS_REASONS = {
