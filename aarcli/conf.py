@@ -17,7 +17,8 @@ change (a storage.s3 key missing from the file is added at the end of its
 section, which is made if need be): the rest of the file (other keys,
 comments) is kept byte for byte, and the file is replaced atomically, mode
 0600 (it may hold storage credentials). A file the server could not use
-(storage.s3 without a bucket or credentials, say) is never written.
+(storage.s3 without a bucket or credentials, say, or with processes above 1)
+is never written.
 """
 import argparse
 import os
@@ -25,7 +26,7 @@ import re
 import tempfile
 
 from .common import CommandError
-from .serve import listen_address, processes
+from .serve import PROCESSES_WITH_S3, listen_address, processes
 
 __all__ = ["add_parser", "KEYS", "S3_KEYS", "SET"]
 
@@ -100,6 +101,20 @@ def _pair(text):
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise argparse.ArgumentTypeError(f"{key} cannot hold control characters")
     return key, value
+
+
+def _check_processes(values):
+    """`aar serve` refuses more than one process on storage.s3: so does this."""
+    storage = values.get("storage")
+    if values.get("processes") is None or not isinstance(storage, dict) \
+            or storage.get("s3") is None:
+        return
+    try:
+        count = processes(str(values["processes"]))
+    except argparse.ArgumentTypeError:
+        return                              # a value written by hand: serve says
+    if count > 1:
+        raise CommandError(PROCESSES_WITH_S3.format(what="processes"))
 
 
 def _rendered(key, value):
@@ -215,8 +230,9 @@ def _set(args, ctx):
         _edit(lines, key.split("."), _rendered(key, value) if value else None,
               0, len(lines), 0)
     text = "".join(lines)
-    # Never write a file the server cannot read.
-    _parsed(text, path, storage=any(key in S3_KEYS for key, _ in pairs))
+    # Never write a file the server cannot read, or would refuse to start on.
+    values = _parsed(text, path, storage=any(key in S3_KEYS for key, _ in pairs))
+    _check_processes(values)
     if text != before:
         _write(path, text)
     for key, value in pairs:
@@ -252,19 +268,21 @@ def add_parser(cmds, common):
     get = sub.add_parser("get", parents=[common], help="Print one setting",
                          description="Print one setting of conf/main.yaml: listen "
                          "(the HTTPS address), metrics (the plain-HTTP /metrics "
-                         "address) or a storage.s3 key; empty when unset")
+                         "address), processes (aar serve --processes) or a storage.s3 "
+                         "key; empty when unset")
     get.add_argument("key", choices=KEYS, metavar="KEY",
-                     help="listen, metrics or storage.s3.{endpoint,region,bucket,prefix,"
-                     "access-key,secret-access-key,ca-file,redirect}")
+                     help="listen, metrics, processes or storage.s3.{endpoint,region,"
+                     "bucket,prefix,access-key,secret-access-key,ca-file,redirect}")
     get.set_defaults(handler=_get)
     st = sub.add_parser(
         "set", parents=[common], help="Set settings",
-        description="Set listen, metrics and storage.s3 keys in conf/main.yaml; an "
-        "empty VALUE removes the key. `aar serve` reads them at start; --listen wins "
-        "over listen. A storage.s3 section must end up usable (a bucket and "
+        description="Set listen, metrics, processes and storage.s3 keys in "
+        "conf/main.yaml; an empty VALUE removes the key. `aar serve` reads them at "
+        "start; --listen wins over listen. A storage.s3 section must end up usable (a bucket and "
         "credentials, here or in $AWS_ACCESS_KEY_ID/$AWS_SECRET_ACCESS_KEY).",
         epilog="Examples:\n  sudo aar config set listen=0.0.0.0:3000\n"
                "  sudo aar config set metrics=127.0.0.1:9300 listen=[::]:3000\n"
+               "  sudo aar config set processes=auto      # aar serve --processes\n"
                "  printf '%s\\n' storage.s3.bucket=aar storage.s3.access-key=AKIA… \\\n"
                "      storage.s3.secret-access-key=… | sudo aar config set --stdin\n"
                "  sudo snap set aar listen=0.0.0.0:3000     # the same, in the snap")

@@ -37,6 +37,8 @@ then trust each node's registry/client.crt here with
 EVERY_INTERFACE = ("listening on every interface ({address}): give --listen "
                    "127.0.0.1:{port} or one address to bind less")
 BAD_DATA_DIR = "cannot use data directory {path}: {reason}"
+PROCESSES_WITH_S3 = ("{what} above 1 needs the data directory's own storage; with "
+                     "storage.s3, run more replicas on the bucket")
 
 
 # -- argument types: a bad value is a usage error (exit 2) ---------------------------
@@ -235,8 +237,7 @@ def _serve(args, out):
         except argparse.ArgumentTypeError as exc:
             raise CommandError(f"{conf.path}: metrics: {exc}")
     if args.processes > 1 and conf.s3 is not None:
-        raise CommandError("--processes above 1 needs the data directory's own "
-                           "storage; with storage.s3, run more replicas on the bucket")
+        raise CommandError(PROCESSES_WITH_S3.format(what="--processes"))
     stores = _open_stores(args, data, conf, host, port, out)
     if args.processes > 1:
         from .serveprocs import serve_many
@@ -357,9 +358,10 @@ def add_parser(cmds, common):
                        "in <data-dir>/conf/main.yaml, else 1)")
     serve.add_argument("--change-poll", type=change_poll, default=1.0, metavar="SECONDS",
                        help="how often listings held with wait= look for a change "
-                       "made outside the server, e.g. by `aar application delete` "
-                       "(a publish or delete through the server, or any of its "
-                       "--processes, wakes them at once); 0.1 to 3600 (default 1)")
+                       "made outside this server, e.g. by another replica on the "
+                       "same S3 bucket (a publish or delete through this server, or "
+                       "any of its --processes, wakes them at once); 0.1 to 3600 "
+                       "(default 1)")
     serve.add_argument("--metrics-listen", type=_metrics_address, default=None,
                        metavar="ADDR:PORT", help="serve plain-HTTP /metrics and /healthz "
                        "there, e.g. 127.0.0.1:9300 (default: off)")

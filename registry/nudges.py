@@ -15,9 +15,10 @@ while the slot was empty is read by its next worker (a spurious wake-up
 costs one generation check).
 
 A nudge says only "look": the worker compares the store's generation as
-its poll does, so it is never wrong, only early. Changes made by no worker
-(the CLI, `aar application delete`) are still found by the poll
-(Settings.change_poll, a second).
+its poll does, so it is never wrong, only early. The poll stays
+(Settings.change_poll, a second, only while listings are held) for a
+change whose nudge never came: a worker that died between its commit and
+its nudge.
 """
 import os
 

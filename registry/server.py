@@ -90,7 +90,8 @@ class Settings:
         self.handshake_threads = _cpus() - 1 if handshake_threads is None \
             else handshake_threads
         # How often held listings (waiters.py) look for a change another
-        # process made (the CLI; sibling workers nudge instead, below).
+        # process made (a replica on the same S3 bucket; sibling workers
+        # nudge instead, below, and this poll only catches a lost nudge).
         self.change_poll = change_poll
         # One of several worker processes accepting on one inherited socket
         # (registry/workers.py): each connection wakes one of them, not all.

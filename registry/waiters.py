@@ -10,8 +10,9 @@ no CPU: a socket, a timer and an entry here) until either
 * the package store changes: a publish or delete through this server calls
   `check()` at once. In a worker of `aar serve --processes N`, check() also
   nudges the sibling workers (nudges.py), which then compare the store's
-  generation at once. A change made by any other process (the CLI) is
-  noticed by a generation check every Settings.change_poll seconds
+  generation at once. A change made by any other process (another replica
+  on the same S3 bucket; a worker that died before its nudge) is noticed
+  by a generation check every Settings.change_poll seconds
   (POLL_SECONDS by default; no system call, see gate.py). Each waiter whose
   ETag no longer matches gets the new listing (200);
 * its time is up: 304 with the unchanged ETag.

@@ -9,6 +9,7 @@ import pytest
 
 import aar
 from aarcli import apps, common, trust
+from aarcli.serve import PROCESSES_WITH_S3
 from regserver import ProcessServer, Pipe, aar as run_aar
 from test_aar_cli import Tty, fp_of, run
 
@@ -269,6 +270,23 @@ def test_config_set_storage_s3_edits_its_section_only(tmp_path, monkeypatch):
     assert conf.read_text().endswith(
         '# the end\nstorage:\n  s3:\n    bucket: "b"\n    access-key: "A"\n'
         '    secret-access-key: "S"\n')
+
+
+def test_config_set_refuses_processes_above_one_on_s3(tmp_path):
+    d = str(tmp_path / "d")
+    conf = tmp_path / "d" / "conf" / "main.yaml"
+    assert run(["config", "set", "storage.s3.bucket=b", "storage.s3.access-key=A",
+                "storage.s3.secret-access-key=S", "--data-dir", d])[0] == 0
+    before = conf.read_text()
+    code, out, err = run(["config", "set", "processes=2", "--data-dir", d])
+    assert code == 1 and out == "" and conf.read_text() == before
+    assert err.strip() == "Error: " + PROCESSES_WITH_S3.format(what="processes")
+    assert run(["config", "set", "processes=1", "--data-dir", d])[0] == 0
+    assert run(["config", "get", "processes", "--data-dir", d])[1] == "1\n"
+    # Without the bucket, more than one is fine.
+    assert run(["config", "set", "storage.s3.bucket=", "storage.s3.access-key=",
+                "storage.s3.secret-access-key=", "processes=auto", "--data-dir", d])[0] == 0
+    assert conf.read_text() == 'processes: "auto"\n'
 
 
 def test_config_set_reads_secrets_from_stdin(tmp_path):

@@ -158,6 +158,53 @@ def test_a_bad_metrics_address_blocks_with_aars_message(ready, ctx):
     assert out.unit_status.message.startswith("cannot configure or start the registry: aar config set failed")
 
 
+def test_processes_are_set_changed_and_removed(ready, ctx):
+    conf = ready.aar_data / "conf/main.yaml"
+    out = ctx.run(ctx.on.config_changed(),
+                  testing.State(config={"processes": "2"}, stored_states={stored("zipapp")}))
+    assert 'processes: "2"' in conf.read_text()
+    assert ready.calls()[-1] == "systemctl restart aar.service"
+    assert out.unit_status.name == "active"
+    out = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, config={"processes": "auto"}))
+    assert 'processes: "auto"' in conf.read_text()
+    calls = len(ready.calls())
+    out = ctx.run(ctx.on.config_changed(), out)                 # unchanged: no restart
+    assert len(ready.calls()) == calls
+    out = ctx.run(ctx.on.config_changed(), dataclasses.replace(out, config={"processes": ""}))
+    assert "processes" not in conf.read_text()
+    assert ready.calls()[-1] == "systemctl restart aar.service"
+
+
+def test_processes_written_by_hand_stay_until_the_charm_is_told_some(ready, ctx):
+    conf = ready.aar_data / "conf/main.yaml"
+    conf.parent.mkdir(parents=True)
+    conf.write_text("processes: 3\n")
+    ctx.run(ctx.on.config_changed(), testing.State(stored_states={stored("zipapp")}))
+    assert "processes: 3\n" in conf.read_text()
+
+
+@pytest.mark.parametrize("value", ["0", "two", "1025"])
+def test_a_bad_process_count_blocks_with_aars_message(ready, ctx, value):
+    out = ctx.run(ctx.on.config_changed(), testing.State(config={"processes": value}))
+    assert out.unit_status.name == "blocked"
+    message = out.unit_status.message
+    assert message.startswith("cannot configure or start the registry: aar config set failed")
+    assert message.endswith(f"invalid process count {value!r}: give a number from 1 to 1024")
+    conf = ready.aar_data / "conf/main.yaml"
+    assert not conf.exists() or "processes" not in conf.read_text()
+
+
+def test_processes_with_a_bucket_block_and_write_nothing(ready, ctx):
+    out = ctx.run(ctx.on.config_changed(), testing.State(
+        config={"processes": "2", "s3-bucket": "aar", "s3-access-key": "A",
+                "s3-secret-key": "S"}, stored_states={stored("zipapp")}))
+    assert out.unit_status == testing.BlockedStatus(
+        "cannot configure or start the registry: aar config set failed: "
+        "processes above 1 needs the data directory's own storage; with storage.s3, "
+        "run more replicas on the bucket")
+    assert not (ready.aar_data / "conf/main.yaml").exists() and ready.calls() == []
+
+
 def test_remove_stops_the_service_and_keeps_the_data(ready, ctx, nodes):
     relation = testing.Relation("client", remote_app_name="ams", remote_units_data={0: node(nodes[0], "client")})
     state = ctx.run(ctx.on.relation_changed(relation, remote_unit=0),

@@ -18,6 +18,8 @@ import pytest
 
 from certs import make_cert
 from regserver import Client, ProcessServer, aar, free_port
+from registry.join import INVALID
+from trust.tokens import Token
 
 ACCESS = re.compile(r"aar\.access\[(\d+)\]: 127\.0\.0\.1:(\d+) ")
 STARTED = re.compile(r"worker process (\d) started \(pid (\d+)\)")
@@ -86,6 +88,10 @@ class Served:
         url = f"http://127.0.0.1:{self.metrics_port}{path}"
         with urllib.request.urlopen(url, timeout=10) as resp:
             return resp.read().decode()
+
+
+def _trusted(served):
+    return json.loads(aar("trust", "list", "--format", "json", data_dir=served.data).stdout)
 
 
 def _total(text, name):
@@ -171,25 +177,67 @@ def _answer(client, etag):
     return resp.getheader("ETag"), [a["name"] for a in json.loads(body)["metadata"]]
 
 
+def _each_wakes_the_other(served, certs):
+    """For each worker in turn: a listing held on it is answered after a
+    publish, then a delete, through the other worker."""
+    held = served.one_on_each(certs.publisher)
+    for (waiter_pid, waiter), (_, publisher) in (sorted(held.items()),
+                                                 sorted(held.items(), reverse=True)):
+        status, _, resp = waiter.json("GET", "/1.0/applications")
+        etag = resp.getheader("ETag")
+        assert status == 200 and etag
+        _hold(served, waiter_pid, waiter, etag)
+        assert publisher.upload("held", 0, "amd64", b"procs" * 100)[0] == 201
+        etag, names = _answer(waiter, etag)      # answered by the waiter's worker
+        assert names == ["held"]
+        _hold(served, waiter_pid, waiter, etag)  # a delete nudges too
+        assert publisher.json("DELETE", "/1.0/applications/held")[0] == 200
+        assert _answer(waiter, etag)[1] == []
+    for client in held.values():
+        client.close()
+
+
 def test_a_change_through_one_worker_wakes_a_listing_held_by_the_other(served, certs):
     """The server polls for changes once an hour (--change-poll 3600) and the
     listing is held for 20 s: a 200 with the new listing can only come from
     the publishing worker's nudge (registry/nudges.py). Without it: 304."""
-    held = served.one_on_each(certs.publisher)
-    (waiter_pid, waiter), (_, publisher) = sorted(held.items())
-    status, _, resp = waiter.json("GET", "/1.0/applications")
-    etag = resp.getheader("ETag")
-    assert status == 200 and etag
-    _hold(served, waiter_pid, waiter, etag)
-    payload = b"procs" * 100
-    assert publisher.upload("held", 0, "amd64", payload)[0] == 201
-    etag, names = _answer(waiter, etag)          # answered by the waiter's worker
-    assert names == ["held"]
-    _hold(served, waiter_pid, waiter, etag)     # a delete nudges too
-    assert publisher.json("DELETE", "/1.0/applications/held")[0] == 200
-    assert _answer(waiter, etag)[1] == []
+    _each_wakes_the_other(served, certs)
+
+
+def test_a_join_token_is_used_once_across_workers(served, certs, tmp_path):
+    """The same token sent to both workers at once: one node joins, the other
+    is refused (the token is redeemed in one trust.db transaction)."""
+    made = aar("trust", "token", "add", "--address", f"127.0.0.1:{served.server.port}",
+               data_dir=served.data)
+    assert made.returncode == 0, made.stderr
+    token = Token.decode(made.stdout.strip())
+    before = {c["fingerprint"] for c in _trusted(served)}
+    held = served.one_on_each(certs.client)
+    nodes = [make_cert(tmp_path, f"joiner-{pid}") for pid in held]
+    for client, node in zip(held.values(), nodes):    # both sent, then both read
+        body = json.dumps({"token": token.id, "secret": token.secret,
+                           "certificate": node.cert.read_text()})
+        client.conn.request("POST", "/1.0/join", body=body,
+                            headers={"Content-Type": "application/json"})
+    answers = []
     for client in held.values():
+        resp = client.conn.getresponse()
+        answers.append((resp.status, json.loads(resp.read())))
         client.close()
+    assert sorted(status for status, _ in answers) == [200, 403]
+    joined = [body["metadata"]["fingerprint"] for status, body in answers if status == 200]
+    refused = [body["error"] for status, body in answers if status == 403]
+    assert refused == [INVALID]
+    audit = [json.loads(line) for line in
+             (served.data / "logs" / "audit.log").read_text().splitlines()]
+    reasons = [r.get("reason", "") for r in audit
+               if r["event"] == "refusal" and r.get("token") == token.id]
+    assert reasons == [f"join with token {token.id} refused: token already used"]
+    after = {c["fingerprint"] for c in _trusted(served)}
+    assert after - before == set(joined) and before <= after
+    tokens = json.loads(aar("trust", "token", "list", "--format", "json",
+                            data_dir=served.data).stdout)
+    assert [t["state"] for t in tokens] == ["used"]
 
 
 def test_a_killed_worker_is_replaced_and_counts_do_not_go_back(served, certs):
@@ -209,6 +257,8 @@ def test_a_killed_worker_is_replaced_and_counts_do_not_go_back(served, certs):
     for client in held.values():
         client.close()
     assert _total(served.scrape(), "aar_requests_total") >= counted + 2
+    # The new worker watches its slot's descriptor, and nudges its sibling.
+    _each_wakes_the_other(served, certs)
 
 
 def test_sigterm_stops_the_parent_and_every_worker(served):
@@ -222,3 +272,40 @@ def test_sigterm_stops_the_parent_and_every_worker(served):
     with pytest.raises(OSError):                   # nobody listens any more
         http.client.HTTPConnection("127.0.0.1", served.server.port,
                                    timeout=5).connect()
+
+
+def _running(pid):
+    """Alive and not a zombie (an orphan's reaper may be slow or absent)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_workers_stop_when_the_parent_is_killed(tmp_path):
+    data = tmp_path / "registry"
+    assert aar("config", "set", "processes=2", data_dir=data).returncode == 0
+    server = ProcessServer(data)
+    try:
+        for _ in range(600):
+            workers = {int(s): int(p) for s, p in STARTED.findall(server.output())}
+            if len(workers) == 2:
+                break
+            time.sleep(0.05)
+        assert sorted(workers) == [1, 2] and all(map(_running, workers.values()))
+        server.proc.kill()                      # SIGKILL: no word to the workers
+        assert server.proc.wait(timeout=10) == -signal.SIGKILL
+        for _ in range(600):                    # each sees its control socket close
+            if not any(map(_running, workers.values())):
+                break
+            time.sleep(0.05)
+        assert not any(map(_running, workers.values()))
+        assert server.output().count("the parent process is gone: stopping") == 2
+        with pytest.raises(OSError):            # the listening socket went with them
+            http.client.HTTPConnection("127.0.0.1", server.port, timeout=5).connect()
+    finally:
+        for pid in workers.values():            # never leave one behind
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        server.stop()

@@ -92,3 +92,23 @@ def test_a_bucket_without_credentials_fails_snap_set(snap):
     done = snap(storage_s3_bucket="aar")
     assert done.returncode != 0 and "needs access-key and secret-access-key" in done.stderr
     assert not snap.conf.exists() and not snap.restarts.exists()
+
+
+def test_snap_set_processes(snap):
+    done = snap(processes="auto")
+    assert done.returncode == 0, done.stderr
+    assert snap.conf.read_text() == 'processes: "auto"\n'
+    assert snap.restarts.read_text() == "aar.daemon\n"
+    done = snap(processes="1025")                       # refused: the file stays
+    assert done.returncode != 0 and "invalid process count '1025'" in done.stderr
+    assert snap.conf.read_text() == 'processes: "auto"\n'
+    assert snap(processes="2").returncode == 0
+    assert snap.conf.read_text() == 'processes: "2"\n'
+
+
+def test_processes_above_one_with_a_bucket_fails_snap_set(snap):
+    done = snap(processes="2", storage_s3_bucket="aar", storage_s3_access_key="AK",
+                storage_s3_secret_access_key="SK")
+    assert done.returncode != 0
+    assert "processes above 1 needs the data directory's own storage" in done.stderr
+    assert not snap.conf.exists() and not snap.restarts.exists()

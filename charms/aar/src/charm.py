@@ -50,7 +50,9 @@ class AarCharm(ops.CharmBase):
         super().__init__(framework)
         # added: {fingerprint: {"unit", "relation", "role"}} of what this charm trusted
         # s3: storage.s3 in conf/main.yaml is the charm's (its options set it)
-        self._stored.set_default(kind="", started=False, metrics=False, s3=False, added={})
+        # metrics, processes: the charm set that key (its option is not empty)
+        self._stored.set_default(kind="", started=False, metrics=False, processes=False,
+                                 s3=False, added={})
         self.registry = Registry(os.environ)
         self.workload = workload.Workload(SERVICE, os.environ)
         observe = self.framework.observe
@@ -103,9 +105,13 @@ class AarCharm(ops.CharmBase):
             # An operator's own metrics line stays until the charm is told one.
             if metrics or self._stored.metrics:
                 wanted["metrics"] = metrics
+            processes = self.config["processes"].strip()
+            if processes or self._stored.processes:      # likewise
+                wanted["processes"] = processes
             wanted.update(self._storage())
             changed = self.registry.configure(wanted)
             self._stored.metrics = bool(metrics)
+            self._stored.processes = bool(processes)
             self._stored.s3 = bool(self.config["s3-bucket"].strip())
             # `aar serve` reads conf/main.yaml at start, in the snap as from the unit.
             if self._stored.kind and (changed or isinstance(event, ops.UpgradeCharmEvent)

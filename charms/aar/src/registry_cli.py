@@ -80,7 +80,7 @@ class Registry:
 
     def configure(self, wanted):
         """`aar config set KEY=VALUE` for each {key: value} of wanted (listen,
-        metrics, storage.s3.*) that differs from conf/main.yaml ("" removes
+        metrics, processes, storage.s3.*) that differs from conf/main.yaml ("" removes
         the key), in one command, so `aar` checks the file as a whole; the
         rest of the file, which the operator may have written, is `aar`'s to
         keep. True when changed."""
