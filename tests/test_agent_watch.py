@@ -161,7 +161,9 @@ def test_a_proxy_that_cuts_held_requests_backs_off(tmp_path, registry, nodes, ru
     failed = [line for line in output.splitlines() if "waiting for changes failed" in line]
     assert waits >= 2 and "502" in failed[0], output
     # each failure is logged once, with the backoff it waits; the cycles go on
-    assert len(failed) == waits, output
+    # (the stop may come between the fake's 502 and the agent's line for it:
+    # the last request counted may be the one not logged)
+    assert waits - 1 <= len(failed) <= waits, output
     # backoff from 5 s doubling, capped by the time to the next cycle: a few
     # requests per interval, not a loop
     assert waits <= 5 * cycles, (cycles, waits)
