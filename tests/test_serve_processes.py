@@ -51,11 +51,12 @@ class Served:
         """{slot: pid} of the workers running now, from the parent's log."""
         return {int(s): int(p) for s, p in STARTED.findall(self.server.output())}
 
-    def pid_of(self, client):
-        """The worker that answered on `client`'s connection."""
+    def pid_of(self, client, since=0):
+        """The worker that answered on `client`'s connection, from the log
+        after offset `since` (an earlier connection may have had its port)."""
         port = str(client.conn.sock.getsockname()[1])
         for _ in range(100):                  # the log line is written first,
-            for pid, peer in ACCESS.findall(self.server.output()):  # but buffered
+            for pid, peer in ACCESS.findall(self.server.output()[since:]):  # but buffered
                 if peer == port:
                     return int(pid)
             time.sleep(0.05)
@@ -71,11 +72,12 @@ class Served:
         each: {pid: Client}. Others are closed."""
         held = {}
         for _ in range(20):
+            since = len(self.server.output())
             clients = [Client(self.server.port, pair) for _ in range(16)]
             with concurrent.futures.ThreadPoolExecutor(16) as pool:
                 assert set(pool.map(self.status, clients)) == {200}
             for client in clients:
-                pid = self.pid_of(client)
+                pid = self.pid_of(client, since)
                 if pid not in held:
                     held[pid] = client
                 else:
