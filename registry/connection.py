@@ -278,8 +278,7 @@ class Connection(Replies, Transport):
         # The next request may begin to arrive, or the client may leave.
         data = self._recv()
         if data == b"":
-            self.server.handler.forget(self)
-            return self.close()
+            return self.close()           # server.forget drops its waiter
         if data:
             self.buf += data
             if len(self.buf) > 2 * MAX_DISCARD:

@@ -67,8 +67,7 @@ class Events:
                                      "(counted per package, before deduplication)",
                                      collect=lambda: self._totals(1))
         self._server = None
-        self._per_request = {}               # (route, method, code) -> children
-        self._recorders = {}                 # (route, method, code) -> request()'s tally
+        self._recorders = {}                 # (route, method, code) -> recorder()
         # Once per connection each: the children themselves, not the families
         # (whose inc() and observe() look the child up, a Python call more).
         self._open = self._connections.labels()
@@ -104,30 +103,23 @@ class Events:
     # handshake(seconds): the histogram child's observe, bound in __init__.
 
     def request(self, route, method, code, seconds, received, sent):
-        record = self._recorders.get((route, method, code))
-        if record is None:
-            count, timing = self._children(route, method, code)
-            record = self._recorders[(route, method, code)] = tally(
-                count, timing, self._sent_total, self._received_total)
+        record = self._recorders.get((route, method, code)) \
+            or self.recorder(route, method, code)
         record(seconds, sent, received)
 
     def recorder(self, route, method, code):
-        """request(route, method, code, seconds, 0, sent) as one call,
-        `record(seconds, sent)`: for an answer sent again and again
-        (repeats.py), where request()'s lookups and calls would cost more
-        than the counting itself."""
-        count, timing = self._children(route, method, code)
-        return tally(count, timing, self._sent_total)
-
-    def _children(self, route, method, code):
-        # One lookup per request for both children (`labels` twice would
-        # build and hash two label tuples).
-        children = self._per_request.get((route, method, code))
-        if children is None:
-            children = self._per_request[(route, method, code)] = (
+        """`record(seconds, sent, received=0)`: request()'s counting for one
+        (route, method, code) as one call on its children, made once. The
+        lookups and method calls would cost about as much again as the
+        counting; repeats.py keeps one for an answer sent again and again."""
+        key = (route, method, code)
+        record = self._recorders.get(key)
+        if record is None:
+            record = self._recorders[key] = tally(
                 self._requests.labels(route, method, str(code)),
-                self._request_seconds.labels(route))
-        return children
+                self._request_seconds.labels(route), self._sent_total,
+                self._received_total)
+        return record
 
     def storage_error(self):
         self._storage_errors.inc()

@@ -124,9 +124,7 @@ class LiveTrust:
     @property
     def context(self):
         try:
-            generation = self._gate.get()   # _current(), a call less: one per connection
-            if generation != self._generation:
-                self._reload(generation)
+            self._current()
         except StoreError:
             pass      # handshakes go on; authorise() refuses their requests (503)
         return self._context

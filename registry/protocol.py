@@ -183,7 +183,6 @@ class _HeadCache:
 
 
 _heads = _HeadCache()
-_time = time.time
 _STATUS_LINES = {}
 _CACHED_HEADS = 256
 _CACHED_BODIES = 1 << 20
@@ -194,8 +193,7 @@ def response_head(status, content_type=None, length=None, headers=(), close=Fals
     """The bytes of a response's status line and headers, blank line
     included, followed by `body` (a small one: the caller sends a large body
     on its own rather than copy it here)."""
-    # (now()'s test first, here: a call less an answer within the same second)
-    heads = _heads.heads if int(_time()) == _heads.second else _heads.now()
+    heads = _heads.now()
     if type(headers) is tuple and type(body) is bytes and len(heads) < _CACHED_HEADS:
         # The body is part of the key: a listing's bytes are one object
         # while it is cached, so its hash is computed once and a hit

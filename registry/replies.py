@@ -110,7 +110,7 @@ class Replies:
 
     def _written(self):
         if self.close_after:
-            unread = len(self.buf) + self.body_unread      # _unread(), inline
+            unread = self._unread()
             return self.linger(unread) if unread else self.close()
         self.request = None
         self.state = READING

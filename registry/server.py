@@ -44,7 +44,7 @@ from registry.connection import Connection, HANDSHAKE, READING, WAITING
 from registry.events import Events
 from registry.livetrust import LiveTrust
 from registry.loop import READ, Loop, Pool
-from registry.tlsio import inbox_of
+from registry.tlsio import BATCH
 from version import VERSION
 
 __all__ = ["RegistryServer", "Settings", "listen"]
@@ -166,14 +166,16 @@ class RegistryServer:
         self.server_address = self.socket.getsockname()[:2]
         self._family = int(self.socket.family)    # for accept(), as an int
         self.loop = Loop()
-        self.inbox = inbox_of(self.loop)         # what the loop's recv()s read into
+        # What one recv() brings, before it goes to a BIO a record at a time:
+        # one buffer for every connection, as only the loop's thread reads.
+        self.inbox = memoryview(bytearray(BATCH))
         self.pool = None
         self.tls_pool = None                     # handshake steps, transport.py
         self.in_tls_pool = set()                 # connections with a step there
         self.handler = handler_class(self)
         self.connections = set()
         self.handshaking = collections.OrderedDict()    # oldest first
-        self.per_address = collections.Counter()
+        self.per_address = {}                    # host -> open connections
         # Alone, drain the backlog in batches; beside sibling workers, take one
         # connection per wake-up, so the next one wakes a sibling that is idle.
         self._accept_events, self._accept_batch = READ, _ACCEPT_BATCH
@@ -282,7 +284,7 @@ class RegistryServer:
         host = addr[0]
         settings = self.settings
         per_address = self.per_address
-        held = per_address.get(host, 0)   # (get: a Counter's [] is a Python call when absent)
+        held = per_address.get(host, 0)
         if (len(self.connections) >= settings.max_connections
                 and not self._make_room(None)) \
                 or (held >= settings.max_per_address and not self._make_room(host)):
@@ -346,7 +348,7 @@ class RegistryServer:
         if left > 0:
             per_address[host] = left
         else:
-            per_address.pop(host)         # (del: a Counter's __delitem__ is a Python call)
+            del per_address[host]
 
     def _sweep(self):
         self.loop.call_later(_SWEEP_SECONDS, self._sweep)

@@ -33,7 +33,7 @@ import ssl
 
 from registry.loop import WRITE
 
-__all__ = ["TlsIO", "BATCH", "inbox_of"]
+__all__ = ["TlsIO", "BATCH"]
 
 log = logging.getLogger("aar.server")
 
@@ -48,7 +48,7 @@ class TlsIO:
     """The socket side of a connection's memory BIOs (see the module's docstring)."""
 
     tls = inbio = outbio = None
-    inbox = None                          # the loop's, see inbox_of()
+    inbox = None                          # the loop's (RegistryServer.inbox)
     ended = False                         # the stream's end is read (_recv_failed)
     # The next _recv takes only what the BIO holds: set where the socket was
     # just read and a level-triggered watch announces whatever comes after.
@@ -302,14 +302,3 @@ class TlsIO:
             except OSError:
                 pass
             self.wire = None
-
-
-
-def inbox_of(loop):
-    """What one recv() brings, before it goes to a BIO a record at a time:
-    one buffer per loop, as only its thread reads sockets (a process may run
-    several servers, each with its loop)."""
-    inbox = getattr(loop, "tls_inbox", None)
-    if inbox is None:
-        inbox = loop.tls_inbox = memoryview(bytearray(BATCH))
-    return inbox

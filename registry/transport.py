@@ -134,10 +134,7 @@ class Transport(TlsIO):
         # the loop (the module's docstring says why).
         if pool is None or not (first or self.loop.busy()):
             try:
-                tls.do_handshake()        # _step's, without its call (two a connection)
-                want = 0
-            except ssl.SSLWantReadError:
-                want = READ
+                want = _step(tls)
             except Exception as exc:
                 return self._handshake_failed(exc)
             return self._stepped(want)
@@ -226,7 +223,7 @@ class Transport(TlsIO):
         Read, not peeked at and read again: with TCP_DEFER_ACCEPT the whole
         ClientHello is usually here at the first look, and one recv() less
         a connection is worth having."""
-        inbox = self.server.inbox         # its loop's buffer (tlsio.inbox_of)
+        inbox = self.server.inbox         # the loop's buffer (server.py)
         try:
             n = self.sock.recv_into(inbox, _HANDSHAKE_RECV)
         except (BlockingIOError, InterruptedError):
