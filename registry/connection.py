@@ -223,9 +223,8 @@ class Connection(Replies, Transport):
                 self.discarding = request.body_length
                 self.state = DISCARD
                 continue
-            # The head lets a plain answer be kept for a repeat (repeats.py);
-            # an answer that closes the connection is never kept.
-            self._dispatch(request, None if request.close else whole)
+            # The head lets a plain answer be kept for a repeat (repeats.py).
+            self._dispatch(request, whole)
         if self.state == READING and not self.buf:
             self.deadline = self.loop.now + self.server.settings.idle_timeout
 

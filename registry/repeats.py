@@ -18,10 +18,13 @@ What the full path must decide is still decided for every repeat:
 * the answer goes out through `conn.reply_kept` (or `conn.reply` for a large
   body): counted in the metrics, access-logged when that is on, deadlines.
 
-Only answers that depend on nothing else are kept: a GET with no body that
-keeps the connection open, answered on the loop with 200 or 304 (never a
-held `wait=`, an error, a file or a refusal). Kept answers are of one
-generation at a time, at most _KEPT of them, so old listings are let go.
+Only answers that depend on nothing else are kept: a GET with no body,
+answered on the loop with 200 or 304 (never a held `wait=`, an error, a file
+or a refusal). Whether the connection stays open is in the request's bytes
+(`Connection: close`, HTTP/1.0), so a kept answer says so as the full path
+did, and closes after it: a status probe on a new connection each time (a
+load balancer's, a monitor's) is a repeat like any other. Kept answers are of
+one generation at a time, at most _KEPT of them, so old listings are let go.
 """
 
 import time
@@ -42,7 +45,7 @@ KEPT_LONGEST = 2048               # longer requests are not kept
 
 class _Kept:
     __slots__ = ("request", "route", "reply", "generation", "until", "data", "status",
-                 "length", "record")
+                 "length", "record", "close")
 
     def __init__(self, request, route, reply, generation, record):
         self.request = request
@@ -54,6 +57,7 @@ class _Kept:
         self.status = reply.status
         self.length = len(reply.body)
         self.record = record          # its line of the metrics (events.recorder)
+        self.close = request.close    # the connection closes after it
 
 
 class Repeats:
@@ -78,7 +82,7 @@ class Repeats:
         from before it was made."""
         route = conn.route
         if route not in _ROUTES or reply.status not in (200, 304) \
-                or req.method != "GET" or req.close or req.body_length != 0 \
+                or req.method != "GET" or req.body_length != 0 \
                 or reply.file is not None or reply.close or len(head) > KEPT_LONGEST:
             return
         if route == _STATIC:
@@ -121,8 +125,8 @@ class Repeats:
         if now >= entry.until:
             reply = entry.reply
             entry.data = response_head(reply.status, reply.content_type, entry.length,
-                                       reply.headers, False, conn.server.server_version,
-                                       reply.body)
+                                       reply.headers, entry.close,
+                                       conn.server.server_version, reply.body)
             entry.until = int(now) + 1
         conn.reply_kept(entry, entry.data)
         return True

@@ -98,13 +98,14 @@ class Replies:
         self._send(len(data) + (0 if small else len(body)))
 
     def reply_kept(self, kept, data):
-        """reply() for an answer repeats.py kept (to a GET with no body, the
-        connection kept open): `data` is its head and body as built, and
-        `kept.record(seconds, sent)` its line of the metrics (events.recorder)."""
+        """reply() for an answer repeats.py kept (to a GET with no body):
+        `data` is its head and body as built, `kept.close` whether the
+        connection closes after it, and `kept.record(seconds, sent)` its line
+        of the metrics (events.recorder)."""
         if _access.isEnabledFor(_DEBUG):
             self.server.access_log(self, self.request, kept.status, kept.length)
         kept.record(_monotonic() - self.started, kept.length)
-        self.close_after = False
+        self.close_after = kept.close
         self.out.append(data)
         self._send(len(data))
 

@@ -144,3 +144,102 @@ def test_every_repeat_is_counted_once_however_its_bytes_arrive(
     assert after[0] - before[0] == 7 and after[1] - before[1] == 7
     assert after[2] - before[2] == sum(len(body) for _, _, body in answers)
     assert len([line for line in access if '"GET /1.0/status HTTP/1.1" 200' in line]) == 7
+
+
+# -- requests that close the connection: a probe on a new connection each time
+
+CLOSE_HEAD = b"GET /1.0/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+
+
+def _one_shot(port, pair, head):
+    """Send `head` on a new connection and read until the server closes it:
+    [(status, headers by lower-case name, body)] for every answer read."""
+    raw = socket.create_connection(("127.0.0.1", port), timeout=20)
+    with client_context(pair).wrap_socket(raw) as tls:
+        tls.sendall(head)
+        data = b""
+        while True:
+            try:
+                got = tls.recv(65536)
+            except (ssl.SSLZeroReturnError, ssl.SSLEOFError, ConnectionResetError):
+                break
+            if not got:
+                break
+            data += got
+    answers = []
+    while data:
+        head_bytes, _, rest = data.partition(b"\r\n\r\n")
+        lines = head_bytes.decode("latin-1").split("\r\n")
+        headers = {k.strip().lower(): v.strip()
+                   for k, _, v in (line.partition(":") for line in lines[1:])}
+        length = int(headers["content-length"])
+        answers.append((int(lines[0].split()[1]), headers, rest[:length]))
+        data = rest[length:]
+    return answers
+
+
+def test_a_probe_on_a_new_connection_each_time_is_a_repeat_that_closes(
+        registry, certs, access):  # noqa: F811
+    """`Connection: close` is in the request's bytes: its kept answer says
+    so and the connection ends after it, while the same probe kept open on
+    another connection gets its own answer, which does not close."""
+    before = _status_figures(registry)
+    answers = []
+    for _ in range(4):                    # the first is the handler's, then repeats
+        got = _one_shot(registry.port, certs.client, CLOSE_HEAD)
+        assert len(got) == 1              # answered once, then the server closed
+        answers += got
+    assert CLOSE_HEAD in registry.server.handler.repeats._kept
+    for status, headers, body in answers:
+        assert status == 200 and headers["connection"] == "close"
+        assert json.loads(body)["metadata"] == {"status": "ok"}
+    kept_open = _Conn(registry.port, certs.client, "/1.0/status")
+    try:
+        for _ in range(3):
+            status, headers, body = kept_open.get()
+            assert status == 200 and "connection" not in headers
+            answers.append((status, headers, body))
+    finally:
+        kept_open.close()
+    after = _status_figures(registry)
+    assert after[0] - before[0] == 7 and after[1] - before[1] == 7
+    assert after[2] - before[2] == sum(len(body) for _, _, body in answers)
+    assert len([line for line in access if '"GET /1.0/status HTTP/1.1" 200' in line]) == 7
+
+
+def test_a_kept_answer_that_closes_is_refused_once_revoked(
+        registry, tmp_path):  # noqa: F811
+    pair = make_cert(tmp_path, "probe")
+    registry.trust_cert(pair, "client")
+    for _ in range(2):
+        [(status, _, _)] = _one_shot(registry.port, pair, CLOSE_HEAD)
+        assert status == 200
+    registry.trust.revoke(_fingerprint(pair))
+    [(status, headers, body)] = _one_shot(registry.port, pair, CLOSE_HEAD)
+    assert status == 403 and "revoked" in json.loads(body)["error"]
+    assert headers["connection"] == "close"
+
+
+def test_http10_probes_close_unless_they_ask_to_stay(registry, certs):  # noqa: F811
+    plain = b"GET /1.0/status HTTP/1.0\r\nHost: x\r\n\r\n"
+    for _ in range(3):
+        [(status, headers, _)] = _one_shot(registry.port, certs.client, plain)
+        assert status == 200 and headers["connection"] == "close"
+    # Keep-alive asked for: two answers on one connection, the second kept;
+    # the third request closes it.
+    stay = b"GET /1.0/status HTTP/1.0\r\nHost: x\r\nConnection: keep-alive\r\n\r\n"
+    got = _one_shot(registry.port, certs.client, stay + stay + plain)
+    assert [status for status, _, _ in got] == [200, 200, 200]
+    assert [headers.get("connection") for _, headers, _ in got] == [None, None, "close"]
+
+
+def test_nothing_after_a_kept_answer_that_closes_is_answered(
+        registry, certs):  # noqa: F811
+    """A request pipelined behind one that closes is read and dropped, never
+    answered, whether the closing one's answer is kept or not."""
+    before = _status_figures(registry)
+    for _ in range(3):
+        got = _one_shot(registry.port, certs.client,
+                        CLOSE_HEAD + b"GET /1.0/status HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert [status for status, _, _ in got] == [200]
+    assert _status_figures(registry)[0] - before[0] == 3
