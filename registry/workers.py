@@ -269,11 +269,7 @@ class Supervisor:
 
 
 class Control:
-    """Before the first fork the parent also makes one eventfd per slot (Nudges,
-registry/nudges.py), which every worker inherits: a publish through one
-worker wakes the listings held by the others at once.
-
-A worker's side of its control socket, in a thread of its own: answers
+    """A worker's side of its control socket, in a thread of its own: answers
     the parent's questions; stops the server when the parent is gone."""
 
     def __init__(self, sock, server, health):
