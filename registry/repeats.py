@@ -45,7 +45,7 @@ KEPT_LONGEST = 2048               # longer requests are not kept
 
 class _Kept:
     __slots__ = ("request", "route", "reply", "generation", "until", "data", "status",
-                 "length", "record", "close")
+                 "length", "record")
 
     def __init__(self, request, route, reply, generation, record):
         self.request = request
@@ -57,7 +57,6 @@ class _Kept:
         self.status = reply.status
         self.length = len(reply.body)
         self.record = record          # its line of the metrics (events.recorder)
-        self.close = request.close    # the connection closes after it
 
 
 class Repeats:
@@ -125,7 +124,7 @@ class Repeats:
         if now >= entry.until:
             reply = entry.reply
             entry.data = response_head(reply.status, reply.content_type, entry.length,
-                                       reply.headers, entry.close,
+                                       reply.headers, entry.request.close,
                                        conn.server.server_version, reply.body)
             entry.until = int(now) + 1
         conn.reply_kept(entry, entry.data)

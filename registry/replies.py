@@ -99,13 +99,13 @@ class Replies:
 
     def reply_kept(self, kept, data):
         """reply() for an answer repeats.py kept (to a GET with no body):
-        `data` is its head and body as built, `kept.close` whether the
-        connection closes after it, and `kept.record(seconds, sent)` its line
-        of the metrics (events.recorder)."""
+        `data` is its head and body as built (the connection closes after
+        it if its request says so), and `kept.record(seconds, sent)` its
+        line of the metrics (events.recorder)."""
         if _access.isEnabledFor(_DEBUG):
             self.server.access_log(self, self.request, kept.status, kept.length)
         kept.record(_monotonic() - self.started, kept.length)
-        self.close_after = kept.close
+        self.close_after = kept.request.close
         self.out.append(data)
         self._send(len(data))
 
